@@ -1,0 +1,3 @@
+"""``aipaas data ...``: ingest, validate, split, version."""
+
+from __future__ import annotations

@@ -1,0 +1,227 @@
+"""One typed settings object for the whole platform.
+
+Sources, highest priority first: explicit arguments, ``AIPAAS_*`` environment
+variables (nested with ``__``, e.g. ``AIPAAS_SERVING__PORT=8001``), a ``.env``
+file, then ``params.yaml`` in the project root. Nothing is read at import
+time: call :func:`get_settings` (cached) or build ``Settings(...)`` directly in
+tests.
+
+All state the platform writes lives under ``home`` (``AIPAAS_HOME``, default
+``.aipaas/`` in the project), so a test or a second instance can point
+elsewhere. Core functions receive only the section they need.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PLACEHOLDER_SECRET = "change-me"  # noqa: S105 - refused outside development
+
+
+def _params_file() -> Path:
+    return Path(os.environ.get("AIPAAS_PARAMS", PROJECT_ROOT / "params.yaml"))
+
+
+class DataSettings(BaseModel):
+    """Where datasets live and how they are split."""
+
+    dir: Path = PROJECT_ROOT / "data"
+    expectations_dir: Path = PROJECT_ROOT / "expectations"
+    holdout_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 42
+
+
+class VersioningSettings(BaseModel):
+    """DVC: the repository that tracks ``data/`` and its default remote."""
+
+    repo: Path = PROJECT_ROOT
+    remote_name: str = "aipaas"
+    # Any DVC remote URL (s3://, gs://, a path). Empty: ``<home>/dvc-remote``.
+    remote_url: str = ""
+
+
+class MlflowSettings(BaseModel):
+    """The tracking server and registry."""
+
+    host: str = "127.0.0.1"
+    port: int = 5000
+    # Empty: ``http://{host}:{port}``, the server ``aipaas mlflow`` starts.
+    tracking_uri: str = ""
+    # Empty: a SQLite file and an artifact directory under ``home``.
+    backend_store_uri: str = ""
+    artifacts_destination: str = ""
+    experiment: str = "aipaas"
+    # Bounded retries when the server is unreachable, then a clear error.
+    http_max_retries: int = 2
+    http_timeout_s: int = 10
+
+
+class RaySettings(BaseModel):
+    """Local Ray by default; ``RAY_ADDRESS`` (or ``address``) joins a cluster."""
+
+    address: str = Field("", validation_alias=AliasChoices("address", "RAY_ADDRESS"))
+    num_cpus: int | None = None
+    object_store_memory_mb: int = 200
+    include_dashboard: bool = False
+
+
+class TuneSettings(BaseModel):
+    """Hyperparameter search."""
+
+    num_samples: int = 8
+    max_concurrent: int = 2
+    seed: int = 42
+    cv_folds: int = 3
+    eval_shards: int = 2
+
+
+class PrefectSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 4200
+    # Empty: ``http://{host}:{port}/api``.
+    api_url: str = ""
+    # Cron schedules of the deployments that ``aipaas up`` serves.
+    lifecycle_cron: str = ""
+    drift_cron: str = "*/15 * * * *"
+
+
+class ServingSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    default_model: str = "diagnosis"
+    models: list[str] = Field(default_factory=lambda: ["diagnosis"])
+    auth_enabled: bool = True
+    rate_limit_enabled: bool = True
+    audit_enabled: bool = True
+    profiling_enabled: bool = True
+    default_rate: str = "50/s"
+    max_body_bytes: int = 1_000_000
+    max_batch_rows: int = 1000
+    reload_poll_s: float = 10.0
+    # Price of one second of model compute, for usage and cost.
+    cost_per_compute_second: float = 0.0005
+
+
+class AuditSettings(BaseModel):
+    # Empty: ``sqlite:///<home>/platform.db`` (keys, audit, usage).
+    db_url: str = ""
+    hmac_key: SecretStr = SecretStr(PLACEHOLDER_SECRET)
+    commit_window_ms: float = 2.0
+
+
+class MonitoringSettings(BaseModel):
+    window_rows: int = 500
+    window_minutes: float = 10.0
+
+
+class RetrainSettings(BaseModel):
+    cooldown_minutes: float = 30.0
+    max_per_day: int = 4
+    suggest_only: bool = False
+
+
+class Settings(BaseSettings):
+    """Everything configurable, one object."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="AIPAAS_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    environment: Literal["development", "production"] = "development"
+    home: Path = PROJECT_ROOT / ".aipaas"
+    models_dir: Path = PROJECT_ROOT / "models"
+
+    data: DataSettings = DataSettings()
+    versioning: VersioningSettings = VersioningSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    ray: RaySettings = RaySettings()
+    tune: TuneSettings = TuneSettings()
+    prefect: PrefectSettings = PrefectSettings()
+    serving: ServingSettings = ServingSettings()
+    audit: AuditSettings = AuditSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    retrain: RetrainSettings = RetrainSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        yaml_source = YamlConfigSettingsSource(settings_cls, yaml_file=_params_file())
+        return (init_settings, env_settings, dotenv_settings, yaml_source, file_secret_settings)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Settings:
+        self.home = self.home.expanduser().resolve()
+        if not self.ray.address and os.environ.get("RAY_ADDRESS"):
+            self.ray.address = os.environ["RAY_ADDRESS"]
+        if self.environment != "development":
+            if self.audit.hmac_key.get_secret_value() == PLACEHOLDER_SECRET:
+                raise ValueError(
+                    "AIPAAS_AUDIT__HMAC_KEY is the placeholder; set a real secret "
+                    "outside development"
+                )
+        return self
+
+    # Derived locations: one place computes every path under home.
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow.tracking_uri or f"http://{self.mlflow.host}:{self.mlflow.port}"
+
+    @property
+    def mlflow_backend_store_uri(self) -> str:
+        return self.mlflow.backend_store_uri or f"sqlite:///{self.home / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifacts_destination(self) -> str:
+        return self.mlflow.artifacts_destination or str(self.home / "mlartifacts")
+
+    @property
+    def prefect_api_url(self) -> str:
+        return self.prefect.api_url or f"http://{self.prefect.host}:{self.prefect.port}/api"
+
+    @property
+    def dvc_remote_url(self) -> str:
+        return self.versioning.remote_url or str(self.home / "dvc-remote")
+
+    @property
+    def db_url(self) -> str:
+        return self.audit.db_url or f"sqlite:///{self.home / 'platform.db'}"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.home / "reports"
+
+    @property
+    def profiles_dir(self) -> Path:
+        return self.home / "profiles"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files and logs of the servers ``aipaas up`` starts."""
+        return self.home / "run"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests build ``Settings(...)`` instead."""
+    return Settings()

@@ -1,0 +1,75 @@
+"""Shared fixtures: isolated settings, one Prefect harness and one Ray per session.
+
+Every test writes under its own temporary ``AIPAAS_HOME``; nothing touches the
+project's ``.aipaas/``. Servers bind to 127.0.0.1 on ports the test picks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+# Tests never read the developer's .env or environment overrides.
+for _key in [k for k in os.environ if k.startswith("AIPAAS_")]:
+    del os.environ[_key]
+
+from aipaas.settings import Settings  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    return h
+
+
+@pytest.fixture
+def settings(home: Path) -> Settings:
+    """Settings on a temporary home, with MLflow on a SQLite file there."""
+    return Settings(
+        _env_file=None,
+        home=home,
+        mlflow={"tracking_uri": f"sqlite:///{home / 'mlflow.db'}"},
+        tune={"num_samples": 2, "max_concurrent": 2, "cv_folds": 2},
+    )
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect server for the whole session (about 12 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray for the whole session: ray.init() costs about 4 s here."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            object_store_memory=200 * 1024 * 1024,
+            include_dashboard=False,
+            ignore_reinit_error=True,
+            log_to_driver=False,
+        )
+    yield
+    ray.shutdown()
