@@ -1,0 +1,1 @@
+"""The FastAPI serving tier: ``uvicorn serving.app:create_app --factory``."""

@@ -14,7 +14,16 @@ from aipaas.cli._app import app
 from aipaas.exceptions import AipaasError
 
 # Each import registers its commands on the apps in _app.
-from aipaas.cli import data as _data  # noqa: F401,E402
+from aipaas.cli import (  # noqa: F401,E402
+    audit as _audit,
+    data as _data,
+    keys as _keys,
+    monitor as _monitor,
+    promote as _promote,
+    serve as _serve,
+    train as _train,
+    up as _up,
+)
 
 __all__ = ["app", "main"]
 

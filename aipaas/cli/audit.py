@@ -1,0 +1,3 @@
+"""``aipaas audit verify/tail, aipaas usage``."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""``aipaas keys create/list/revoke``."""
+
+from __future__ import annotations

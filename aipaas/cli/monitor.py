@@ -1,0 +1,3 @@
+"""``aipaas profiler, aipaas drift``."""
+
+from __future__ import annotations

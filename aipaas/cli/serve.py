@@ -1,0 +1,3 @@
+"""``aipaas serve: the FastAPI serving tier``."""
+
+from __future__ import annotations

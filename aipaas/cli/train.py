@@ -1,0 +1,3 @@
+"""``aipaas train, aipaas mlflow, aipaas models lineage``."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""``aipaas up, aipaas demo``."""
+
+from __future__ import annotations
