@@ -165,6 +165,37 @@ def list_versions(name: str) -> list[ModelVersionInfo]:
     return sorted((_info(v) for v in versions), key=lambda v: int(v.version), reverse=True)
 
 
+def run_metrics(run_id: str) -> dict[str, float]:
+    """The latest value of every metric a run logged (empty for an unknown run)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(_client().get_run(run_id).data.metrics)
+    except MlflowException as err:
+        if _is_missing(err):
+            return {}
+        raise
+
+
+def input_schema(model_uri: str) -> dict[str, str] | None:
+    """The model's signature inputs as ``{column: type}``; None without a signature.
+
+    Promotion compares these between champion and challenger: a removed or
+    retyped input would break every client of the serving API.
+    """
+    import mlflow.models
+
+    signature = mlflow.models.get_model_info(model_uri).signature
+    if signature is None or signature.inputs is None:
+        return None
+    schema: dict[str, str] = {}
+    for i, spec in enumerate(signature.inputs.inputs):
+        name = getattr(spec, "name", None) or f"#{i}"
+        kind = getattr(spec, "type", None)
+        schema[str(name)] = str(getattr(kind, "name", kind))
+    return schema
+
+
 def list_models() -> list[str]:
     return sorted(m.name for m in _client().search_registered_models())
 

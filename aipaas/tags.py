@@ -16,3 +16,5 @@ MODEL_DEFINITION = "aipaas.model"
 PROMOTION_STATUS = "aipaas.promotion"  # "promoted" | "rejected" | "rolled-back"
 PROMOTION_REASONS = "aipaas.promotion_reasons"
 PROMOTED_AT = "aipaas.promoted_at"
+PROMOTION_GATES = "aipaas.promotion_gates"  # JSON: every gate's value, threshold, pass
+PROMOTION_DECIDED_BY = "aipaas.promotion_decided_by"
