@@ -43,6 +43,19 @@ class DataSettings(BaseModel):
     seed: int = 42
 
 
+class DatasetSpec(BaseModel):
+    """One dataset: where its rows come from and which column is the label.
+
+    ``source`` names a loader in :mod:`aipaas.data`: ``sklearn:<name>`` (a
+    dataset scikit-learn ships offline, e.g. ``sklearn:breast_cancer``) or
+    ``csv:<path>`` (a team's own file, relative to the repository root).
+    """
+
+    source: str
+    target: str
+    task: Literal["classification", "regression"] = "classification"
+
+
 class VersioningSettings(BaseModel):
     """DVC: the repository that tracks ``data/`` and its default remote."""
 
@@ -147,6 +160,12 @@ class Settings(BaseSettings):
     models_dir: Path = PROJECT_ROOT / "models"
 
     data: DataSettings = DataSettings()
+    # Declared in params.yaml under ``datasets:``; dvc.yaml runs its stages for each.
+    datasets: dict[str, DatasetSpec] = Field(
+        default_factory=lambda: {
+            "breast_cancer": DatasetSpec(source="sklearn:breast_cancer", target="diagnosis")
+        }
+    )
     versioning: VersioningSettings = VersioningSettings()
     mlflow: MlflowSettings = MlflowSettings()
     ray: RaySettings = RaySettings()
