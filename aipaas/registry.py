@@ -184,8 +184,12 @@ def input_schema(model_uri: str) -> dict[str, str] | None:
     retyped input would break every client of the serving API.
     """
     import mlflow.models
+    from mlflow.exceptions import MlflowException
 
-    signature = mlflow.models.get_model_info(model_uri).signature
+    try:
+        signature = mlflow.models.get_model_info(model_uri).signature
+    except (MlflowException, OSError) as err:
+        raise ModelNotFoundError(f"cannot read the model at {model_uri}: {err}") from err
     if signature is None or signature.inputs is None:
         return None
     schema: dict[str, str] = {}
