@@ -1,3 +1,143 @@
-"""``aipaas data ...``: ingest, validate, split, version."""
+"""``aipaas data ...``: ingest, validate, split, version.
+
+``ingest``, ``validate`` and ``split`` are the DVC stages' commands (dvc.yaml
+calls them); ``run`` reproduces all three through DVC and pushes them;
+``version`` and ``list`` read what is recorded.
+"""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from aipaas import data
+from aipaas.cli._app import data_app, settings
+from aipaas.exceptions import DataValidationError
+from aipaas.schemas import DatasetVersion, ValidationReport
+
+DatasetArg = Annotated[
+    str, typer.Argument(help="Dataset name, as declared under `datasets:` in params.yaml.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+@data_app.command("ingest")
+def ingest_cmd(dataset: DatasetArg) -> None:
+    """Write data/<dataset>/raw.csv from the source plus data/incoming/<dataset>/*.csv."""
+    path = data.ingest(dataset, settings())
+    typer.echo(f"ingested {dataset}: {path}")
+
+
+@data_app.command("validate")
+def validate_cmd(
+    dataset: DatasetArg,
+    path: Annotated[
+        Path | None,
+        typer.Option(
+            "--path",
+            "-p",
+            help="Validate this CSV instead of data/<dataset>/raw.csv (records nothing).",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Validate a file against expectations/<dataset>.json; exit non-zero if it fails."""
+    report = data.validate(dataset, settings(), path=path)
+    if as_json:
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_report(report)
+    if not report.success:
+        raise DataValidationError(
+            f"{dataset}: {report.path} failed validation"
+            + (f" ({report.error})" if report.error else f" ({len(report.failed)} expectations)"),
+            report=report,
+        )
+
+
+@data_app.command("split")
+def split_cmd(dataset: DatasetArg) -> None:
+    """Write train.csv and holdout.csv; refuses (non-zero exit) unless validation passed."""
+    train, holdout = data.split(dataset, settings())
+    typer.echo(f"split {dataset}: {train}, {holdout}")
+
+
+@data_app.command("run")
+def run_cmd(
+    dataset: DatasetArg,
+    push: Annotated[
+        bool, typer.Option("--push/--no-push", help="Push the outputs to the DVC remote.")
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Reproduce ingest -> validate -> split with DVC, push, and print the version."""
+    try:
+        version = data.run_data_pipeline(dataset, settings(), push=push)
+    except DataValidationError as err:
+        if isinstance(err.report, ValidationReport):
+            _print_report(err.report)
+        raise
+    _print_version(version, as_json)
+
+
+@data_app.command("version")
+def version_cmd(dataset: DatasetArg, as_json: JsonOpt = False) -> None:
+    """Print the recorded version of a dataset (hash, rows, suite, paths)."""
+    _print_version(data.load_version(dataset, settings()), as_json)
+
+
+@data_app.command("list")
+def list_cmd(as_json: JsonOpt = False) -> None:
+    """List the declared datasets and their recorded versions."""
+    rows = data.list_datasets(settings())
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    typer.echo(f"{'dataset':<20} {'source':<28} {'target':<14} {'suite':<8} {'rows':>7}  hash")
+    for r in rows:
+        typer.echo(
+            f"{r['name']:<20} {r['source']:<28} {r['target']:<14} {r['suite']:<8} "
+            f"{r['rows'] if r['rows'] is not None else '-':>7}  {r['hash'] or '-'}"
+        )
+
+
+def _print_version(version: DatasetVersion, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(version.to_dict(), indent=2))
+        return
+    typer.echo(f"dataset   {version.name}")
+    typer.echo(f"hash      {version.hash}")
+    typer.echo(f"rows      {version.rows}")
+    typer.echo(f"suite     {'passed' if version.suite_passed else 'FAILED'}")
+    typer.echo(f"target    {version.target}")
+    typer.echo(f"train     {version.train_path}")
+    typer.echo(f"holdout   {version.holdout_path}")
+    typer.echo(f"commit    {version.git_commit or '-'}")
+
+
+def _print_report(report: ValidationReport) -> None:
+    if report.success:
+        typer.secho(
+            f"{report.dataset}: {report.path} passed ({report.evaluated} expectations, "
+            f"{report.rows} rows)",
+            fg=typer.colors.GREEN,
+        )
+    else:
+        typer.secho(f"{report.dataset}: {report.path} FAILED validation", fg=typer.colors.RED)
+        if report.error:
+            typer.echo(f"  {report.error}")
+        if report.failed:
+            typer.echo(f"  {len(report.failed)} of {report.evaluated} expectations failed:")
+            typer.echo(f"  {'expectation':<42} {'column':<26} {'rows':>6}  examples / details")
+            for f in report.failed:
+                examples = ", ".join(map(str, f.examples))
+                extra = "; ".join(x for x in (examples, f.details) if x)
+                typer.echo(
+                    f"  {f.expectation:<42} {f.column or '(table)':<26} "
+                    f"{f.unexpected_count:>6}  {extra}"
+                )
+    if report.data_docs:
+        typer.echo(f"Data Docs: {report.data_docs}")

@@ -1,0 +1,197 @@
+"""DVC adapter: reproduce stages, push outputs, read what dvc.lock records.
+
+The only module that runs DVC. It runs DVC as a subprocess of this Python
+(``python -m dvc``) rather than through DVC's Python API: every call gets its
+own environment (the settings the stages must see) without touching this
+process's ``os.environ``, and DVC's repository lock, logging and caches stay
+out of long-lived processes such as the Prefect runner. ``dvc.lock`` is read
+directly: it is a documented YAML file.
+
+Analytics and update checks are off for every call (no network at run time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aipaas.exceptions import VersioningError
+
+DVC_ENV = {"DVC_NO_ANALYTICS": "1", "DVC_NO_UPDATER": "1"}
+# DVC locks the repository; serialise this process's calls instead of failing on it.
+_REPO_LOCK = threading.Lock()
+_TAIL = 25  # lines of DVC output kept in an error message
+
+# Words in DVC's output that mean "try again later", not "this is wrong".
+_TRANSIENT = (
+    "unable to acquire lock",
+    "timed out",
+    "timeout",
+    "connection",
+    "temporarily unavailable",
+    "resource busy",
+    "too many requests",
+)
+
+
+class RemoteError(VersioningError):
+    """The DVC remote did not take the push (storage or network): worth a retry."""
+
+    transient = True
+
+
+def _run(
+    args: list[str], repo: Path, env: dict[str, str] | None = None, timeout: float = 1800
+) -> str:
+    """Run ``dvc <args>`` in ``repo`` and return its output, or raise with its tail."""
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise VersioningError(f"DVC repository {repo} does not exist")
+    full_env = dict(env if env is not None else os.environ)
+    full_env.update(DVC_ENV)
+    cmd = [sys.executable, "-m", "dvc", *args]
+    with _REPO_LOCK:
+        try:
+            proc = subprocess.run(  # noqa: S603 - fixed program, arguments from code
+                cmd,
+                cwd=repo,
+                env=full_env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as err:
+            raise RemoteError(f"`dvc {' '.join(args)}` timed out after {timeout:.0f} s") from err
+    output = (proc.stdout or "") + (proc.stderr or "")
+    if proc.returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-_TAIL:])
+        message = f"`dvc {' '.join(args)}` failed in {repo} (exit {proc.returncode}):\n{tail}"
+        if args and args[0] == "push" and _looks_transient(output):
+            raise RemoteError(message)
+        raise VersioningError(message)
+    return output
+
+
+def _looks_transient(output: str) -> bool:
+    low = output.lower()
+    return any(word in low for word in _TRANSIENT)
+
+
+def is_repo(repo: Path) -> bool:
+    return (Path(repo) / ".dvc").is_dir()
+
+
+def init(repo: Path) -> None:
+    """``dvc init`` in a git repository, with analytics and update checks off."""
+    if not is_repo(repo):
+        _run(["init", "--quiet"], repo)
+    _run(["config", "core.analytics", "false"], repo)
+    _run(["config", "core.check_update", "false"], repo)
+
+
+def configure_remote(repo: Path, name: str, url: str) -> None:
+    """Make ``url`` the default remote, in ``.dvc/config.local`` (not committed).
+
+    Home is a setting, so the default remote (a directory under home) is set
+    at run time; a team that uses S3 or GCS sets ``versioning.remote_url``.
+    """
+    if "://" not in url:
+        Path(url).mkdir(parents=True, exist_ok=True)
+    _run(["remote", "add", "--local", "--force", "--default", name, url], repo)
+
+
+def repro(repo: Path, targets: list[str], env: dict[str, str] | None = None) -> str:
+    """``dvc repro <targets>``: rerun what changed upstream of the targets, lock it.
+
+    Raises:
+        VersioningError: a stage failed; the message ends with DVC's output.
+    """
+    return _run(["repro", *targets], repo, env=env)
+
+
+def push(
+    repo: Path, targets: list[str], remote: str | None = None, env: dict[str, str] | None = None
+) -> str:
+    """``dvc push`` the targets' outputs.
+
+    Raises:
+        RemoteError: the remote is unreachable or refused (transient: retry).
+        VersioningError: anything else (e.g. outputs missing from the cache).
+    """
+    args = ["push", *targets]
+    if remote:
+        args += ["--remote", remote]
+    return _run(args, repo, env=env)
+
+
+def pull(repo: Path, targets: list[str], remote: str | None = None) -> str:
+    args = ["pull", *targets]
+    if remote:
+        args += ["--remote", remote]
+    return _run(args, repo)
+
+
+def read_lock(repo: Path) -> dict[str, Any]:
+    """dvc.lock as a dict (empty when no stage was ever run)."""
+    lock = Path(repo) / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(lock.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise VersioningError(f"{lock} is not valid YAML: {err}") from err
+    return data if isinstance(data, dict) else {}
+
+
+def locked_outs(repo: Path, stage: str) -> dict[str, str]:
+    """``{path: md5}`` of a stage's outputs as dvc.lock records them (POSIX paths)."""
+    entry = (read_lock(repo).get("stages") or {}).get(stage) or {}
+    return {
+        str(out["path"]): str(out["md5"])
+        for out in entry.get("outs") or []
+        if "path" in out and "md5" in out
+    }
+
+
+def relpath(repo: Path, path: Path) -> str:
+    """``path`` as dvc.lock writes it: relative to the repository, POSIX separators."""
+    try:
+        return Path(path).resolve().relative_to(Path(repo).resolve()).as_posix()
+    except ValueError as err:
+        raise VersioningError(
+            f"{path} is outside the DVC repository {repo}; set data.dir inside it"
+        ) from err
+
+
+def file_md5(path: Path) -> str:
+    """The md5 DVC 3 records for a file: of its bytes."""
+    digest = hashlib.md5()  # noqa: S324 - DVC's content hash, not security
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_commit(repo: Path) -> str | None:
+    """The repository's HEAD commit, or None outside git (or before the first commit)."""
+    try:
+        proc = subprocess.run(
+            ["git", "rev-parse", "HEAD"],  # noqa: S607
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = proc.stdout.strip()
+    return out if proc.returncode == 0 and out else None
