@@ -1,0 +1,82 @@
+"""Ray, started or joined once per process.
+
+Local Ray by default, bounded so it fits beside the rest of the platform on a
+small machine (the object store is capped by ``settings.ray``). With
+``RAY_ADDRESS`` (or ``AIPAAS_RAY__ADDRESS``) the same code joins a cluster
+instead: nothing else changes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from aipaas.exceptions import ConfigurationError
+from aipaas.settings import RaySettings
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RayInfo:
+    """What this process is connected to, for logs and MLflow params."""
+
+    address: str
+    nodes: int
+    cpus: float
+    joined_cluster: bool
+
+
+def ensure_ray(ray_settings: RaySettings) -> RayInfo:
+    """Start local Ray or join the configured cluster; a no-op when already up.
+
+    ``ray.init()`` costs seconds and a second call in the same process would
+    fail, so every caller goes through here.
+    """
+    # Under `uv run`, Ray would package the whole project as a runtime env for
+    # every worker (seconds per start); workers here share this environment.
+    # Read when ray is first imported, so set before importing it.
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    import ray
+
+    address = ray_settings.address or os.environ.get("RAY_ADDRESS", "")
+    if not ray.is_initialized():
+        if address:
+            try:
+                ray.init(address=address, log_to_driver=False)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise ConfigurationError(
+                    f"cannot join the Ray cluster at {address!r} ({err}); start it "
+                    "(`ray start --head`) or unset RAY_ADDRESS / AIPAAS_RAY__ADDRESS "
+                    "to use local Ray"
+                ) from err
+        else:
+            ray.init(
+                num_cpus=ray_settings.num_cpus,
+                object_store_memory=ray_settings.object_store_memory_mb * MIB,
+                include_dashboard=ray_settings.include_dashboard,
+                log_to_driver=False,
+            )
+    return ray_info()
+
+
+def ray_info() -> RayInfo:
+    """The connected Ray's size; call after :func:`ensure_ray`."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    ctx = ray.get_runtime_context()
+    return RayInfo(
+        address=str(getattr(ctx, "gcs_address", "") or ""),
+        nodes=len(nodes),
+        cpus=float(ray.cluster_resources().get("CPU", 0.0)),
+        joined_cluster=bool(os.environ.get("RAY_ADDRESS")) or len(nodes) > 1,
+    )
+
+
+def shutdown_ray() -> None:
+    """Disconnect (and stop local Ray); for benchmarks and tests that need a fresh one."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
