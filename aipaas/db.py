@@ -1,0 +1,130 @@
+"""The platform database: API keys, the audit trail, predictions and feedback.
+
+One SQLAlchemy Core schema on ``settings.db_url``: a SQLite file under
+``home`` by default (WAL mode, so the CLI can read while the server writes),
+PostgreSQL when one process is not enough. Usage and cost are not stored
+separately: they are aggregated from the audit trail, so the two can never
+disagree.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+)
+
+from aipaas.settings import Settings
+
+metadata = MetaData()
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("key_hash", String(64), nullable=False),
+    Column("scopes", String(1000), nullable=False),  # comma-separated
+    Column("rate", String(32), nullable=True),  # "50/s"; None: the serving default
+    Column("created_at", String(40), nullable=False),  # ISO 8601 UTC
+    Column("expires_at", String(40), nullable=True),
+    Column("revoked_at", String(40), nullable=True),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("ts", String(40), nullable=False),
+    Column("kind", String(20), nullable=False),  # "request" | "admin"
+    Column("request_id", String(64), nullable=True),
+    Column("key_id", String(32), nullable=True),
+    Column("owner", String(200), nullable=True),
+    Column("route", String(200), nullable=True),
+    Column("model", String(200), nullable=True),
+    Column("version", String(32), nullable=True),
+    Column("input_hmac", String(64), nullable=True),
+    Column("status", Integer, nullable=True),
+    Column("latency_ms", Float, nullable=True),
+    Column("compute_s", Float, nullable=True),
+    Column("cost", Float, nullable=True),
+    Column("event", String(64), nullable=True),
+    Column("detail", Text, nullable=True),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+Index("ix_audit_key_ts", audit_log.c.key_id, audit_log.c.ts)
+Index("ix_audit_ts", audit_log.c.ts)
+
+predictions = Table(
+    "predictions",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("row", Integer, primary_key=True),  # position in a batch
+    Column("model", String(200), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("output", Text, nullable=False),  # JSON
+    Column("input", Text, nullable=True),  # JSON, only when the definition logs inputs
+    Column("created_at", String(40), nullable=False),
+)
+Index("ix_predictions_model", predictions.c.model, predictions.c.created_at)
+
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("label", Text, nullable=False),  # JSON
+    Column("key_id", String(32), nullable=True),
+    Column("labelled_at", String(40), nullable=False),
+)
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # FULL: a commit is on disk before it returns, which is what "durable
+    # before the response is sent" needs; group commit pays it once per batch.
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA busy_timeout=10000")
+    cur.close()
+
+
+def engine(settings: Settings) -> Engine:
+    """The engine for ``settings.db_url`` with its tables created; one per URL per process."""
+    url = settings.db_url
+    with _lock:
+        eng = _engines.get(url)
+        if eng is not None:
+            return eng
+        if url.startswith("sqlite:///"):
+            settings.home.mkdir(parents=True, exist_ok=True)
+            eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+            event.listen(eng, "connect", _sqlite_pragmas)
+        else:
+            eng = create_engine(url, pool_pre_ping=True)
+        metadata.create_all(eng)
+        _engines[url] = eng
+        return eng
+
+
+def dispose(settings: Settings) -> None:
+    """Close the pooled connections of this URL (tests, and before a fork)."""
+    with _lock:
+        eng = _engines.pop(settings.db_url, None)
+    if eng is not None:
+        eng.dispose()

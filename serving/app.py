@@ -1,0 +1,112 @@
+"""The serving app factory: ``uvicorn serving.app:create_app --factory``.
+
+The lifespan opens the platform database and the audit writer, loads each
+served model's champion (``/readyz`` is 503 until the default one is in),
+and starts the task that follows ``champion``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+from fastapi import FastAPI
+
+from aipaas.audit import AuditRecord, AuditWriter
+from aipaas.keys import KeyStore, RateLimiter
+from aipaas.settings import Settings, get_settings
+from serving.deps import Components
+from serving.holder import ModelHolder, ModelSource, RegistrySource, follow_champions
+from serving.metrics import Metrics
+from serving.middleware import AuditMiddleware
+from serving.routers import admin, feedback, health, predict
+from serving.sink import NoopSink, RowSink
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    row_sink: RowSink | None = None,
+    model_source: ModelSource | None = None,
+    follow: bool = True,
+    key_cache_s: float = 2.0,
+) -> FastAPI:
+    """Build the app.
+
+    Args:
+        settings: defaults to :func:`aipaas.settings.get_settings`.
+        row_sink: where answered rows go for profiling (default: dropped).
+        model_source: where versions come from (default: the MLflow registry).
+        follow: run the background task that follows ``champion``.
+        key_cache_s: how long a key lookup is trusted; a revocation takes
+            effect within it.
+    """
+    settings = settings or get_settings()
+    # LightGBM/OpenMP and BLAS pools would fight uvicorn for two cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    writer = AuditWriter(settings)
+    metrics = Metrics()
+    sink = row_sink or NoopSink()
+    source = model_source or RegistrySource(settings)
+
+    def on_event(event: str, model: str, version: str | None, detail: dict[str, Any]) -> None:
+        writer.submit(
+            AuditRecord(
+                kind="admin",
+                event=event,
+                model=model,
+                version=version,
+                detail=orjson.dumps(detail, option=orjson.OPT_SORT_KEYS).decode(),
+            )
+        )
+
+    names = list(dict.fromkeys([settings.serving.default_model, *settings.serving.models]))
+    holder = ModelHolder(settings, source, on_event, names)
+    components = Components(
+        settings=settings,
+        keys=KeyStore(settings, ttl_s=key_cache_s),
+        limiter=RateLimiter(settings.serving.default_rate),
+        holder=holder,
+        executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="aipaas-model"),
+        sink=sink,
+        metrics=metrics,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for name in names:
+            outcome = await asyncio.to_thread(holder.refresh, name)
+            log.info("startup: %s -> %s", name, outcome)
+        task = asyncio.create_task(follow_champions(holder, settings)) if follow else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            components.executor.shutdown(wait=True)
+            await asyncio.to_thread(writer.close)
+
+    app = FastAPI(
+        title="aipaas serving",
+        summary="Predictions from the registry's champion: keyed, rate-limited, audited.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.components = components
+    app.state.writer = writer
+    app.include_router(health.router)
+    app.include_router(predict.router)
+    app.include_router(feedback.router)
+    app.include_router(admin.router)
+    app.add_middleware(AuditMiddleware, settings=settings, writer=writer, metrics=metrics)
+    return app

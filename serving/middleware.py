@@ -1,0 +1,190 @@
+"""Pure ASGI middleware: request id, body limit, timing, audit, metrics.
+
+It wraps every HTTP request, so rejected ones (401, 413, 404, 422...) are
+audited like answered ones. The response start is held until the request's
+audit record is committed by the group-commit writer: a client never sees a
+response the trail does not have. If the audit write fails, the client gets
+503 instead of an unaudited answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from aipaas.audit import AuditRecord, AuditWriter, input_hmac
+from aipaas.settings import Settings
+from serving.metrics import Metrics
+
+# Probes and docs are not client requests; everything else is audited.
+UNAUDITED = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc"})
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the handlers learn about a request, for its audit record."""
+
+    request_id: str
+    key_id: str | None = None
+    owner: str | None = None
+    model: str | None = None
+    version: str | None = None
+    compute_s: float | None = None
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+
+
+def context(scope: Scope) -> RequestContext:
+    return scope["state"]["ctx"]  # type: ignore[no-any-return]
+
+
+class AuditMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings,
+        writer: AuditWriter,
+        metrics: Metrics,
+    ) -> None:
+        self.app = app
+        self.writer = writer
+        self.metrics = metrics
+        self.audit_enabled = settings.serving.audit_enabled
+        self.max_body = settings.serving.max_body_bytes
+        self.price = settings.serving.cost_per_compute_second
+        self.hmac_key = settings.audit.hmac_key.get_secret_value().encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        ctx = RequestContext(request_id=uuid.uuid4().hex)
+        scope.setdefault("state", {})["ctx"] = ctx
+        path: str = scope["path"]
+        body = b""
+        too_large = False
+        if scope["method"] in ("POST", "PUT", "PATCH"):
+            body, too_large = await self._read_body(scope, receive)
+
+        sent_body = False
+
+        async def replay() -> Message:
+            nonlocal sent_body
+            if not sent_body:
+                sent_body = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        audited = self.audit_enabled and path not in UNAUDITED
+        state = {"started": False, "swallow": False}
+
+        async def send_wrapper(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["started"] = True
+                status = int(message["status"])
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", ctx.request_id.encode()))
+                message = {**message, "headers": headers}
+                ok = await self._finish(ctx, path, status, t0, body, audited)
+                if not ok:
+                    state["swallow"] = True
+                    await _send_plain(send, 503, b'{"detail":"audit trail unavailable"}')
+                    return
+            elif state["swallow"]:
+                return
+            await send(message)
+
+        if too_large:
+            await send_wrapper(
+                {
+                    "type": "http.response.start",
+                    "status": 413,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await send_wrapper(
+                {
+                    "type": "http.response.body",
+                    "body": orjson.dumps({"detail": f"request body exceeds {self.max_body} bytes"}),
+                }
+            )
+            return
+        try:
+            await self.app(scope, replay, send_wrapper)
+        except Exception:
+            if not state["started"]:
+                # The app crashed before answering; the outer error handler
+                # sends the 500, the trail still gets its record.
+                await self._finish(ctx, path, 500, t0, body, audited)
+            raise
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, bool]:
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    if int(value) > self.max_body:
+                        return b"", True
+                except ValueError:
+                    pass
+                break
+        chunks = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return b"", True
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks), False
+
+    async def _finish(
+        self, ctx: RequestContext, path: str, status: int, t0: float, body: bytes, audited: bool
+    ) -> bool:
+        """Audit (and wait for the commit) and count; False if the audit write failed."""
+        latency = time.perf_counter() - t0
+        self.metrics.observe(path, ctx.model, ctx.version, status, latency)
+        if not audited:
+            if ctx.predictions:  # still joinable by /feedback, without waiting
+                self.writer.submit(None, ctx.predictions)
+            return True
+        record = AuditRecord(
+            request_id=ctx.request_id,
+            key_id=ctx.key_id,
+            owner=ctx.owner,
+            route=path,
+            model=ctx.model,
+            version=ctx.version,
+            input_hmac=input_hmac(self.hmac_key, body) if body else None,
+            status=status,
+            latency_ms=latency * 1000.0,
+            compute_s=ctx.compute_s,
+            cost=(ctx.compute_s or 0.0) * self.price,
+        )
+        try:
+            await asyncio.wrap_future(self.writer.submit(record, ctx.predictions))
+        except Exception:  # noqa: BLE001 - the writer logged it; the client gets 503
+            return False
+        return True
+
+
+async def _send_plain(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,36 @@
+"""``POST /feedback``: ground truth for an earlier request id."""
+
+from __future__ import annotations
+
+import anyio
+from fastapi import APIRouter, Depends, HTTPException
+
+from aipaas import feedback as fb
+from serving.deps import ApiKeyDep, ComponentsDep, ContextDep, Scope, rate_limit
+from serving.schemas import FeedbackRequest, FeedbackResponse
+
+router = APIRouter(
+    tags=["feedback"], dependencies=[Depends(Scope("feedback")), Depends(rate_limit)]
+)
+
+
+@router.post("/feedback", response_model=FeedbackResponse, status_code=201)
+async def post_feedback(
+    body: FeedbackRequest, c: ComponentsDep, ctx: ContextDep, key: ApiKeyDep
+) -> FeedbackResponse:
+    """Label a served prediction: 404 if the request id is unknown, 409 if already labelled."""
+    try:
+        got = await anyio.to_thread.run_sync(
+            lambda: fb.record_feedback(c.settings, body.request_id, body.label, key_id=key.id)
+        )
+    except fb.UnknownRequestError as err:
+        raise HTTPException(404, str(err)) from err
+    except fb.AlreadyLabelledError as err:
+        raise HTTPException(409, str(err)) from err
+    ctx.model, ctx.version = got.model, got.version
+    return FeedbackResponse(
+        request_id=got.request_id,
+        model=got.model,
+        model_version=got.version,
+        labelled_at=got.labelled_at,
+    )

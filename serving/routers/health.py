@@ -1,0 +1,34 @@
+"""Probes and metrics: no key needed, not audited."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from serving.deps import ComponentsDep
+from serving.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health)
+async def healthz() -> Health:
+    """The process answers."""
+    return Health(alive=True)
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+async def readyz(c: ComponentsDep) -> JSONResponse:
+    """200 once the default model has a loaded version, 503 before."""
+    models = {n: (m.version if (m := c.holder.get(n)) else None) for n in c.holder.names}
+    ready = models.get(c.settings.serving.default_model) is not None
+    body = Readiness(ready=ready, models=models).model_dump()
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(c: ComponentsDep) -> PlainTextResponse:
+    """Prometheus text format."""
+    c.metrics.models_loaded = c.holder.loads
+    c.metrics.reload_failures = c.holder.failures
+    return PlainTextResponse(c.metrics.render(), media_type="text/plain; version=0.0.4")

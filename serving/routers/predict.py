@@ -1,0 +1,231 @@
+"""``/predict``, ``/invocations`` and ``/model``, for the default model or one by path/header."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from serving.deps import ComponentsDep, ContextDep, Scope, ServedModelDep, rate_limit
+from serving.holder import ServedModel
+from serving.schemas import FieldOut, InvocationsResponse, ModelOut, PredictResponse
+
+router = APIRouter(
+    tags=["predict"],
+    dependencies=[Depends(Scope("predict", per_model=True)), Depends(rate_limit)],
+)
+
+BODY_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "description": "One record (the signature's columns) or a list of records",
+                    "oneOf": [{"type": "object"}, {"type": "array", "items": {"type": "object"}}],
+                }
+            }
+        },
+    }
+}
+
+
+class JSONBytes(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as err:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "json_invalid",
+                    "loc": ("body",),
+                    "msg": f"invalid JSON: {err}",
+                    "input": None,
+                }
+            ]
+        ) from err
+
+
+def _validate(served: ServedModel, records: Any, batch: bool, max_rows: int) -> list[list[Any]]:
+    """Records -> rows in signature order; 422 naming the field on any problem."""
+    try:
+        if batch:
+            if len(records) > max_rows:
+                raise RequestValidationError(
+                    [
+                        {
+                            "type": "too_long",
+                            "loc": ("body",),
+                            "msg": f"batch of {len(records)} rows exceeds the limit of {max_rows}",
+                            "input": None,
+                        }
+                    ]
+                )
+            objs = served.list_adapter.validate_python(records)
+        else:
+            objs = [served.record_model.model_validate(records)]
+    except ValidationError as err:
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in err.errors(include_url=False)]
+        raise RequestValidationError(errors) from err
+    attrs = served.attrs
+    return [[getattr(o, a) for a in attrs] for o in objs]
+
+
+async def _run(
+    c: ComponentsDep, ctx: ContextDep, served: ServedModel, rows: list[list[Any]]
+) -> Any:
+    loop = asyncio.get_running_loop()
+    t = time.perf_counter()
+    pred = await loop.run_in_executor(c.executor, served.loaded.predict, rows)
+    ctx.compute_s = time.perf_counter() - t
+    names = served.names
+    dict_rows = [dict(zip(names, r, strict=True)) for r in rows]
+    now = datetime.now(UTC).isoformat(timespec="microseconds")
+    for i, (row, out) in enumerate(zip(dict_rows, pred.outputs, strict=True)):
+        ctx.predictions.append(
+            {
+                "request_id": ctx.request_id,
+                "row": i,
+                "model": served.name,
+                "version": served.version,
+                "output": orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+                "input": orjson.dumps(row).decode() if served.log_inputs else None,
+                "created_at": now,
+            }
+        )
+    if c.settings.serving.profiling_enabled:
+        c.sink.submit(served.name, served.version, dict_rows, pred.outputs)
+    return pred
+
+
+async def _predict(
+    request: Request, c: ComponentsDep, ctx: ContextDep, served: ServedModel
+) -> Response:
+    payload = _loads(await request.body())
+    batch = isinstance(payload, list)
+    rows = _validate(served, payload, batch, c.settings.serving.max_batch_rows)
+    pred = await _run(c, ctx, served, rows)
+    probs = pred.probabilities
+    return JSONBytes(
+        {
+            "output": pred.outputs if batch else pred.outputs[0],
+            "probabilities": (probs if batch else probs[0]) if probs is not None else None,
+            "model": served.name,
+            "model_version": served.version,
+            "request_id": ctx.request_id,
+        }
+    )
+
+
+@router.post("/predict", response_model=PredictResponse, openapi_extra=BODY_DOC)
+async def predict(
+    request: Request, c: ComponentsDep, ctx: ContextDep, served: ServedModelDep
+) -> Response:
+    """Predict with the champion of the default model (or the one named in ``X-Model``)."""
+    return await _predict(request, c, ctx, served)
+
+
+@router.post("/models/{name}/predict", response_model=PredictResponse, openapi_extra=BODY_DOC)
+async def predict_named(
+    name: str, request: Request, c: ComponentsDep, ctx: ContextDep, served: ServedModelDep
+) -> Response:
+    """Predict with the champion of model ``name``."""
+    return await _predict(request, c, ctx, served)
+
+
+def _mlflow_records(payload: Any, names: tuple[str, ...]) -> list[Any]:
+    """MLflow scoring formats -> a list of records."""
+    if not isinstance(payload, dict) or len(payload) != 1:
+        raise _bad("expected exactly one of dataframe_split, dataframe_records, instances, inputs")
+    fmt, data = next(iter(payload.items()))
+    if fmt == "dataframe_split":
+        if not isinstance(data, dict) or "data" not in data:
+            raise _bad("dataframe_split needs 'columns' and 'data'")
+        cols = data.get("columns") or list(names)
+        return [dict(zip(cols, row, strict=False)) for row in data["data"]]
+    if fmt == "dataframe_records":
+        return data if isinstance(data, list) else [data]
+    if fmt in ("instances", "inputs"):
+        if isinstance(data, dict):  # columnar: {"col": [values...]}
+            cols = list(data)
+            values = [v if isinstance(v, list) else [v] for v in data.values()]
+            return [dict(zip(cols, row, strict=True)) for row in zip(*values, strict=False)]
+        if isinstance(data, list):
+            return [r if isinstance(r, dict) else dict(zip(names, r, strict=False)) for r in data]
+    raise _bad(f"unknown scoring format {fmt!r}")
+
+
+def _bad(msg: str) -> RequestValidationError:
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("body",), "msg": msg, "input": None}]
+    )
+
+
+async def _invocations(
+    request: Request, c: ComponentsDep, ctx: ContextDep, served: ServedModel
+) -> Response:
+    records = _mlflow_records(_loads(await request.body()), served.names)
+    rows = _validate(served, records, True, c.settings.serving.max_batch_rows)
+    pred = await _run(c, ctx, served, rows)
+    return JSONBytes({"predictions": pred.outputs})
+
+
+@router.post("/invocations", response_model=InvocationsResponse, openapi_extra=BODY_DOC)
+async def invocations(
+    request: Request, c: ComponentsDep, ctx: ContextDep, served: ServedModelDep
+) -> Response:
+    """MLflow's scoring protocol, so clients of ``mlflow models serve`` work unchanged."""
+    return await _invocations(request, c, ctx, served)
+
+
+@router.post(
+    "/models/{name}/invocations", response_model=InvocationsResponse, openapi_extra=BODY_DOC
+)
+async def invocations_named(
+    name: str, request: Request, c: ComponentsDep, ctx: ContextDep, served: ServedModelDep
+) -> Response:
+    return await _invocations(request, c, ctx, served)
+
+
+def _model_out(served: ServedModel) -> ModelOut:
+    m = served.loaded
+    return ModelOut(
+        name=m.name,
+        version=m.version,
+        run_id=m.metadata.get("run_id"),
+        dataset=m.metadata.get("dataset"),
+        data_version=m.metadata.get("data_version"),
+        promoted_at=m.metadata.get("promoted_at"),
+        loaded_at=datetime.fromtimestamp(m.loaded_at, UTC).isoformat(),
+        flavor=m.flavor,
+        classes=list(m.classes) if m.classes is not None else None,
+        inputs=[FieldOut(name=f.name, type=f.type, required=f.required) for f in m.fields],
+    )
+
+
+@router.get("/model", response_model=ModelOut)
+async def model(served: ServedModelDep) -> ModelOut:
+    """The version answering ``/predict``: its run, data version and when it was promoted."""
+    return _model_out(served)
+
+
+@router.get("/models/{name}", response_model=ModelOut)
+async def model_named(name: str, served: ServedModelDep) -> ModelOut:
+    return _model_out(served)
+
+
+__all__ = ["router", "HTTPException"]

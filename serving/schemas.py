@@ -1,0 +1,108 @@
+"""Request and response schemas; per-model request schemas come from the signature."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from aipaas.predictor import FieldSpec
+
+_PY = {"float": float, "int": int, "str": str, "bool": bool}
+
+
+def request_model(
+    name: str, fields: tuple[FieldSpec, ...]
+) -> tuple[type[BaseModel], tuple[str, ...]]:
+    """A pydantic model for one record of ``name``'s input, and its attribute names in order.
+
+    Column names need not be Python identifiers, so each field is ``f<i>``
+    with the column name as its alias; errors name the column.
+    """
+    defs: dict[str, Any] = {}
+    attrs = []
+    for i, spec in enumerate(fields):
+        attr = f"f{i}"
+        attrs.append(attr)
+        py = _PY[spec.type]
+        if spec.required:
+            defs[attr] = (py, Field(..., alias=spec.name))
+        else:
+            defs[attr] = (py | None, Field(None, alias=spec.name))
+    model = create_model(  # type: ignore[call-overload]
+        f"{name.title().replace('-', '').replace('_', '')}Input",
+        __config__=ConfigDict(extra="forbid", populate_by_name=False),
+        **defs,
+    )
+    return model, tuple(attrs)
+
+
+class PredictResponse(BaseModel):
+    """One record in: ``output`` is a value; a list of records: a list."""
+
+    output: Any
+    probabilities: dict[str, float] | list[dict[str, float]] | None = None
+    model: str
+    model_version: str
+    request_id: str
+
+
+class InvocationsResponse(BaseModel):
+    predictions: list[Any]
+
+
+class FieldOut(BaseModel):
+    name: str
+    type: str
+    required: bool
+
+
+class ModelOut(BaseModel):
+    name: str
+    version: str
+    run_id: str | None
+    dataset: str | None
+    data_version: str | None
+    promoted_at: str | None
+    loaded_at: str
+    flavor: str
+    classes: list[Any] | None
+    inputs: list[FieldOut]
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, max_length=64)
+    label: Any
+
+
+class FeedbackResponse(BaseModel):
+    request_id: str
+    model: str
+    model_version: str
+    labelled_at: str
+
+
+class Health(BaseModel):
+    alive: bool
+
+
+class Readiness(BaseModel):
+    ready: bool
+    models: dict[str, str | None]
+
+
+class UsageOut(BaseModel):
+    key_id: str | None
+    owner: str | None
+    model: str | None
+    version: str | None
+    requests: int
+    errors: int
+    compute_s: float
+    cost: float
+
+
+class ReloadOut(BaseModel):
+    outcomes: dict[str, str]
