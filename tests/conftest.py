@@ -17,6 +17,8 @@ os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Under `uv run` Ray would zip the project as every worker's runtime env (slow).
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 # Tests never read the developer's .env or environment overrides.
 for _key in [k for k in os.environ if k.startswith("AIPAAS_")]:
