@@ -1,0 +1,107 @@
+"""The ``promote`` flow on the session's Prefect harness, against a real MLflow store."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aipaas import registry, tags
+from aipaas.exceptions import GateFailedError
+from aipaas.settings import Settings, get_settings
+from tests.unit.test_promote import MODEL, _register, _settings
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def flow_settings(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: None
+) -> Iterator[Settings]:
+    """Settings the flow itself reads (through get_settings) pointed at a temp home."""
+    s = _settings(settings, tmp_path)
+    monkeypatch.setenv("AIPAAS_HOME", str(s.home))
+    monkeypatch.setenv("AIPAAS_MODELS_DIR", str(s.models_dir))
+    monkeypatch.setenv("AIPAAS_MLFLOW__TRACKING_URI", s.mlflow_tracking_uri)
+    get_settings.cache_clear()
+    yield s
+    get_settings.cache_clear()
+
+
+def _artifact(key: str) -> list[dict]:
+    import json
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        artifact = client.read_latest_artifacts()  # type: ignore[call-arg]
+    found = [a for a in artifact if a.key == key]
+    assert found, f"no artifact {key}"
+    data = found[0].data
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def test_flow_promotes_then_fails_on_a_bad_challenger(flow_settings: Settings) -> None:
+    from flows.promote import promote_flow
+
+    v1 = _register(flow_settings)
+    result = promote_flow(MODEL)
+    assert result["result"] == "promoted" and result["version"] == v1
+    assert registry.get_alias(MODEL, tags.CHAMPION).version == v1  # type: ignore[union-attr]
+    assert promote_flow(MODEL, v1)["result"] == "unchanged"
+
+    bad = _register(flow_settings, latency=900.0)
+    state = promote_flow(MODEL, bad, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(GateFailedError, match="p99 latency ms"):
+        state.result()
+    assert registry.get_alias(MODEL, tags.CHAMPION).version == v1  # type: ignore[union-attr]
+    rows = _artifact("promotion-gates-tiny")
+    assert {"gate": "p99 latency ms", "result": "FAIL"}.items() <= next(
+        r for r in rows if r["gate"] == "p99 latency ms"
+    ).items()
+
+
+def test_flow_pauses_for_approval_and_records_the_reviewer(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: None
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState
+    from prefect.client.schemas.filters import FlowRunFilterStateType as StateTypeFilter
+    from prefect.client.schemas.objects import StateType
+    from prefect.flow_runs import resume_flow_run
+
+    from flows.promote import promote_flow
+
+    s = _settings(settings, tmp_path, approval=True)
+    monkeypatch.setenv("AIPAAS_HOME", str(s.home))
+    monkeypatch.setenv("AIPAAS_MODELS_DIR", str(s.models_dir))
+    monkeypatch.setenv("AIPAAS_MLFLOW__TRACKING_URI", s.mlflow_tracking_uri)
+    get_settings.cache_clear()
+    try:
+        v1 = _register(s)
+        out: dict = {}
+        runner = threading.Thread(target=lambda: out.update(promote_flow(MODEL)), daemon=True)
+        runner.start()
+        paused = None
+        deadline = time.monotonic() + 90
+        with get_client(sync_client=True) as client:
+            while paused is None and time.monotonic() < deadline:
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(type=StateTypeFilter(any_=[StateType.PAUSED]))
+                    )
+                )
+                paused = next((r for r in runs if r.parameters.get("model") == MODEL), None)
+                time.sleep(0.5)
+        assert paused is not None, "the promote flow never paused for approval"
+        assert registry.get_alias(MODEL, tags.CHAMPION) is None  # nothing before approval
+        resume_flow_run(paused.id, run_input={"approve": True, "reviewer": "erin"})
+        runner.join(60)
+        assert out.get("result") == "promoted" and out.get("approved_by") == "erin"
+        assert registry.get_alias(MODEL, tags.CHAMPION).version == v1  # type: ignore[union-attr]
+    finally:
+        get_settings.cache_clear()
