@@ -333,3 +333,35 @@ def _git_commit(settings: Settings) -> str | None:
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip()
     return None
+
+
+def lineage(model: str, version: str | int, settings: Settings) -> dict[str, str]:
+    """How to get from a registered version back to its exact data.
+
+    Read from the version's tags (written at registration) and its run, so it
+    works from any machine that reaches the registry. ``git checkout <commit>
+    && dvc checkout`` (or ``dvc pull``) restores the files whose hash is shown.
+    """
+    from aipaas import registry
+
+    registry.connect(settings)
+    mv = registry.get_version(model, version)
+    t = mv.tags
+    run = mv.run_id or ""
+    metrics = registry.run_metrics(run) if run else {}
+    out = {
+        "model": f"{mv.name} v{mv.version}",
+        "aliases": ", ".join(mv.aliases) or "-",
+        "dataset": t.get(tags.DATASET, "unknown"),
+        "dvc_hash": t.get(tags.DATA_HASH, "unknown"),
+        "rows": t.get(tags.DATA_ROWS, "unknown"),
+        "suite_passed": t.get(tags.SUITE_PASSED, "unknown"),
+        "run_id": run or "unknown",
+        "git_commit": t.get(tags.GIT_COMMIT, "unknown"),
+        "code_commit": t.get("aipaas.code_commit", "unknown"),
+        "model_uri": mv.uri,
+    }
+    for key in sorted(metrics):
+        if key.startswith("holdout_"):
+            out[key] = f"{metrics[key]:.4f}"
+    return out
