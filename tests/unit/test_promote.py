@@ -352,3 +352,45 @@ def test_no_challenger_says_what_to_do(settings: Settings, tmp_path: Path) -> No
     s = _settings(settings, tmp_path)
     with pytest.raises(ModelNotFoundError, match="aipaas train tiny"):
         promote(s, MODEL)
+
+
+@pytest.mark.slow  # six `aipaas` processes, a few seconds of imports each
+def test_cli_exits_non_zero_on_a_failed_gate_and_shows_the_model(
+    settings: Settings, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    s = _settings(settings, tmp_path)
+    v1 = _register(s, latency=900.0)
+    env = {
+        **os.environ,
+        "AIPAAS_HOME": str(s.home),
+        "AIPAAS_MODELS_DIR": str(s.models_dir),
+        "AIPAAS_MLFLOW__TRACKING_URI": s.mlflow_tracking_uri,
+    }
+    cli = [sys.executable, "-c", "from aipaas.cli import main; main()"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args], env=env, capture_output=True, text=True, timeout=120)
+
+    failed = run("promote", MODEL)
+    assert failed.returncode == GateFailedError.exit_code, failed.stderr
+    assert "p99 latency ms" in failed.stderr and "FAIL" in failed.stderr
+
+    v2 = _register(s)
+    ok = run("promote", MODEL)
+    assert ok.returncode == 0, ok.stderr
+    assert f"promoted tiny v{v2} to champion" in ok.stdout
+
+    shown = run("models", "show", MODEL)
+    assert shown.returncode == 0, shown.stderr
+    assert "aliases: champion=v2, challenger=v2" in shown.stdout
+    assert "rejected" in shown.stdout and "p99 latency ms" in shown.stdout
+    listed = run("models", "list", "--json")
+    [row] = [r for r in json.loads(listed.stdout) if r["model"] == MODEL]
+    assert row["champion"] == v2 and row["versions"] == 2
+    assert v1 != v2
+    norollback = run("rollback", MODEL)
+    assert norollback.returncode == ModelNotFoundError.exit_code
