@@ -1,3 +1,110 @@
-"""``aipaas profiler, aipaas drift``."""
+"""``aipaas profiler, aipaas drift``.
+
+``profiler`` is the process that turns serving's spool into whylogs profile
+windows (``aipaas up`` starts it beside the server); each window it closes
+starts the ``drift`` deployment on the platform's Prefect server. ``drift``
+runs one drift check now, in this process, without Prefect.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+from typing import Annotated
+
+import typer
+
+from aipaas.cli._app import app, settings
+
+
+@app.command("profiler")
+def profiler_cmd(
+    once: Annotated[
+        bool, typer.Option("--once", help="Profile what is spooled now, then exit.")
+    ] = False,
+    poll: Annotated[float, typer.Option(help="Seconds to wait when the spool is idle.")] = 1.0,
+    trigger: Annotated[
+        bool, typer.Option(help="Start the drift deployment when a window closes.")
+    ] = True,
+) -> None:
+    """Profile served rows in batches into windows; runs in the foreground until stopped."""
+    from aipaas.spool import Profiler
+
+    s = settings()
+    window_trigger = None
+    if trigger:
+        # The platform's server, never a temporary one: unreachable means retry later.
+        os.environ.setdefault("PREFECT_API_URL", s.prefect_api_url)
+        from flows.triggers import DeploymentTrigger
+
+        window_trigger = DeploymentTrigger(s)
+    with Profiler(s, window_trigger) as profiler:
+        if once:
+            rows = profiler.step()
+            typer.echo(f"profiled {rows} rows; open windows: {_open(profiler.open_windows())}")
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        typer.echo(
+            f"profiler: spool {s.home / 'spool'} -> {s.profiles_dir} "
+            f"(window {s.monitoring.window_rows} rows / {s.monitoring.window_minutes:g} min)"
+        )
+        try:
+            profiler.run(stop, poll_s=poll)
+        except KeyboardInterrupt:
+            pass
+        typer.echo(f"profiler stopped; open windows kept: {_open(profiler.open_windows())}")
+
+
+def _open(windows: dict[tuple[str, str], int]) -> str:
+    return ", ".join(f"{m} v{v}: {n} rows" for (m, v), n in windows.items()) or "none"
+
+
+@app.command("drift")
+def drift_cmd(
+    model: Annotated[
+        str, typer.Argument(help="Model name: a definition in models/.")
+    ] = "diagnosis",
+    mlflow: Annotated[bool, typer.Option(help="Log the scores as an MLflow run.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
+) -> None:
+    """Compare the windows served since the last check with the champion's reference, now.
+
+    Prints the decision, its reasons and the HTML report's path. It does not
+    retrain: `aipaas run drift` does, through the flows.
+    """
+    from aipaas import drift
+
+    s = settings()
+    report = drift.check(s, model)
+    run_id = drift.log_to_mlflow(s, report) if mlflow else None
+    if as_json:
+        typer.echo(json.dumps({**report.to_dict(), "mlflow_run": run_id}, indent=2, default=str))
+        return
+    d = report.decision
+    verdict = "RETRAIN" if d.retrain else "no retrain" if d.decided else "no decision"
+    typer.echo(
+        f"{model} v{report.version}: {report.rows} served rows "
+        f"(windows {', '.join(map(str, report.windows)) or 'none'})"
+    )
+    for f in sorted(report.features, key=lambda f: -f.score)[:10]:
+        mark = "DRIFT" if f.drifting else "ok"
+        typer.echo(
+            f"  {f.feature:<28} {f.method:<9} {f.score:6.3f}  {mark}  {'; '.join(f.reasons)}"
+        )
+    if report.prediction is not None:
+        p = report.prediction
+        typer.echo(
+            f"  {'prediction':<28} {p.method:<9} {p.score:6.3f}  {'DRIFT' if p.drifting else 'ok'}"
+        )
+    if report.accuracy is not None:
+        a = report.accuracy
+        typer.echo(f"  accuracy on {a.labelled_rows} labelled rows: {a.accuracy:.3f}")
+    typer.echo(f"decision: {verdict}")
+    for reason in d.reasons:
+        typer.echo(f"  - {reason}")
+    typer.echo(f"report: {report.html_path}")
+    if run_id:
+        typer.echo(f"mlflow run: {run_id}")

@@ -1,0 +1,140 @@
+"""Start the drift deployment when the profiler closes a window, without blocking it.
+
+:class:`DeploymentTrigger` implements :class:`aipaas.spool.WindowTrigger`.
+A closed window asks the Prefect API for a run of deployment ``drift/drift``
+(``run_deployment(..., timeout=0)``: create the run and return at once; the
+runner that ``aipaas up`` serves executes it). When Prefect cannot be reached,
+or the deployment is not registered yet, the request waits in
+``<home>/run/triggers/pending.json`` and every profiler step retries it with
+a growing delay. Requests for one model coalesce: a drift run consumes every
+window closed since the last check, so one pending run per model is enough.
+Whatever is still missed, the drift schedule catches.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from aipaas.settings import Settings
+from aipaas.spool import WindowInfo
+
+log = logging.getLogger(__name__)
+
+DRIFT_DEPLOYMENT = "drift/drift"
+MAX_BACKOFF_S = 300.0
+
+# (model, window) -> None; raises when the run could not be created.
+Runner = Callable[[str, WindowInfo], None]
+
+
+def run_drift_deployment(model: str, window: WindowInfo) -> None:
+    """Create a run of the drift deployment and return without waiting for it."""
+    from prefect.deployments import run_deployment
+
+    run_deployment(
+        DRIFT_DEPLOYMENT,
+        parameters={"model": model},
+        timeout=0,
+        # The same window never starts two runs, even when a retry follows a
+        # request whose answer was lost.
+        idempotency_key=f"drift-{model}-{window.version}-{window.seq}",
+        tags=["aipaas", "window-closed"],
+        as_subflow=False,
+    )
+
+
+def _unreachable_errors() -> tuple[type[BaseException], ...]:
+    from prefect.exceptions import PrefectException
+
+    # Connection refused, timeouts, 5xx, an unknown deployment: all may pass.
+    return (httpx.HTTPError, OSError, PrefectException)
+
+
+class DeploymentTrigger:
+    """Window closes -> drift runs, retried from a file when Prefect is away."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        runner: Runner | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        base_backoff_s: float = 5.0,
+    ) -> None:
+        self._path = settings.run_dir / "triggers" / "pending.json"
+        self._runner = runner or run_drift_deployment
+        self._clock = clock
+        self._base = base_backoff_s
+        self.triggered: list[tuple[str, int]] = []  # (model, window seq), for logs and tests
+
+    # -- WindowTrigger ---------------------------------------------------------
+
+    def window_closed(self, window: WindowInfo) -> None:
+        pending = self._load()
+        pending[window.model] = {
+            "window": window.to_dict(),
+            "attempts": 0,
+            "next_at": 0.0,
+            "error": pending.get(window.model, {}).get("error"),
+        }
+        self._save(pending)
+        self.tick()
+
+    def tick(self) -> None:
+        pending = self._load()
+        if not pending:
+            return
+        now = self._clock()
+        errors = _unreachable_errors()
+        changed = False
+        for model, entry in list(pending.items()):
+            if entry["next_at"] > now:
+                continue
+            window = WindowInfo(**entry["window"])
+            try:
+                self._runner(model, window)
+            except errors as err:
+                entry["attempts"] += 1
+                delay = min(MAX_BACKOFF_S, self._base * 2 ** (entry["attempts"] - 1))
+                entry["next_at"] = now + delay
+                entry["error"] = f"{type(err).__name__}: {err}"
+                log.warning(
+                    "could not start %s for %s (attempt %d, retry in %.0f s): %s",
+                    DRIFT_DEPLOYMENT, model, entry["attempts"], delay, entry["error"],
+                )  # fmt: skip
+            else:
+                del pending[model]
+                self.triggered.append((model, window.seq))
+                log.info("started %s for %s after window #%d", DRIFT_DEPLOYMENT, model, window.seq)
+            changed = True
+        if changed:
+            self._save(pending)
+
+    def pending(self) -> dict[str, Any]:
+        """Models whose drift run is still to be started, with the last error."""
+        return self._load()
+
+    # -- file ----------------------------------------------------------------
+
+    def _load(self) -> dict[str, Any]:
+        if not self._path.is_file():
+            return {}
+        return dict(json.loads(self._path.read_text()))
+
+    def _save(self, pending: dict[str, Any]) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(pending, indent=1))
+        tmp.replace(self._path)
+
+
+def pending_path(settings: Settings) -> Path:
+    return settings.run_dir / "triggers" / "pending.json"
