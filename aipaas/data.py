@@ -346,12 +346,29 @@ def _count_rows(path: Path) -> int:
 def run_data_pipeline(dataset: str, settings: Settings, push: bool = True) -> DatasetVersion:
     """Reproduce the dataset's stages with DVC, push them, and return the version.
 
-    DVC decides what to rerun (changed source code, params, suite or incoming
-    files) and records the outputs in dvc.lock. The stages run in the same
-    Python environment as this process, with this process's settings.
+    What ``aipaas data run`` calls; the Prefect flow calls the same three
+    steps as separate tasks so that only the push is retried.
 
     Raises:
         DataValidationError: the suite failed; nothing is split, locked or pushed.
+        VersioningError: DVC failed for another reason (its output is in the message).
+    """
+    reproduce(dataset, settings)
+    if push:
+        push_dataset(dataset, settings)
+    return load_version(dataset, settings)
+
+
+def reproduce(dataset: str, settings: Settings) -> None:
+    """``dvc repro split@<dataset>``: rerun what changed, record it in dvc.lock.
+
+    DVC decides what to rerun (changed source code, params, suite or incoming
+    files). The stages run in the same Python environment as this process,
+    with this process's settings.
+
+    Raises:
+        DataValidationError: the suite failed (carries the report); DVC stopped
+            before split, so the failed data is neither split nor locked as good.
         VersioningError: DVC failed for another reason (its output is in the message).
     """
     spec(dataset, settings)
@@ -359,22 +376,21 @@ def run_data_pipeline(dataset: str, settings: Settings, push: bool = True) -> Da
     repo = Path(settings.versioning.repo)
     # DVC refuses a missing dependency: the incoming directory exists even when empty.
     p.incoming.mkdir(parents=True, exist_ok=True)
-    env = stage_environment(settings)
     try:
-        versioning.repro(repo, [f"split@{dataset}"], env=env)
+        versioning.repro(repo, [f"split@{dataset}"], env=stage_environment(settings))
     except VersioningError as err:
-        report = _report_if_failed(dataset, settings)
+        # Only a failure of the validate stage is a suite failure; an older
+        # failed report must not be blamed for, say, a broken ingest.
+        failed_stage = f"validate@{dataset}" in str(err)
+        report = _report_if_failed(dataset, settings) if failed_stage else None
         if report is not None:
             raise DataValidationError(
-                f"{dataset} failed its suite: {len(report.failed)} expectations failed"
-                + (f" ({report.error})" if report.error else "")
+                f"{dataset} failed its suite: "
+                + (report.error or f"{len(report.failed)} expectations failed")
                 + "; nothing was split or pushed",
                 report=report,
             ) from err
         raise
-    if push:
-        push_dataset(dataset, settings)
-    return load_version(dataset, settings)
 
 
 def push_dataset(dataset: str, settings: Settings) -> None:

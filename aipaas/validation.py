@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -149,7 +150,8 @@ def validate_frame(
             if not docs_page or not Path(docs_page).exists():
                 docs_page = str(Path(docs_dir) / "index.html")
 
-    failed = [_failure(r) for r in suite_result.results if not r.success]
+    failures = [_explain_types(_failure(r), frame) for r in suite_result.results if not r.success]
+    failed = _tidy(failures)
     failed.sort(key=lambda f: (f.column is not None, f.column or "", f.expectation))
     return ValidationReport(
         dataset=dataset,
@@ -216,6 +218,63 @@ def _failure(result: Any) -> FailedExpectation:
     )
 
 
+def _tidy(failed: list[FailedExpectation]) -> list[FailedExpectation]:
+    """Fold the failures that follow from another one into it.
+
+    A missing column makes every expectation on it fail with an exception,
+    and a numeric column read as text makes its range check fail the same
+    way: report the cause once, not a list of GX errors.
+    """
+    missing = {f.column for f in failed if f.expectation == "expect_column_to_exist"}
+    not_numeric = {
+        f.column for f in failed if f.expectation == "expect_column_values_to_be_in_type_list"
+    }
+    kept: list[FailedExpectation] = []
+    skipped: dict[str | None, int] = {}
+    for f in failed:
+        if f.column in missing and f.expectation != "expect_column_to_exist":
+            skipped[f.column] = skipped.get(f.column, 0) + 1
+            continue
+        if f.column in not_numeric and "could not be evaluated" in f.details:
+            kept.append(replace(f, details="not checked: the column is not numeric"))
+            continue
+        if f.expectation == "expect_column_values_to_not_be_null":
+            f = replace(f, examples=[])
+        kept.append(f)
+    return [
+        replace(f, details=f"{f.details} ({skipped[f.column]} expectations on it not checked)")
+        if f.expectation == "expect_column_to_exist" and skipped.get(f.column)
+        else f
+        for f in kept
+    ]
+
+
+def _explain_types(failure: FailedExpectation, frame: pd.DataFrame) -> FailedExpectation:
+    """A numeric column read as text: name the values that are not numbers.
+
+    GX checks the column's values one by one, so one stray word in a numeric
+    column reports every row as failing, with numbers as the examples. What a
+    person needs is the few values that made the column text.
+    """
+    if (
+        failure.expectation != "expect_column_values_to_be_in_type_list"
+        or failure.column not in frame.columns
+        or frame[failure.column].dtype != object
+    ):
+        return failure
+    values = frame[failure.column]
+    bad = values[values.notna() & pd.to_numeric(values, errors="coerce").isna()]
+    if bad.empty:
+        return failure
+    return FailedExpectation(
+        expectation=failure.expectation,
+        column=failure.column,
+        unexpected_count=len(bad),
+        examples=[_plain(v) for v in bad.unique()[:MAX_EXAMPLES]],
+        details=f"column read as text; {len(bad)} values are not numbers. {failure.details}",
+    )
+
+
 def _describe(kind: str, kwargs: dict[str, Any], res: dict[str, Any]) -> str:
     """A one-line statement of what was expected and what was observed."""
     observed = res.get("observed_value")
@@ -236,7 +295,9 @@ def _describe(kind: str, kwargs: dict[str, Any], res: dict[str, Any]) -> str:
             f"and {kwargs.get('max_value')}"
         )
     if kind == "expect_column_values_to_be_in_type_list":
-        return f"type {observed}; expected one of {kwargs.get('type_list')}"
+        return f"expected types {kwargs.get('type_list')}" + (
+            f", found {observed}" if observed else ""
+        )
     if kind == "expect_column_values_to_be_of_type":
         return f"type {observed}; expected {kwargs.get('type_')}"
     if kind == "expect_column_values_to_be_between":

@@ -130,7 +130,10 @@ def _print_report(report: ValidationReport) -> None:
         if report.error:
             typer.echo(f"  {report.error}")
         if report.failed:
-            typer.echo(f"  {len(report.failed)} of {report.evaluated} expectations failed:")
+            typer.echo(
+                f"  {len(report.failed)} problems ({report.evaluated} expectations evaluated; "
+                "failures that follow from a missing or non-numeric column are folded in):"
+            )
             typer.echo(f"  {'expectation':<42} {'column':<26} {'rows':>6}  examples / details")
             for f in report.failed:
                 examples = ", ".join(map(str, f.examples))
