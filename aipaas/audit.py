@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -90,10 +91,45 @@ class AuditRecord:
     hash: str = ""
 
 
-def record_hash(row: dict[str, Any]) -> str:
-    """SHA-256 over the hashed fields in a fixed order (floats as stored)."""
+def record_hash(key: bytes, row: dict[str, Any]) -> str:
+    """HMAC-SHA256 over the hashed fields in a fixed order (floats as stored).
+
+    Keyed, so someone who can write the database but does not hold
+    ``audit.hmac_key`` cannot edit a record and recompute the chain after it.
+    """
     values = [row.get(name) for name in HASHED_FIELDS]
-    return hashlib.sha256(orjson.dumps(values)).hexdigest()
+    return hmac.new(key, orjson.dumps(values), hashlib.sha256).hexdigest()
+
+
+def chain_key(settings: Settings) -> bytes:
+    return b"aipaas-audit-chain:" + settings.audit.hmac_key.get_secret_value().encode()
+
+
+def head_file(settings: Settings) -> Path:
+    """Where the last committed (seq, hash) is noted, outside the database.
+
+    A chain alone cannot show that its last records were cut off; the head
+    noted here can.
+    """
+    return settings.home / "audit-head"
+
+
+def _note_head(settings: Settings, seq: int, hash_: str) -> None:
+    path = head_file(settings)
+    try:
+        old = int(path.read_text().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        old = 0
+    if seq > old:
+        path.write_text(f"{seq} {hash_}\n")
+
+
+def _read_head(settings: Settings) -> tuple[int, str] | None:
+    try:
+        seq, hash_ = head_file(settings).read_text().split()[:2]
+        return int(seq), hash_
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def input_hmac(key: bytes, body: bytes) -> str:
@@ -105,8 +141,8 @@ def input_hmac(key: bytes, body: bytes) -> str:
     return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(float(x), 6)
+def _round(x: float | None, digits: int = 6) -> float | None:
+    return None if x is None else round(float(x), digits)
 
 
 def _tail(conn: Connection) -> tuple[int, str]:
@@ -127,6 +163,7 @@ def _append(
     admin event while the server writes only causes a retry, never a fork.
     """
     eng = db.engine(settings)
+    key = chain_key(settings)
     for attempt in range(20):
         try:
             with eng.begin() as conn:
@@ -137,16 +174,18 @@ def _append(
                     rec.seq = seq
                     rec.prev_hash = prev
                     rec.latency_ms = _round(rec.latency_ms)
-                    rec.compute_s = _round(rec.compute_s)
-                    rec.cost = _round(rec.cost)
+                    rec.compute_s = _round(rec.compute_s, 9)
+                    rec.cost = None if rec.cost is None else float(rec.cost)
                     row = asdict(rec)
-                    rec.hash = row["hash"] = record_hash(row)
+                    rec.hash = row["hash"] = record_hash(key, row)
                     prev = rec.hash
                     rows.append(row)
                 if rows:
                     conn.execute(db.audit_log.insert(), rows)
                 if predictions:
                     conn.execute(db.predictions.insert(), predictions)
+            if records:
+                _note_head(settings, records[-1].seq, records[-1].hash)
             return
         except (IntegrityError, OperationalError) as err:
             # Another process appended between our read of the tail and our
@@ -254,6 +293,7 @@ class VerifyReport:
 
 def verify(settings: Settings) -> VerifyReport:
     """Walk the chain in sequence order and report every break, with its position."""
+    key = chain_key(settings)
     problems: list[str] = []
     expected_seq = 1
     prev_hash = GENESIS
@@ -273,10 +313,16 @@ def verify(settings: Settings) -> VerifyReport:
                 f"seq {seq}: prev_hash does not match the record before it "
                 "(a record was deleted, inserted or reordered here)"
             )
-        if record_hash(row) != row["hash"]:
+        if record_hash(key, row) != row["hash"]:
             problems.append(f"seq {seq}: contents do not match its hash (record edited)")
         prev_hash = row["hash"]
         expected_seq = seq + 1
+    head = _read_head(settings)
+    if head is not None and head[0] > expected_seq - 1:
+        problems.append(
+            f"records {expected_seq}..{head[0]} are missing at the end "
+            f"(the last commit noted in {head_file(settings)} was seq {head[0]})"
+        )
     return VerifyReport(
         ok=not problems, records=count, problems=tuple(problems), last_hash=prev_hash
     )
