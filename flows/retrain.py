@@ -54,10 +54,6 @@ def record_decision(model: str, decision: dict[str, Any]) -> dict[str, Any]:
 @flow(name="retrain", persist_result=True, log_prints=True)
 def retrain_flow(model: str = "diagnosis", reason: str = "requested") -> dict[str, Any]:
     """Retrain ``model`` on its data plus labelled feedback, if the guardrails allow."""
-    from flows.data import data_flow
-    from flows.promote import promote_flow
-    from flows.train import train_flow
-
     logger = get_run_logger()
     verdict = check_guardrails(model)
     base = {"model": model, "reason": reason, "guardrails": list(verdict.reasons)}
@@ -65,6 +61,11 @@ def retrain_flow(model: str = "diagnosis", reason: str = "requested") -> dict[st
         action = "suggested" if verdict.suggest_only else "skipped"
         logger.info("retrain of %s %s: %s", model, action, " ".join(verdict.reasons))
         return record_decision(model, {**base, "action": action})
+    # Imported here: a refused retrain needs none of the pipeline's flows.
+    from flows.data import data_flow
+    from flows.promote import promote_flow
+    from flows.train import train_flow
+
     count_retrain(model)
     exported = export_feedback(model)
     dataset = dataset_of(model)

@@ -1,0 +1,195 @@
+"""Window close -> drift flow -> retrain decision, on the Prefect harness and a real MLflow store.
+
+Serving's side is the real spool writer and profiler; the champion is a
+registered version whose run carries the reference profile and holdout
+metrics exactly as training logs them. Retraining runs in suggest-only mode
+here: the retrain flow's own path (data, train, promote) belongs to the
+end-to-end test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_breast_cancer
+
+from aipaas import drift, registry, retrain, tags
+from aipaas.modeldef import load_definition
+from aipaas.settings import PROJECT_ROOT, Settings, get_settings
+from aipaas.spool import Profiler, SpoolWriter, WindowInfo
+
+pytestmark = pytest.mark.slow
+
+MODEL = "diagnosis"
+DATA = load_breast_cancer(as_frame=True).frame.rename(
+    columns=lambda c: "diagnosis" if c == "target" else c.replace(" ", "_")
+)
+FEATURES = [c for c in DATA.columns if c != "diagnosis"]
+TRAIN = DATA.sample(455, random_state=0)
+
+
+@pytest.fixture
+def flow_settings(
+    home: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: None
+) -> Iterator[Settings]:
+    """Settings the flows read through get_settings(), on a temporary home."""
+    env = {
+        "AIPAAS_HOME": str(home),
+        "AIPAAS_MODELS_DIR": str(PROJECT_ROOT / "models"),
+        "AIPAAS_MLFLOW__TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "AIPAAS_MONITORING__WINDOW_ROWS": "150",
+        "AIPAAS_RETRAIN__SUGGEST_ONLY": "true",
+        "AIPAAS_DATA__DIR": str(home / "data"),
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+def _register_champion(s: Settings) -> str:
+    """A registered version carrying what training logs: reference profile, holdout metrics."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    from aipaas import monitoring
+
+    registry.connect(s)
+    registry.ensure_experiment(s)
+    with mlflow.start_run(run_name="train-diagnosis") as run:
+        mlflow.log_metrics({"holdout_accuracy": 0.95, "holdout_roc_auc": 0.99})
+        profile = monitoring.write_profile(TRAIN, s.home / "tmp" / "profile.bin")
+        mlflow.log_artifact(str(profile), artifact_path="reference_profile")
+    client = MlflowClient()
+    client.create_registered_model(MODEL)
+    mv = client.create_model_version(
+        MODEL, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+    )
+    registry.set_alias(MODEL, tags.CHAMPION, mv.version)
+    return str(mv.version)
+
+
+def _serve(s: Settings, version: str, n: int, *, shift: float, seed: int) -> None:
+    """What serving hands off: the features of each request and its prediction."""
+    rows = DATA.sample(n, replace=True, random_state=seed)
+    rng = np.random.default_rng(seed)
+    with SpoolWriter(s) as writer:
+        for _, r in rows.iterrows():
+            row = {f: float(r[f]) * (1 + rng.normal(0, 0.01)) for f in FEATURES}
+            for f in FEATURES[:10]:
+                row[f] += shift * float(TRAIN[f].std())
+            writer.submit(MODEL, version, [row], [int(r["diagnosis"])])
+
+
+def _artifact(key: str) -> list[dict]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        found = [a for a in client.read_latest_artifacts() if a.key == key]  # type: ignore[call-arg]
+    assert found, f"no artifact {key}"
+    data = found[0].data
+    return json.loads(data) if isinstance(data, str) else data
+
+
+def test_window_close_triggers_drift_then_a_retrain_decision(flow_settings: Settings) -> None:
+    from flows.drift import drift_flow
+    from flows.triggers import DeploymentTrigger
+
+    s = flow_settings
+    version = _register_champion(s)
+    results: list[dict] = []
+    prefect_up = [False]
+
+    def runner(model: str, window: WindowInfo) -> None:
+        # Stands in for run_deployment: refuses while "Prefect" is away.
+        if not prefect_up[0]:
+            raise httpx.ConnectError("connection refused")
+        results.append(drift_flow(model))
+
+    now = [1_000.0]
+    trigger = DeploymentTrigger(s, runner, clock=lambda: now[0], base_backoff_s=5.0)
+    _serve(s, version, 150, shift=0.7, seed=1)
+    with Profiler(s, trigger) as profiler:
+        profiler.step()  # the window closes; Prefect is unreachable
+        assert results == []
+        pending = trigger.pending()
+        assert pending[MODEL]["attempts"] == 1 and "ConnectError" in pending[MODEL]["error"]
+
+        prefect_up[0] = True
+        profiler.step()  # still backing off
+        assert results == []
+        now[0] += 6.0
+        profiler.step()  # retried: the drift flow runs
+    assert trigger.pending() == {}
+    (result,) = results
+
+    assert result["version"] == version and result["rows"] == 150
+    assert result["decided"] and result["retrain"]
+    assert len(result["drifting"]) >= 3
+    assert Path(result["report"]).is_file()
+    assert result["report"].startswith(str(s.reports_dir))
+    # Retraining was decided, and the guardrails (suggest-only) recorded it.
+    assert result["retrain_result"]["action"] == "suggested"
+    (decision,) = retrain.history(s, MODEL)
+    assert decision["reason"].startswith("drift:")
+
+    table = _artifact("drift-diagnosis")
+    assert {r["feature"] for r in table if r["drifting"]} == set(result["drifting"])
+
+    import mlflow
+
+    run = mlflow.get_run(result["mlflow_run"])
+    assert run.data.tags["aipaas.drift_version"] == version
+    assert run.data.metrics["drift_retrain"] == 1.0
+    assert run.data.metrics["drift_rows"] == 150
+
+    # The window is consumed: the next check has nothing to decide on.
+    again = drift_flow(MODEL)
+    assert again["rows"] == 0 and not again["decided"] and again["retrain_result"] is None
+
+
+def test_unshifted_traffic_reports_no_drift(flow_settings: Settings) -> None:
+    from flows.drift import drift_flow
+
+    s = flow_settings
+    version = _register_champion(s)
+    _serve(s, version, 300, shift=0.0, seed=2)
+    with Profiler(s) as profiler:
+        profiler.step()
+    result = drift_flow(MODEL)
+    assert result["rows"] == 300 and result["windows"] == [1, 2]
+    assert result["decided"] and not result["retrain"], result["reasons"]
+    assert result["retrain_result"] is None
+    assert retrain.history(s, MODEL) == []
+    (entry,) = drift.history(s, MODEL)
+    assert entry["decision"]["retrain"] is False
+
+
+def test_feedback_accuracy_enters_the_check(flow_settings: Settings) -> None:
+    """The real reference from MLflow: an accuracy drop alone asks for a retrain."""
+    s = flow_settings
+    version = _register_champion(s)
+    _serve(s, version, 150, shift=0.0, seed=3)
+    with Profiler(s) as profiler:
+        profiler.step()
+    labels = pd.DataFrame(
+        {"diagnosis": [1, 0] * 20, "prediction": [1] * 40, "model_version": version}
+    )
+    champion = registry.get_alias(MODEL, tags.CHAMPION)
+    assert champion is not None
+    reference = drift.load_reference(s, champion.run_id, MODEL, version)
+    current, seqs = drift.collect_windows(s, MODEL, version)
+    definition = load_definition(MODEL, s.models_dir)
+    report, _ = drift.build_report(
+        MODEL, version, reference, current, definition, windows=seqs,
+        feedback=labels, holdout_accuracy=0.95,
+    )  # fmt: skip
+    assert report.accuracy is not None and report.accuracy.accuracy == 0.5
+    assert report.decision.retrain
