@@ -199,6 +199,8 @@ def run_search(
             metric=SCORE,
             mode=definition.mode,
             num_samples=tune_settings.num_samples,
+            # A new worker process per trial costs seconds on a small machine.
+            reuse_actors=True,
             # With a SearchGenerator Tune ignores max_concurrent_trials: bound it here.
             search_alg=BasicVariantGenerator(
                 max_concurrent=tune_settings.max_concurrent, random_state=tune_settings.seed
