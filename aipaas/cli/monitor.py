@@ -28,10 +28,19 @@ def profiler_cmd(
     trigger: Annotated[
         bool, typer.Option(help="Start the drift deployment when a window closes.")
     ] = True,
+    nice: Annotated[
+        int, typer.Option(help="Lower this process's CPU priority by this much (0: leave it).")
+    ] = 10,
 ) -> None:
-    """Profile served rows in batches into windows; runs in the foreground until stopped."""
+    """Profile served rows in batches into windows; runs in the foreground until stopped.
+
+    It runs niced by default: on a small machine the server's requests come
+    first, and the spool simply waits a little longer.
+    """
     from aipaas.spool import Profiler
 
+    if nice:
+        os.nice(nice)
     s = settings()
     window_trigger = None
     if trigger:
