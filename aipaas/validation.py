@@ -200,7 +200,9 @@ def _failure(result: Any) -> FailedExpectation:
     kwargs = dict(config.kwargs)
     column = kwargs.get("column")
     res = dict(result.result or {})
-    examples = [_plain(v) for v in (res.get("partial_unexpected_list") or [])][:MAX_EXAMPLES]
+    # Distinct values: "unsure" once, not once per failing row.
+    examples = list(dict.fromkeys(_plain(v) for v in res.get("partial_unexpected_list") or []))
+    examples = examples[:MAX_EXAMPLES]
     count = res.get("unexpected_count")
     details = _describe(config.type, kwargs, res)
     error = _exception_message(result.exception_info)

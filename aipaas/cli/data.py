@@ -131,7 +131,7 @@ def _print_report(report: ValidationReport) -> None:
             typer.echo(f"  {report.error}")
         if report.failed:
             typer.echo(
-                f"  {len(report.failed)} problems ({report.evaluated} expectations evaluated; "
+                f"  {len(report.failed)} failed ({report.evaluated} expectations evaluated; "
                 "failures that follow from a missing or non-numeric column are folded in):"
             )
             typer.echo(f"  {'expectation':<42} {'column':<26} {'rows':>6}  examples / details")
