@@ -193,3 +193,21 @@ def test_feedback_accuracy_enters_the_check(flow_settings: Settings) -> None:
     )  # fmt: skip
     assert report.accuracy is not None and report.accuracy.accuracy == 0.5
     assert report.decision.retrain
+
+
+def test_drift_command_prints_the_decision_and_report(flow_settings: Settings) -> None:
+    from typer.testing import CliRunner
+
+    from aipaas.cli import app
+
+    s = flow_settings
+    version = _register_champion(s)
+    _serve(s, version, 150, shift=0.8, seed=4)
+    with Profiler(s) as profiler:
+        profiler.step()
+    out = CliRunner().invoke(app, ["drift", MODEL, "--no-mlflow"])
+    assert out.exit_code == 0, out.output
+    assert f"{MODEL} v{version}: 150 served rows (windows 1)" in out.output
+    assert "decision: RETRAIN" in out.output
+    report = out.output.split("report: ")[1].split()[0]
+    assert Path(report).is_file()
