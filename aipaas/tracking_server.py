@@ -9,6 +9,8 @@ server run elsewhere.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -62,9 +64,29 @@ def start_server(
     """Start the server in the background; the caller stops it (``terminate()``)."""
     prepare(settings)
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child
+    # Its own process group: `mlflow server` runs uvicorn as a child, and
+    # stop_server() must take both down.
     return subprocess.Popen(
-        server_command(settings, host=host, port=port), stdout=out, stderr=subprocess.STDOUT
+        server_command(settings, host=host, port=port),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
+
+
+def stop_server(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> None:
+    """SIGTERM the server's process group, SIGKILL after ``timeout_s``."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def wait_healthy(url: str, timeout_s: float = 60.0) -> None:
