@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -152,6 +152,26 @@ def _tail(conn: Connection) -> tuple[int, str]:
     return (0, GENESIS) if row is None else (int(row.seq), str(row.hash))
 
 
+_REC_FIELDS = tuple(f.name for f in fields(AuditRecord))
+_AUDIT_COLS = tuple(c.name for c in db.audit_log.columns)
+_PRED_COLS = tuple(c.name for c in db.predictions.columns)
+_SQL: dict[tuple[str, str], str] = {}
+
+
+def _insert_sql(conn: Connection, table: str) -> str:
+    """A plain positional INSERT: SQLAlchemy's compiled executemany costs more than the commit."""
+    style = conn.dialect.paramstyle
+    key = (style, table)
+    sql = _SQL.get(key)
+    if sql is None:
+        cols = _AUDIT_COLS if table == "audit_log" else _PRED_COLS
+        mark = "?" if style == "qmark" else "%s"
+        sql = _SQL[key] = (
+            f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
+        )
+    return sql
+
+
 def _append(
     settings: Settings,
     records: list[AuditRecord],
@@ -176,14 +196,20 @@ def _append(
                     rec.latency_ms = _round(rec.latency_ms)
                     rec.compute_s = _round(rec.compute_s, 9)
                     rec.cost = None if rec.cost is None else float(rec.cost)
-                    row = asdict(rec)
+                    row = {name: getattr(rec, name) for name in _REC_FIELDS}
                     rec.hash = row["hash"] = record_hash(key, row)
                     prev = rec.hash
                     rows.append(row)
                 if rows:
-                    conn.execute(db.audit_log.insert(), rows)
+                    conn.exec_driver_sql(
+                        _insert_sql(conn, "audit_log"),
+                        [tuple(r[c] for c in _AUDIT_COLS) for r in rows],
+                    )
                 if predictions:
-                    conn.execute(db.predictions.insert(), predictions)
+                    conn.exec_driver_sql(
+                        _insert_sql(conn, "predictions"),
+                        [tuple(p[c] for c in _PRED_COLS) for p in predictions],
+                    )
             if records:
                 _note_head(settings, records[-1].seq, records[-1].hash)
             return

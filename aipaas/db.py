@@ -94,14 +94,17 @@ _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    # FULL: a commit is on disk before it returns, which is what "durable
-    # before the response is sent" needs; group commit pays it once per batch.
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.close()
+def _sqlite_pragmas(fsync: bool) -> Any:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        # NORMAL: a commit is in the WAL file when it returns, so it survives
+        # the process dying; FULL also fsyncs, surviving power loss.
+        cur.execute(f"PRAGMA synchronous={'FULL' if fsync else 'NORMAL'}")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.close()
+
+    return on_connect
 
 
 def engine(settings: Settings) -> Engine:
@@ -114,7 +117,7 @@ def engine(settings: Settings) -> Engine:
         if url.startswith("sqlite:///"):
             settings.home.mkdir(parents=True, exist_ok=True)
             eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
-            event.listen(eng, "connect", _sqlite_pragmas)
+            event.listen(eng, "connect", _sqlite_pragmas(settings.audit.fsync))
         else:
             eng = create_engine(url, pool_pre_ping=True)
         metadata.create_all(eng)

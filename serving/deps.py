@@ -1,7 +1,10 @@
-"""Dependencies as ``Annotated`` aliases; auth and rate limits attach per router.
+"""Dependencies as ``Annotated`` aliases; auth, scope and rate limit attach per router.
 
-Authentication is async and hits the database only on a key-cache miss (in
-a worker thread), so the event loop never blocks on it.
+Every dependency is ``async`` and takes only the request: FastAPI runs a
+plain ``def`` dependency in its thread pool, a thread hop per dependency
+per request. Auth, scope and the rate limit are one :class:`Guard` so a
+request resolves two dependencies, not eight. Authentication hits the
+database only on a key-cache miss, in a worker thread.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ ANONYMOUS = ApiKey(
 
 @dataclass
 class Components:
-    """What the lifespan builds and every request shares."""
+    """What ``create_app`` builds and every request shares."""
 
     settings: Settings
     keys: KeyStore
@@ -46,44 +49,38 @@ class Components:
     metrics: Metrics
 
 
-def get_components(request: Request) -> Components:
+def components(request: Request) -> Components:
     return request.app.state.components  # type: ignore[no-any-return]
 
 
-def get_context(request: Request) -> RequestContext:
+def context(request: Request) -> RequestContext:
     return request.scope["state"]["ctx"]  # type: ignore[no-any-return]
+
+
+async def get_components(request: Request) -> Components:
+    return components(request)
+
+
+async def get_context(request: Request) -> RequestContext:
+    return context(request)
+
+
+async def get_settings_dep(request: Request) -> Settings:
+    return components(request).settings
+
+
+async def get_key(request: Request) -> ApiKey:
+    """The key the router's :class:`Guard` accepted."""
+    key = context(request).key
+    if key is None:  # pragma: no cover - a route without a Guard
+        raise HTTPException(401, "this route needs an API key")
+    return key
 
 
 ComponentsDep = Annotated[Components, Depends(get_components)]
 ContextDep = Annotated[RequestContext, Depends(get_context)]
-
-
-def get_settings_dep(c: ComponentsDep) -> Settings:
-    return c.settings
-
-
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
-
-
-async def authenticate(request: Request, c: ComponentsDep, ctx: ContextDep) -> ApiKey:
-    """The caller's key (401 if missing or not valid), recorded on the request."""
-    if not c.settings.serving.auth_enabled:
-        key = ANONYMOUS
-    else:
-        header = request.headers.get("authorization")
-        try:
-            key = c.keys.authenticate_cached(header)
-            if key is None:
-                key = await anyio.to_thread.run_sync(c.keys.authenticate, header)
-        except KeyRejected as err:
-            raise HTTPException(
-                err.status, err.message, headers={"WWW-Authenticate": "Bearer"}
-            ) from err
-    ctx.key_id, ctx.owner = key.id, key.name
-    return key
-
-
-ApiKeyDep = Annotated[ApiKey, Depends(authenticate)]
+ApiKeyDep = Annotated[ApiKey, Depends(get_key)]
 
 
 def model_name(request: Request, c: Components) -> str:
@@ -95,41 +92,57 @@ def model_name(request: Request, c: Components) -> str:
     )
 
 
-class Scope:
-    """Router dependency: the key must hold ``scope`` (for the addressed model)."""
+async def authenticate(request: Request, c: Components) -> ApiKey:
+    """The caller's key; 401 if missing, malformed, unknown, revoked or expired."""
+    if not c.settings.serving.auth_enabled:
+        return ANONYMOUS
+    header = request.headers.get("authorization")
+    try:
+        key = c.keys.authenticate_cached(header)
+        if key is None:
+            key = await anyio.to_thread.run_sync(c.keys.authenticate, header)
+    except KeyRejected as err:
+        raise HTTPException(
+            err.status, err.message, headers={"WWW-Authenticate": "Bearer"}
+        ) from err
+    return key
 
-    def __init__(self, scope: str, *, per_model: bool = False) -> None:
+
+class Guard:
+    """Router dependency: a valid key (401) holding ``scope`` (403), within its rate (429)."""
+
+    def __init__(self, scope: str, *, per_model: bool = False, limited: bool = True) -> None:
         self.scope = scope
         self.per_model = per_model
+        self.limited = limited
 
-    async def __call__(
-        self, request: Request, key: ApiKeyDep, c: ComponentsDep, ctx: ContextDep
-    ) -> ApiKey:
+    async def __call__(self, request: Request) -> ApiKey:
+        c = components(request)
+        ctx = context(request)
         model = model_name(request, c) if self.per_model else None
         if model is not None:
             ctx.model = model
+        key = await authenticate(request, c)
+        ctx.key, ctx.key_id, ctx.owner = key, key.id, key.name
         if not key.allows(self.scope, model):
             target = f" on model {model!r}" if model else ""
             raise HTTPException(403, f"API key {key.id} lacks scope {self.scope!r}{target}")
+        if self.limited and c.settings.serving.rate_limit_enabled and key is not ANONYMOUS:
+            wait = c.limiter.acquire(key.id, key.rate)
+            if wait > 0:
+                rate = key.rate or c.settings.serving.default_rate
+                raise HTTPException(
+                    429,
+                    f"rate limit of {rate} exceeded for key {key.id}",
+                    headers={"Retry-After": retry_after_header(wait)},
+                )
         return key
 
 
-async def rate_limit(key: ApiKeyDep, c: ComponentsDep) -> None:
-    """Token bucket per key: 429 with ``Retry-After`` when empty."""
-    if not c.settings.serving.rate_limit_enabled or key is ANONYMOUS:
-        return
-    wait = c.limiter.acquire(key.id, key.rate)
-    if wait > 0:
-        rate = key.rate or c.settings.serving.default_rate
-        raise HTTPException(
-            429,
-            f"rate limit of {rate} exceeded for key {key.id}",
-            headers={"Retry-After": retry_after_header(wait)},
-        )
-
-
-async def served_model(request: Request, c: ComponentsDep, ctx: ContextDep) -> ServedModel:
+async def served_model(request: Request) -> ServedModel:
     """The addressed model's current version (404 unknown model, 503 none loaded yet)."""
+    c = components(request)
+    ctx = context(request)
     name = model_name(request, c)
     ctx.model = name
     if name not in c.holder.names:

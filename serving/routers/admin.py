@@ -8,10 +8,10 @@ import anyio
 from fastapi import APIRouter, Depends
 
 from aipaas import usage as usage_mod
-from serving.deps import ComponentsDep, Scope
+from serving.deps import ComponentsDep, Guard
 from serving.schemas import ReloadOut, UsageOut
 
-router = APIRouter(tags=["admin"], dependencies=[Depends(Scope("admin"))])
+router = APIRouter(tags=["admin"], dependencies=[Depends(Guard("admin", limited=False))])
 
 
 @router.get("/usage", response_model=list[UsageOut])

@@ -6,12 +6,10 @@ import anyio
 from fastapi import APIRouter, Depends, HTTPException
 
 from aipaas import feedback as fb
-from serving.deps import ApiKeyDep, ComponentsDep, ContextDep, Scope, rate_limit
+from serving.deps import ApiKeyDep, ComponentsDep, ContextDep, Guard
 from serving.schemas import FeedbackRequest, FeedbackResponse
 
-router = APIRouter(
-    tags=["feedback"], dependencies=[Depends(Scope("feedback")), Depends(rate_limit)]
-)
+router = APIRouter(tags=["feedback"], dependencies=[Depends(Guard("feedback"))])
 
 
 @router.post("/feedback", response_model=FeedbackResponse, status_code=201)

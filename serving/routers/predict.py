@@ -13,13 +13,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from serving.deps import ComponentsDep, ContextDep, Scope, ServedModelDep, rate_limit
+from serving.deps import Components, Guard, ServedModelDep, components, context
 from serving.holder import ServedModel
+from serving.middleware import RequestContext
 from serving.schemas import FieldOut, InvocationsResponse, ModelOut, PredictResponse
 
 router = APIRouter(
     tags=["predict"],
-    dependencies=[Depends(Scope("predict", per_model=True)), Depends(rate_limit)],
+    dependencies=[Depends(Guard("predict", per_model=True))],
 )
 
 BODY_DOC = {
@@ -86,7 +87,7 @@ def _validate(served: ServedModel, records: Any, batch: bool, max_rows: int) -> 
 
 
 async def _run(
-    c: ComponentsDep, ctx: ContextDep, served: ServedModel, rows: list[list[Any]]
+    c: Components, ctx: RequestContext, served: ServedModel, rows: list[list[Any]]
 ) -> Any:
     loop = asyncio.get_running_loop()
     t = time.perf_counter()
@@ -112,9 +113,8 @@ async def _run(
     return pred
 
 
-async def _predict(
-    request: Request, c: ComponentsDep, ctx: ContextDep, served: ServedModel
-) -> Response:
+async def _predict(request: Request, served: ServedModel) -> Response:
+    c, ctx = components(request), context(request)
     payload = _loads(await request.body())
     batch = isinstance(payload, list)
     rows = _validate(served, payload, batch, c.settings.serving.max_batch_rows)
@@ -132,19 +132,15 @@ async def _predict(
 
 
 @router.post("/predict", response_model=PredictResponse, openapi_extra=BODY_DOC)
-async def predict(
-    request: Request, c: ComponentsDep, ctx: ContextDep, served: ServedModelDep
-) -> Response:
+async def predict(request: Request, served: ServedModelDep) -> Response:
     """Predict with the champion of the default model (or the one named in ``X-Model``)."""
-    return await _predict(request, c, ctx, served)
+    return await _predict(request, served)
 
 
 @router.post("/models/{name}/predict", response_model=PredictResponse, openapi_extra=BODY_DOC)
-async def predict_named(
-    name: str, request: Request, c: ComponentsDep, ctx: ContextDep, served: ServedModelDep
-) -> Response:
+async def predict_named(name: str, request: Request, served: ServedModelDep) -> Response:
     """Predict with the champion of model ``name``."""
-    return await _predict(request, c, ctx, served)
+    return await _predict(request, served)
 
 
 def _mlflow_records(payload: Any, names: tuple[str, ...]) -> list[Any]:
@@ -175,9 +171,8 @@ def _bad(msg: str) -> RequestValidationError:
     )
 
 
-async def _invocations(
-    request: Request, c: ComponentsDep, ctx: ContextDep, served: ServedModel
-) -> Response:
+async def _invocations(request: Request, served: ServedModel) -> Response:
+    c, ctx = components(request), context(request)
     records = _mlflow_records(_loads(await request.body()), served.names)
     rows = _validate(served, records, True, c.settings.serving.max_batch_rows)
     pred = await _run(c, ctx, served, rows)
@@ -185,20 +180,16 @@ async def _invocations(
 
 
 @router.post("/invocations", response_model=InvocationsResponse, openapi_extra=BODY_DOC)
-async def invocations(
-    request: Request, c: ComponentsDep, ctx: ContextDep, served: ServedModelDep
-) -> Response:
+async def invocations(request: Request, served: ServedModelDep) -> Response:
     """MLflow's scoring protocol, so clients of ``mlflow models serve`` work unchanged."""
-    return await _invocations(request, c, ctx, served)
+    return await _invocations(request, served)
 
 
 @router.post(
     "/models/{name}/invocations", response_model=InvocationsResponse, openapi_extra=BODY_DOC
 )
-async def invocations_named(
-    name: str, request: Request, c: ComponentsDep, ctx: ContextDep, served: ServedModelDep
-) -> Response:
-    return await _invocations(request, c, ctx, served)
+async def invocations_named(name: str, request: Request, served: ServedModelDep) -> Response:
+    return await _invocations(request, served)
 
 
 def _model_out(served: ServedModel) -> ModelOut:

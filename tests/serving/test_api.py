@@ -253,7 +253,7 @@ def test_metrics_in_prometheus_format(client, predict_key):
         'aipaas_requests_total{route="/predict",model="diagnosis",version="1",status="200"} 1'
         in text
     )
-    assert 'aipaas_request_errors_total{route="/predict",model="",version=""} 1' in text
+    assert 'aipaas_request_errors_total{route="/predict",model="diagnosis",version=""} 1' in text
     assert 'aipaas_request_duration_seconds_count{model="diagnosis",version="1"} 1' in text
     assert client.get("/healthz").json() == {"alive": True}
     assert "/predict" in client.get("/openapi.json").json()["paths"]

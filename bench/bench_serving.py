@@ -1,0 +1,372 @@
+"""Serving speed: aipaas /predict (everything on, everything off) vs ``mlflow models serve``.
+
+One registered LightGBM model (the configured registry's ``diagnosis``
+champion when its server answers, else a 100-tree classifier trained here on
+scikit-learn's breast cancer data in a temporary home), one-row requests,
+1 and 8 connections, ``wrk`` (falls back to a Python load generator), a
+bounded duration per cell. Keys, audit and usage always go to a temporary
+platform database, never the user's.
+
+Run: ``uv run python -m bench.bench_serving`` (or ``make bench``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
+MODEL = "diagnosis"
+DURATION_S = int(os.environ.get("BENCH_SERVING_DURATION_S", "10"))
+WARMUP_S = 2
+CONNECTIONS = (1, 8)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f} s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _configured_champion() -> tuple[str, str, list[str], list[float]] | None:
+    """(tracking uri, version, features, a row) of the configured registry's champion."""
+    from aipaas import predictor, registry
+    from aipaas.exceptions import AipaasError
+    from aipaas.settings import get_settings
+
+    s = get_settings()
+    uri = s.mlflow_tracking_uri
+    try:
+        if uri.startswith("http"):
+            registry.wait_for_server(uri, attempts=1)
+        version = predictor.champion_version(s, MODEL)
+        if version is None:
+            return None
+        loaded = predictor.load_version(s, MODEL, version)
+    except AipaasError:
+        return None
+    names = [f.name for f in loaded.fields]
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    cols = [c.replace(" ", "_") for c in data.feature_names]
+    row = [float(data.data[0][cols.index(n)]) if n in cols else 0.0 for n in names]
+    return uri, version, names, row
+
+
+def _train_champion(home: Path) -> tuple[str, str, list[str], list[float]]:
+    """A 100-tree LightGBM classifier on breast cancer, registered as champion in ``home``."""
+    import lightgbm as lgb
+    import mlflow
+    import mlflow.lightgbm
+    import pandas as pd
+    from mlflow.models import infer_signature
+    from sklearn.datasets import load_breast_cancer
+
+    from aipaas import registry
+    from aipaas.settings import Settings
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    s = Settings(_env_file=None, home=home, mlflow={"tracking_uri": uri})
+    registry.connect(s)
+    registry.ensure_experiment(s)
+    data = load_breast_cancer()
+    cols = [c.replace(" ", "_") for c in data.feature_names]
+    x = pd.DataFrame(data.data, columns=cols)
+    y = pd.Series(data.target).map({0: "malignant", 1: "benign"}).to_numpy()
+    model = lgb.LGBMClassifier(n_estimators=100, verbose=-1, n_jobs=1).fit(x, y)
+    with mlflow.start_run():
+        info = mlflow.lightgbm.log_model(
+            model, name="model", signature=infer_signature(x, y), registered_model_name=MODEL
+        )
+    version = str(info.registered_model_version)
+    registry.set_alias(MODEL, "champion", version)
+    return uri, version, cols, [float(v) for v in data.data[0]]
+
+
+# --- load generation ---------------------------------------------------------
+
+LUA = """
+wrk.method = "POST"
+wrk.body = {body}
+wrk.headers["Content-Type"] = "application/json"
+{auth}
+"""
+
+
+def _wrk(url: str, body: str, auth: str | None, conns: int, duration: int) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(
+            LUA.format(
+                body=json.dumps(body),
+                auth=f'wrk.headers["Authorization"] = "Bearer {auth}"' if auth else "",
+            )
+        )
+        script = f.name
+    try:
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "-s", script, url],
+            capture_output=True,
+            text=True,
+            timeout=duration + 60,
+            check=True,
+        ).stdout
+    finally:
+        os.unlink(script)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": rps,
+        "p50_ms": _ms(re.search(r"\s50%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
+        "p99_ms": _ms(re.search(r"\s99%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
+        "requests": total,
+        "failed": (int(non2xx.group(1)) if non2xx else 0)
+        + (sum(int(g) for g in errors.groups()) if errors else 0),
+        "tool": "wrk",
+    }
+
+
+def _ms(text: str) -> float:
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    assert m, text
+    value, unit = float(m.group(1)), m.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def _python_load(
+    url: str, body: str, auth: str | None, conns: int, duration: int
+) -> dict[str, Any]:
+    """Keep-alive HTTP/1.1 clients in threads: slower than wrk, same shape of result."""
+    import http.client
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = f"Bearer {auth}"
+    lat: list[float] = []
+    failed = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + duration
+
+    def worker() -> None:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+        mine = []
+        bad = 0
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            conn.request("POST", u.path, body=body, headers=headers)
+            r = conn.getresponse()
+            r.read()
+            mine.append(time.perf_counter() - t)
+            bad += r.status >= 300
+        with lock:
+            lat.extend(mine)
+            failed[0] += bad
+
+    threads = [threading.Thread(target=worker) for _ in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat.sort()
+    return {
+        "rps": len(lat) / duration,
+        "p50_ms": lat[len(lat) // 2] * 1000,
+        "p99_ms": lat[int(len(lat) * 0.99)] * 1000,
+        "requests": len(lat),
+        "failed": failed[0],
+        "tool": "python",
+    }
+
+
+def _load(url: str, body: str, auth: str | None, conns: int, duration: int) -> dict[str, Any]:
+    if shutil.which("wrk"):
+        return _wrk(url, body, auth, conns, duration)
+    return _python_load(url, body, auth, conns, duration)
+
+
+# --- servers -------------------------------------------------------------------
+
+
+def _aipaas_server(
+    home: Path, tracking_uri: str, port: int, on: bool, hmac_key: str
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "AIPAAS_HOME": str(home),
+        "AIPAAS_MLFLOW__TRACKING_URI": tracking_uri,
+        "AIPAAS_AUDIT__HMAC_KEY": hmac_key,
+        "AIPAAS_SERVING__MODELS": json.dumps([MODEL]),
+        "AIPAAS_SERVING__DEFAULT_MODEL": MODEL,
+        "AIPAAS_SERVING__AUTH_ENABLED": str(on).lower(),
+        "AIPAAS_SERVING__RATE_LIMIT_ENABLED": str(on).lower(),
+        "AIPAAS_SERVING__AUDIT_ENABLED": str(on).lower(),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+
+
+def _mlflow_server(tracking_uri: str, version: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}/{version}",
+        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
+    ]  # fmt: skip
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def _cells(label: str, url: str, body: str, auth: str | None, results: dict[str, Any]) -> None:
+    _load(url, body, auth, 8, WARMUP_S)
+    for conns in CONNECTIONS:
+        r = _load(url, body, auth, conns, DURATION_S)
+        results[f"{label}@{conns}"] = r
+        print(
+            f"  {label:28} c={conns}  {r['rps']:8.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
+            f"p99 {r['p99_ms']:7.2f} ms  failed {r['failed']}",
+            flush=True,
+        )
+
+
+def main() -> dict[str, Any]:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    tmp = Path(tempfile.mkdtemp(prefix="aipaas-bench-serving-"))
+    try:
+        found = _configured_champion()
+        source = "configured registry"
+        if found is None:
+            print("no reachable champion in the configured registry: training one in", tmp)
+            found = _train_champion(tmp)
+            source = "trained by the bench (100-tree LightGBM, breast cancer)"
+        tracking_uri, version, names, row = found
+        record = dict(zip(names, row, strict=True))
+        ours_body = json.dumps(record)
+        mlflow_body = json.dumps({"dataframe_split": {"columns": names, "data": [row]}})
+        results: dict[str, Any] = {}
+        print(f"model {MODEL} v{version} ({source}); {DURATION_S} s per cell, one-row requests")
+
+        for on in (True, False):
+            home = tmp / ("on" if on else "off")
+            home.mkdir()
+            port = _free_port()
+            key = None
+            if on:
+                from aipaas import keys
+                from aipaas.settings import Settings
+
+                s = Settings(_env_file=None, home=home)
+                key = keys.create_key(s, "bench", "predict", rate="1000000/s")[1]
+            hmac_key = secrets.token_hex(16)
+            proc = _aipaas_server(home, tracking_uri, port, on, hmac_key)
+            try:
+                _wait_http(f"http://127.0.0.1:{port}/readyz", 120, proc)
+                label = "aipaas keys+limits+audit ON" if on else "aipaas everything OFF"
+                _cells(label, f"http://127.0.0.1:{port}/predict", ours_body, key, results)
+            finally:
+                _stop(proc)
+            if on:
+                from aipaas import audit
+                from aipaas.settings import Settings
+
+                s = Settings(_env_file=None, home=home, audit={"hmac_key": hmac_key})
+                report = audit.verify(s)
+                results["audit_on"] = {"records": report.records, "verified": report.ok}
+                print(f"  audit trail: {report.records} records, chain ok={report.ok}")
+
+        port = _free_port()
+        proc = _mlflow_server(tracking_uri, version, port)
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/ping", 180, proc)
+            _cells("mlflow models serve", f"http://127.0.0.1:{port}/invocations", mlflow_body, None,
+                   results)  # fmt: skip
+        finally:
+            _stop(proc)
+
+        on8 = results["aipaas keys+limits+audit ON@8"]
+        off8 = results["aipaas everything OFF@8"]
+        ml8 = results["mlflow models serve@8"]
+        ratios = {
+            "on_vs_mlflow_at_8": on8["rps"] / ml8["rps"],
+            "on_vs_off_at_8": on8["rps"] / off8["rps"],
+            "on_vs_mlflow_at_1": results["aipaas keys+limits+audit ON@1"]["rps"]
+            / results["mlflow models serve@1"]["rps"],
+        }
+        targets = {
+            "10x_mlflow_at_8": ratios["on_vs_mlflow_at_8"] >= 10,
+            "p99_under_10ms_on_at_8": on8["p99_ms"] < 10,
+            "on_within_80pct_of_off": ratios["on_vs_off_at_8"] >= 0.8,
+        }
+        print(f"\n  ON / mlflow at 8 connections: {ratios['on_vs_mlflow_at_8']:.1f}x")
+        print(f"  ON / OFF at 8 connections:    {ratios['on_vs_off_at_8']:.0%}")
+        print(f"  ON / mlflow at 1 connection:  {ratios['on_vs_mlflow_at_1']:.1f}x")
+        print(
+            "  targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in targets.items())
+        )
+        out = {
+            "model": MODEL,
+            "version": version,
+            "source": source,
+            "duration_s": DURATION_S,
+            "cpus": os.cpu_count(),
+            "cells": results,
+            "ratios": ratios,
+            "targets": targets,
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(out, indent=2))
+        print(f"  wrote {RESULTS.relative_to(ROOT)}")
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
