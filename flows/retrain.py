@@ -72,8 +72,7 @@ def retrain_flow(model: str = "diagnosis", reason: str = "requested") -> dict[st
     try:
         version = data_flow(dataset)
         trained = train_flow(model)
-        challenger = trained.get("version") if isinstance(trained, dict) else None
-        promoted = promote_flow(model, challenger)
+        promoted = promote_flow(model, str(trained["version"]))
     except GateFailedError as err:
         return record_decision(
             model,

@@ -211,3 +211,20 @@ def test_drift_command_prints_the_decision_and_report(flow_settings: Settings) -
     assert "decision: RETRAIN" in out.output
     report = out.output.split("report: ")[1].split()[0]
     assert Path(report).is_file()
+
+
+def test_retrain_flow_refused_by_the_cooldown_runs_nothing(
+    flow_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.retrain import retrain_flow
+
+    monkeypatch.setenv("AIPAAS_RETRAIN__SUGGEST_ONLY", "false")
+    monkeypatch.setenv("AIPAAS_RETRAIN__COOLDOWN_MINUTES", "30")
+    get_settings.cache_clear()
+    s = get_settings()
+    retrain.record_start(s, MODEL)  # a retrain started just now
+    result = retrain_flow(MODEL, reason="test")
+    assert result["action"] == "skipped"
+    assert any("cooldown" in r for r in result["guardrails"])
+    assert retrain.history(s, MODEL)[-1]["action"] == "skipped"
+    assert len(retrain.started_at(s, MODEL)) == 1  # not counted again
