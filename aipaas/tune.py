@@ -225,7 +225,7 @@ def run_search(
             trials.append(
                 TrialOutcome(
                     trial_id=trial_id,
-                    config=dict(res.config or {}),
+                    config=_native(res.config),
                     ok=False,
                     node_id=m.get("node_id"),
                     error=_short_error(res.error),
@@ -235,7 +235,7 @@ def run_search(
             trials.append(
                 TrialOutcome(
                     trial_id=trial_id,
-                    config=dict(res.config or {}),
+                    config=_native(res.config),
                     ok=True,
                     score=float(m[SCORE]),
                     score_std=float(m.get("score_std", 0.0)),
@@ -258,6 +258,11 @@ def run_search(
         trials=trials,
         wall_s=wall,
     )
+
+
+def _native(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Plain Python values (Tune samples numpy scalars), so results serialise to JSON."""
+    return {k: v.item() if hasattr(v, "item") else v for k, v in (config or {}).items()}
 
 
 def _short_error(err: BaseException | None) -> str:
