@@ -17,9 +17,11 @@ decides whether the raw rows go to the predictions table.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
+import os
 import queue
 import threading
 import time
@@ -32,7 +34,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, select
-from sqlalchemy.exc import IntegrityError, OperationalError
 
 from aipaas import db
 from aipaas.exceptions import AuditIntegrityError
@@ -114,16 +115,6 @@ def head_file(settings: Settings) -> Path:
     return settings.home / "audit-head"
 
 
-def _note_head(settings: Settings, seq: int, hash_: str) -> None:
-    path = head_file(settings)
-    try:
-        old = int(path.read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
-        old = 0
-    if seq > old:
-        path.write_text(f"{seq} {hash_}\n")
-
-
 def _read_head(settings: Settings) -> tuple[int, str] | None:
     try:
         seq, hash_ = head_file(settings).read_text().split()[:2]
@@ -155,39 +146,52 @@ def _tail(conn: Connection) -> tuple[int, str]:
 _REC_FIELDS = tuple(f.name for f in fields(AuditRecord))
 _AUDIT_COLS = tuple(c.name for c in db.audit_log.columns)
 _PRED_COLS = tuple(c.name for c in db.predictions.columns)
-_SQL: dict[tuple[str, str], str] = {}
 
 
-def _insert_sql(conn: Connection, table: str) -> str:
-    """A plain positional INSERT: SQLAlchemy's compiled executemany costs more than the commit."""
-    style = conn.dialect.paramstyle
-    key = (style, table)
-    sql = _SQL.get(key)
-    if sql is None:
-        cols = _AUDIT_COLS if table == "audit_log" else _PRED_COLS
-        mark = "?" if style == "qmark" else "%s"
-        sql = _SQL[key] = (
-            f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
-        )
-    return sql
+class _Chain:
+    """Appends to the chain on one DBAPI connection, remembering the tail.
 
-
-def _append(
-    settings: Settings,
-    records: list[AuditRecord],
-    predictions: list[dict[str, Any]],
-) -> None:
-    """Chain and insert ``records`` (and prediction rows) in one transaction.
-
-    The tail is read inside the transaction, so a CLI process appending an
-    admin event while the server writes only causes a retry, never a fork.
+    Plain positional ``executemany`` on the driver's connection: SQLAlchemy's
+    per-statement machinery would cost more than the commit. The tail is
+    cached; if another process (the CLI) appended meanwhile, our next ``seq``
+    collides with its primary key, and we re-read the tail and retry, so the
+    chain never forks.
     """
-    eng = db.engine(settings)
-    key = chain_key(settings)
-    for attempt in range(20):
-        try:
-            with eng.begin() as conn:
-                seq, prev = _tail(conn)
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._eng = db.engine(settings)
+        self._key = chain_key(settings)
+        dbapi = self._eng.dialect.dbapi
+        self._retryable: tuple[type[Exception], ...] = (
+            (dbapi.IntegrityError, dbapi.OperationalError) if dbapi else ()
+        )
+        mark = "?" if self._eng.dialect.paramstyle == "qmark" else "%s"
+
+        def insert(table: str, cols: tuple[str, ...]) -> str:
+            return (
+                f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
+            )
+
+        self._audit_sql = insert("audit_log", _AUDIT_COLS)
+        self._pred_sql = insert("predictions", _PRED_COLS)
+        self._conn: Any = None
+        self._tail: tuple[int, str] | None = None
+        self._head_fd: int | None = None
+        self._noted = -1
+
+    def append(self, records: list[AuditRecord], predictions: list[dict[str, Any]]) -> None:
+        for attempt in range(20):
+            if self._conn is None:
+                self._conn = self._eng.raw_connection()
+            conn = self._conn
+            try:
+                cur = conn.cursor()
+                if self._tail is None:
+                    cur.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+                    row = cur.fetchone()
+                    self._tail = (int(row[0]), str(row[1])) if row else (0, GENESIS)
+                seq, prev = self._tail
                 rows = []
                 for rec in records:
                     seq += 1
@@ -196,30 +200,66 @@ def _append(
                     rec.latency_ms = _round(rec.latency_ms)
                     rec.compute_s = _round(rec.compute_s, 9)
                     rec.cost = None if rec.cost is None else float(rec.cost)
-                    row = {name: getattr(rec, name) for name in _REC_FIELDS}
-                    rec.hash = row["hash"] = record_hash(key, row)
+                    values = {name: getattr(rec, name) for name in _REC_FIELDS}
+                    rec.hash = values["hash"] = record_hash(self._key, values)
                     prev = rec.hash
-                    rows.append(row)
+                    rows.append(tuple(values[c] for c in _AUDIT_COLS))
                 if rows:
-                    conn.exec_driver_sql(
-                        _insert_sql(conn, "audit_log"),
-                        [tuple(r[c] for c in _AUDIT_COLS) for r in rows],
-                    )
+                    cur.executemany(self._audit_sql, rows)
                 if predictions:
-                    conn.exec_driver_sql(
-                        _insert_sql(conn, "predictions"),
-                        [tuple(p[c] for c in _PRED_COLS) for p in predictions],
+                    cur.executemany(
+                        self._pred_sql, [tuple(p[c] for c in _PRED_COLS) for p in predictions]
                     )
-            if records:
-                _note_head(settings, records[-1].seq, records[-1].hash)
-            return
-        except (IntegrityError, OperationalError) as err:
-            # Another process appended between our read of the tail and our
-            # insert (IntegrityError on seq) or held the lock: retry.
-            if attempt == 19:
+                conn.commit()
+                cur.close()
+            except self._retryable as err:
+                conn.rollback()
+                self._tail = None
+                if attempt == 19:
+                    raise
+                log.debug("audit append retry %d: %s", attempt, err)
+                time.sleep(0.01 * (attempt + 1))
+                continue
+            except BaseException:
+                conn.rollback()
+                self._tail = None
                 raise
-            log.debug("audit append retry %d: %s", attempt, err)
-            time.sleep(0.01 * (attempt + 1))
+            if records:
+                self._tail = (seq, prev)
+                self._note_head(seq, prev)
+            return
+
+    def _note_head(self, seq: int, hash_: str) -> None:
+        if self._head_fd is None:
+            path = head_file(self._settings)
+            noted = _read_head(self._settings)
+            self._noted = noted[0] if noted else 0
+            self._head_fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        if seq > self._noted:
+            # Fixed width, written in place: one syscall per commit.
+            os.pwrite(self._head_fd, f"{seq} {hash_}".ljust(100).encode() + b"\n", 0)
+            self._noted = seq
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._head_fd is not None:
+            os.close(self._head_fd)
+            self._head_fd = None
+
+
+def _append(
+    settings: Settings,
+    records: list[AuditRecord],
+    predictions: list[dict[str, Any]],
+) -> None:
+    """Chain and insert ``records`` (and prediction rows) in one transaction."""
+    chain = _Chain(settings)
+    try:
+        chain.append(records, predictions)
+    finally:
+        chain.close()
 
 
 def append_event(
@@ -239,6 +279,16 @@ def append_event(
 _STOP = object()
 
 
+def _resolve(futs: list[asyncio.Future[None]], error: Exception | None) -> None:
+    for fut in futs:
+        if fut.done():  # the request was cancelled (client went away)
+            continue
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
+
+
 class AuditWriter:
     """The group-commit writer serving uses; one thread, one transaction per batch.
 
@@ -256,14 +306,27 @@ class AuditWriter:
         self._thread = threading.Thread(target=self._run, name="aipaas-audit", daemon=True)
         self.batches = 0
         self.records = 0
-        db.engine(settings)
+        self._chain = _Chain(settings)
         self._thread.start()
 
     def submit(
         self, record: AuditRecord | None, predictions: list[dict[str, Any]] | None = None
     ) -> Future[None]:
         fut: Future[None] = Future()
-        self._q.put((record, predictions or [], fut))
+        self._q.put((record, predictions or [], fut, None))
+        return fut
+
+    def submit_async(
+        self, record: AuditRecord | None, predictions: list[dict[str, Any]] | None = None
+    ) -> asyncio.Future[None]:
+        """Like :meth:`submit`, for a caller on an event loop.
+
+        The writer resolves a whole batch's futures with one callback into the
+        loop, instead of one cross-thread wake-up per request.
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._q.put((record, predictions or [], fut, loop))
         return fut
 
     def close(self, timeout: float = 10.0) -> None:
@@ -294,19 +357,31 @@ class AuditWriter:
                     break
                 batch.append(nxt)
             last_commit = time.monotonic()
-            records = [rec for rec, _, _ in batch if rec is not None]
-            preds = [p for _, ps, _ in batch for p in ps]
+            records = [item[0] for item in batch if item[0] is not None]
+            preds = [p for item in batch for p in item[1]]
+            error: Exception | None = None
             try:
-                _append(self._settings, records, preds)
+                self._chain.append(records, preds)
+                self.batches += 1
+                self.records += len(records)
             except Exception as err:  # noqa: BLE001 - handed to every waiting request
                 log.error("audit commit of %d records failed: %s", len(records), err)
-                for _, _, fut in batch:
-                    fut.set_exception(err)
-                continue
-            self.batches += 1
-            self.records += len(records)
-            for _, _, fut in batch:
-                fut.set_result(None)
+                error = err
+            by_loop: dict[Any, list[Any]] = {}
+            for _, _, fut, loop in batch:
+                if loop is not None:
+                    by_loop.setdefault(loop, []).append(fut)
+                elif error is not None:
+                    fut.set_exception(error)
+                else:
+                    fut.set_result(None)
+            for loop, futs in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_resolve, futs, error)
+                except RuntimeError:  # the loop closed: nobody is waiting any more
+                    pass
+
+        self._chain.close()
 
 
 @dataclass(frozen=True)

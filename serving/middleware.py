@@ -9,7 +9,6 @@ response the trail does not have. If the audit write fails, the client gets
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import secrets
 import time
@@ -184,7 +183,7 @@ class AuditMiddleware:
             cost=(ctx.compute_s or 0.0) * self.price,
         )
         try:
-            await asyncio.wrap_future(self.writer.submit(record, ctx.predictions))
+            await self.writer.submit_async(record, ctx.predictions)
         except Exception:  # noqa: BLE001 - the writer logged it; the client gets 503
             return False
         return True

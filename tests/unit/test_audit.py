@@ -138,3 +138,18 @@ def test_query_by_key_and_time(trail):
     from datetime import datetime
 
     assert len(audit.query(trail, until=datetime.fromisoformat(first))) == 0
+
+
+def test_a_second_process_appending_mid_stream_does_not_fork_the_chain(settings):
+    writer = audit.AuditWriter(settings, commit_window_ms=0)
+    writer.submit(audit.AuditRecord(request_id="a")).result(10)
+    audit.append_event(settings, "key.created", key_id="k")  # the CLI, elsewhere
+    writer.submit(audit.AuditRecord(request_id="b")).result(10)  # its cached tail is stale
+    writer.close()
+    rows = audit.tail(settings, 10)
+    assert [(r["seq"], r["request_id"] or r["event"]) for r in rows] == [
+        (1, "a"),
+        (2, "key.created"),
+        (3, "b"),
+    ]
+    assert audit.verify(settings).ok
