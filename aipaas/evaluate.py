@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from aipaas.exceptions import ConfigurationError
 from aipaas.modeldef import ModelDefinition
@@ -44,10 +45,10 @@ def check_metrics(definition: ModelDefinition) -> None:
 def compute_metrics(
     task: str,
     metrics: Sequence[str],
-    y_true: Sequence[Any],
-    pred: Sequence[Any],
+    y_true: ArrayLike,
+    pred: ArrayLike,
     proba: np.ndarray | None = None,
-    classes: Sequence[Any] | None = None,
+    classes: ArrayLike | None = None,
 ) -> dict[str, float]:
     """The named metrics; ``proba`` columns follow ``classes`` (sorted labels)."""
     from sklearn import metrics as skm
@@ -64,7 +65,11 @@ def compute_metrics(
             elif m == "r2":
                 out[m] = float(skm.r2_score(y, p))
         return out
-    labels = list(classes) if classes is not None else sorted(set(y.tolist()) | set(p.tolist()))
+    labels = (
+        np.asarray(classes).tolist()
+        if classes is not None
+        else sorted(set(y.tolist()) | set(p.tolist()))
+    )
     binary = len(labels) == 2
     average = "binary" if binary else "macro"
     pos = labels[-1] if binary else None

@@ -218,7 +218,8 @@ def run_search(
     wall = time.perf_counter() - t0
 
     trials: list[TrialOutcome] = []
-    for res in grid:
+    for i in range(len(grid)):
+        res = grid[i]
         m = res.metrics or {}
         trial_id = str(m.get("trial_id") or Path(str(res.path)).name)
         if res.error is not None or SCORE not in m:
