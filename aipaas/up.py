@@ -145,6 +145,9 @@ def plan(
                 name="mlflow",
                 argv=mlflow_argv or _mlflow_argv(settings),
                 description="MLflow UI, tracking and model registry",
+                # MLflow 3's job runner (GenAI jobs, about seven huey processes) is
+                # unused here, costs memory on a small machine and slows shutdown.
+                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
                 url=f"http://{host}:{port}",
                 health_url=f"http://{host}:{port}/health",
                 host=host,
