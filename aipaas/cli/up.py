@@ -69,6 +69,7 @@ def _crons(deployment: object) -> list[str]:
 
 def _start_missing_lifecycles(s: Settings) -> None:
     """Start a lifecycle run, through the Prefect API, for each served model with no champion."""
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -90,6 +91,7 @@ def _start_missing_lifecycles(s: Settings) -> None:
                 as_subflow=False,
                 tags=["aipaas", "up"],
             )
+        assert isinstance(flow_run, FlowRun)  # run_deployment is sync outside async code
         ui = s.prefect_api_url.removesuffix("/api")
         typer.echo(
             f"  {model}: no champion yet; started the lifecycle "
