@@ -31,6 +31,39 @@ from serving.sink import NoopSink, RowSink
 log = logging.getLogger(__name__)
 
 
+def _openapi_with_signatures(app: FastAPI, holder: ModelHolder) -> Any:
+    """OpenAPI whose predict bodies are the loaded versions' signature schemas.
+
+    The routes exist before any model is loaded and a swap may change the
+    signature, so the schema is rebuilt on each request for it (docs only).
+    """
+    from fastapi.openapi.utils import get_openapi
+
+    def openapi() -> dict[str, Any]:
+        spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        default = holder.get(holder.names[0]) if holder.names else None
+        for path, op in spec.get("paths", {}).items():
+            if not path.endswith("/predict") or "post" not in op:
+                continue
+            served = default
+            if path.startswith("/models/"):
+                # one schema per served model under the same path: list them
+                schemas = [
+                    m.record_model.model_json_schema(by_alias=True) for m in holder.all().values()
+                ]
+                record: dict[str, Any] = {"oneOf": schemas} if schemas else {"type": "object"}
+            elif served is not None:
+                record = served.record_model.model_json_schema(by_alias=True)
+            else:
+                record = {"type": "object"}
+            op["post"]["requestBody"]["content"]["application/json"]["schema"] = {
+                "oneOf": [record, {"type": "array", "items": record}]
+            }
+        return spec
+
+    return openapi
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -103,6 +136,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.components = components
+    app.openapi = _openapi_with_signatures(app, holder)  # type: ignore[method-assign]
     app.state.writer = writer
     app.include_router(health.router)
     app.include_router(predict.router)

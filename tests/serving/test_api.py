@@ -287,3 +287,12 @@ def test_answered_rows_go_to_the_row_sink(make_client, predict_key):
     c.post("/predict", json=ROW, headers=bearer(predict_key))
     c.post("/predict", json={"bad": 1}, headers=bearer(predict_key))
     assert sink.calls == [("diagnosis", "1", [ROW], ["malignant"])]
+
+
+def test_docs_show_the_signature_schema(client):
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]
+    record = body["schema"]["oneOf"][0]
+    assert record["required"] == ["mean_radius", "mean_texture"]
+    assert record["additionalProperties"] is False
+    assert client.get("/docs").status_code == 200
