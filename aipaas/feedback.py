@@ -83,7 +83,9 @@ def labelled_rows(settings: Settings, model: str, since: datetime | None = None)
         target = "label"
     p, f = db.predictions, db.feedback
     stmt = (
-        select(p.c.request_id, p.c.version, p.c.output, p.c.input, f.c.label, f.c.labelled_at)
+        select(
+            p.c.request_id, p.c.row, p.c.version, p.c.output, p.c.input, f.c.label, f.c.labelled_at
+        )
         .join(f, f.c.request_id == p.c.request_id)
         .where(p.c.model == model)
         .order_by(f.c.labelled_at, p.c.request_id, p.c.row)
@@ -92,10 +94,15 @@ def labelled_rows(settings: Settings, model: str, since: datetime | None = None)
         stmt = stmt.where(f.c.labelled_at >= _iso(since))
     with db.engine(settings).connect() as conn:
         rows = conn.execute(stmt).all()
+    sizes: dict[str, int] = {}
+    for r in rows:
+        sizes[r.request_id] = sizes.get(r.request_id, 0) + 1
     records = []
     for r in rows:
         rec: dict[str, Any] = dict(orjson.loads(r.input)) if r.input else {}
         label = orjson.loads(r.label)
+        if isinstance(label, list) and len(label) == sizes[r.request_id] > 1:
+            label = label[r.row]
         rec[target] = label
         rec["request_id"] = r.request_id
         rec["model_version"] = r.version

@@ -296,3 +296,22 @@ def test_docs_show_the_signature_schema(client):
     assert record["required"] == ["mean_radius", "mean_texture"]
     assert record["additionalProperties"] is False
     assert client.get("/docs").status_code == 200
+
+
+def test_a_labelled_batch_gives_each_row_its_label(make_client, settings, tmp_path, predict_key):
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "diagnosis.py").write_text(DEFINITION.replace("{log_inputs}", "True"))
+    s = settings.model_copy(update={"models_dir": models})
+    client = make_client(s)
+    h = bearer(predict_key)
+    batch = [ROW, {"mean_radius": -1.0, "mean_texture": 0.0}]
+    rid = client.post("/predict", json=batch, headers=h).json()["request_id"]
+    r = client.post(
+        "/feedback", json={"request_id": rid, "label": ["malignant", "benign"]}, headers=h
+    )
+    assert r.status_code == 201
+    frame = labelled_rows(s, "diagnosis")
+    assert list(frame["outcome"]) == ["malignant", "benign"]
+    assert list(frame["prediction"]) == ["malignant", "benign"]
+    assert list(frame["mean_radius"]) == [1.5, -1.0]
