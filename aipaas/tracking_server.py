@@ -103,15 +103,22 @@ def wait_healthy(url: str, timeout_s: float = 60.0) -> None:
 
 
 def run_server(settings: Settings, *, host: str | None = None, port: int | None = None) -> int:
-    """Run the server in the foreground until it exits or Ctrl-C; its exit code."""
+    """Run the server in the foreground until it exits, Ctrl-C or SIGTERM; its exit code.
+
+    The server runs in its own process group and is stopped as a group
+    (``mlflow server`` keeps uvicorn as a child, which otherwise outlives it).
+    """
     prepare(settings)
-    proc = subprocess.Popen(server_command(settings, host=host, port=port))
+    proc = subprocess.Popen(server_command(settings, host=host, port=port), start_new_session=True)
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            return proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        stop_server(proc, timeout_s=10)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
