@@ -122,3 +122,20 @@ def test_mlflow_unreachable_fails_fast(settings: Settings, tmp_path: Path, diagn
         train_model(diagnosis, _version(tmp_path), s)
     assert time.monotonic() - t0 < 30
     assert pd.read_csv(tmp_path / "train.csv").shape[0] == 60  # data untouched
+
+
+def test_cli_unknown_model_exits_with_its_code(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AIPAAS_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-c", "from aipaas.cli import main; main()", "train", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == ModelNotFoundError.exit_code
+    assert "unknown model 'nope'" in proc.stderr and "Traceback" not in proc.stderr
