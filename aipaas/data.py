@@ -339,8 +339,8 @@ def load_version(dataset: str, settings: Settings) -> DatasetVersion:
 
 
 def _count_rows(path: Path) -> int:
-    with path.open("rb") as fh:
-        return max(sum(1 for _ in fh) - 1, 0)
+    # Parsed, not line-counted: a quoted text field may hold newlines.
+    return len(pd.read_csv(path, usecols=[0]))
 
 
 def run_data_pipeline(dataset: str, settings: Settings, push: bool = True) -> DatasetVersion:
