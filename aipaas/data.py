@@ -6,6 +6,7 @@ A dataset is declared in ``params.yaml`` under ``datasets:`` (see
 one a call to the ``aipaas data`` CLI, which calls the functions here:
 
     ingest    source rows + data/incoming/<name>/*.csv -> data/<name>/raw.csv
+              (a ``csv:`` source lives under data/sources/)
     validate  raw.csv against the suite                -> data/<name>/validation.json
     split     raw.csv (only if validation passed)      -> data/<name>/train.csv, holdout.csv
 
@@ -88,6 +89,11 @@ def paths(dataset: str, settings: Settings) -> DatasetPaths:
 # ---------------------------------------------------------------- sources
 
 
+def sources_dir(settings: Settings) -> Path:
+    """Where ``csv:`` source files live: ``data/sources/``, an ingest dependency."""
+    return Path(settings.data.dir) / "sources"
+
+
 def snake_case(name: str) -> str:
     """``"mean radius"`` -> ``"mean_radius"``: column names safe for every tool."""
     return re.sub(r"[^0-9a-zA-Z]+", "_", name.strip()).strip("_").lower()
@@ -113,10 +119,18 @@ def _load_sklearn(name: str, target: str) -> pd.DataFrame:
     return frame
 
 
-def _load_csv(path: str, repo: Path) -> pd.DataFrame:
+def _load_csv(path: str, repo: Path, sources: Path) -> pd.DataFrame:
+    """A team's own file. It must live under ``data/sources/``, a dependency of
+    every ingest stage, so that DVC reruns ingest when the file changes."""
     file = Path(path)
     if not file.is_absolute():
         file = repo / file
+    if not file.resolve().is_relative_to(sources.resolve()):
+        raise ConfigurationError(
+            f"source csv:{path}: put the file under {sources} (and name it relative to the "
+            "repository, e.g. csv:data/sources/<file>.csv) so that DVC tracks it as a "
+            "dependency of ingest"
+        )
     frame, error = validation.read_csv(file)
     if frame is None:
         raise DataValidationError(f"source csv:{path}: {error}")
@@ -134,7 +148,7 @@ def load_source(spec: DatasetSpec, settings: Settings) -> pd.DataFrame:
     if kind == "sklearn" and arg:
         return _load_sklearn(arg, spec.target)
     if kind == "csv" and arg:
-        return _load_csv(arg, Path(settings.versioning.repo))
+        return _load_csv(arg, Path(settings.versioning.repo), sources_dir(settings))
     raise ConfigurationError(
         f"unknown dataset source {spec.source!r}: use 'sklearn:<name>' or 'csv:<path>'"
     )
@@ -374,8 +388,9 @@ def reproduce(dataset: str, settings: Settings) -> None:
     spec(dataset, settings)
     p = paths(dataset, settings)
     repo = Path(settings.versioning.repo)
-    # DVC refuses a missing dependency: the incoming directory exists even when empty.
+    # DVC refuses a missing dependency: these directories exist even when empty.
     p.incoming.mkdir(parents=True, exist_ok=True)
+    sources_dir(settings).mkdir(parents=True, exist_ok=True)
     try:
         versioning.repro(repo, [f"split@{dataset}"], env=stage_environment(settings))
     except VersioningError as err:

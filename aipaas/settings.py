@@ -48,7 +48,8 @@ class DatasetSpec(BaseModel):
 
     ``source`` names a loader in :mod:`aipaas.data`: ``sklearn:<name>`` (a
     dataset scikit-learn ships offline, e.g. ``sklearn:breast_cancer``) or
-    ``csv:<path>`` (a team's own file, relative to the repository root).
+    ``csv:<path>`` (a team's own file under ``data/sources/``, the path relative
+    to the repository root, e.g. ``csv:data/sources/claims.csv``).
     """
 
     source: str

@@ -45,6 +45,8 @@ def new_project(root: Path) -> Path:
         shutil.copy2(PROJECT_ROOT / rel, repo / rel)
     (repo / "data/incoming/breast_cancer").mkdir(parents=True)
     (repo / "data/incoming/breast_cancer/.gitkeep").touch()
+    (repo / "data/sources").mkdir()
+    (repo / "data/sources/.gitkeep").touch()
     git(repo, "init", "-q", "-b", "main")
     git(repo, "config", "user.name", "aipaas tests")
     git(repo, "config", "user.email", "tests@aipaas.invalid")

@@ -154,12 +154,18 @@ def test_validate_a_path_records_nothing(st, source, tmp_path):
     assert not data.paths("breast_cancer", st).validation.exists()
 
 
-def test_csv_source_relative_to_repo(st, source, tmp_path):
-    (tmp_path / "mine.csv").write_text(source.head(150).to_csv(index=False))
-    spec = DatasetSpec(source="csv:mine.csv", target="diagnosis")
+def test_csv_source_lives_under_data_sources(st, source, tmp_path):
+    sources = tmp_path / "data" / "sources"
+    sources.mkdir(parents=True)
+    (sources / "mine.csv").write_text(source.head(150).to_csv(index=False))
+    spec = DatasetSpec(source="csv:data/sources/mine.csv", target="diagnosis")
     assert len(data.load_source(spec, st)) == 150
     with pytest.raises(DataValidationError, match="file not found"):
-        data.load_source(DatasetSpec(source="csv:nope.csv", target="y"), st)
+        data.load_source(DatasetSpec(source="csv:data/sources/nope.csv", target="y"), st)
+    # Anywhere else DVC would not see it change: refused, with where to put it.
+    (tmp_path / "elsewhere.csv").write_text(source.head(150).to_csv(index=False))
+    with pytest.raises(ConfigurationError, match="put the file under"):
+        data.load_source(DatasetSpec(source="csv:elsewhere.csv", target="diagnosis"), st)
 
 
 @pytest.mark.parametrize("source_name", ["sklearn:nope", "s3:bucket/x.csv", "breast_cancer"])
