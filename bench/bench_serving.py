@@ -25,6 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +162,7 @@ def _wrk(url: str, body: str, auth: str | None, conns: int, duration: int) -> di
         "p50_ms": _ms(re.search(r"\s50%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
         "p99_ms": _ms(re.search(r"\s99%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
         "requests": total,
+        "mean_ms": _ms(re.search(r"Latency\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
         "failed": (int(non2xx.group(1)) if non2xx else 0)
         + (sum(int(g) for g in errors.groups()) if errors else 0),
         "tool": "wrk",
@@ -213,6 +215,7 @@ def _python_load(
     lat.sort()
     return {
         "rps": len(lat) / duration,
+        "mean_ms": sum(lat) / max(1, len(lat)) * 1000,
         "p50_ms": lat[len(lat) // 2] * 1000,
         "p99_ms": lat[int(len(lat) * 0.99)] * 1000,
         "requests": len(lat),
@@ -266,12 +269,37 @@ def _mlflow_server(tracking_uri: str, version: str, port: int) -> subprocess.Pop
 def _cells(label: str, url: str, body: str, auth: str | None, results: dict[str, Any]) -> None:
     _load(url, body, auth, 8, WARMUP_S)
     for conns in CONNECTIONS:
+        start = datetime.now(UTC)
         r = _load(url, body, auth, conns, DURATION_S)
+        r["window"] = (start.isoformat(), datetime.now(UTC).isoformat())
+        # Little's law: connections kept busy = throughput x mean latency. Far
+        # above `conns`, the client's clock was off-CPU (a busy machine).
+        r["busy_connections"] = r["rps"] * r["mean_ms"] / 1000
         results[f"{label}@{conns}"] = r
         print(
             f"  {label:28} c={conns}  {r['rps']:8.0f} req/s  p50 {r['p50_ms']:7.2f} ms  "
-            f"p99 {r['p99_ms']:7.2f} ms  failed {r['failed']}",
+            f"p99 {r['p99_ms']:7.2f} ms  failed {r['failed']}  "
+            f"(Little: {r['busy_connections']:.1f} busy)",
             flush=True,
+        )
+
+
+def _server_side_latency(settings: Any, results: dict[str, Any]) -> None:
+    """p50/p99 of the latency the server itself recorded in each ON cell's audit records."""
+    from aipaas import audit
+
+    for conns in CONNECTIONS:
+        cell = results[f"aipaas keys+limits+audit ON@{conns}"]
+        since, until = (datetime.fromisoformat(t) for t in cell["window"])
+        rows = audit.query(settings, since=since, until=until, limit=10**7)
+        lat = sorted(r["latency_ms"] for r in rows if r["kind"] == "request")
+        if not lat:
+            continue
+        cell["server_p50_ms"] = lat[len(lat) // 2]
+        cell["server_p99_ms"] = lat[int(len(lat) * 0.99)]
+        print(
+            f"  server-side latency (audit) c={conns}: p50 {cell['server_p50_ms']:.2f} ms  "
+            f"p99 {cell['server_p99_ms']:.2f} ms"
         )
 
 
@@ -318,6 +346,7 @@ def main() -> dict[str, Any]:
                 s = Settings(_env_file=None, home=home, audit={"hmac_key": hmac_key})
                 report = audit.verify(s)
                 results["audit_on"] = {"records": report.records, "verified": report.ok}
+                _server_side_latency(s, results)
                 print(f"  audit trail: {report.records} records, chain ok={report.ok}")
 
         port = _free_port()
