@@ -127,6 +127,9 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             components.executor.shutdown(wait=True)
+            close_sink = getattr(sink, "close", None)
+            if close_sink is not None:  # e.g. aipaas.spool.SpoolWriter releases its segment
+                close_sink()
             await asyncio.to_thread(writer.close)
 
     app = FastAPI(

@@ -315,3 +315,13 @@ def test_a_labelled_batch_gives_each_row_its_label(make_client, settings, tmp_pa
     assert list(frame["outcome"]) == ["malignant", "benign"]
     assert list(frame["prediction"]) == ["malignant", "benign"]
     assert list(frame["mean_radius"]) == [1.5, -1.0]
+
+
+def test_the_spool_writer_fits_the_row_sink(make_client, settings, predict_key):
+    from aipaas import spool
+
+    writer = spool.SpoolWriter(settings)
+    c = make_client(row_sink=writer)
+    c.post("/predict", json=ROW, headers=bearer(predict_key))
+    segments = list(spool.spool_dir(settings).iterdir())
+    assert any(b'"mean_radius":1.5' in p.read_bytes() for p in segments)
