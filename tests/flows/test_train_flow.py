@@ -15,6 +15,24 @@ from tests.data.project import copy_project
 pytestmark = pytest.mark.slow
 
 
+def _use(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    get_settings.cache_clear()
+    return get_settings()
+
+
+def _base_env(home: Path) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        "AIPAAS_HOME": str(home),
+        "AIPAAS_MODELS_DIR": str(PROJECT_ROOT / "models"),
+        "AIPAAS_MLFLOW__TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "AIPAAS_TUNE__NUM_SAMPLES": "2",
+        "AIPAAS_TUNE__CV_FOLDS": "2",
+    }
+
+
 @pytest.fixture
 def flow_settings(
     tmp_path: Path,
@@ -25,22 +43,21 @@ def flow_settings(
 ) -> Iterator[Settings]:
     """get_settings() on a temp home and a private copy of a reproduced data project."""
     repo = copy_project(tmp_path_factory, tmp_path)
-    home = tmp_path / "home"
-    home.mkdir()
-    env = {
-        "AIPAAS_HOME": str(home),
-        "AIPAAS_MODELS_DIR": str(PROJECT_ROOT / "models"),
-        "AIPAAS_MLFLOW__TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+    env = _base_env(tmp_path / "home") | {
         "AIPAAS_DATA__DIR": str(repo / "data"),
         "AIPAAS_DATA__EXPECTATIONS_DIR": str(repo / "expectations"),
         "AIPAAS_VERSIONING__REPO": str(repo),
-        "AIPAAS_TUNE__NUM_SAMPLES": "2",
-        "AIPAAS_TUNE__CV_FOLDS": "2",
     }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+    yield _use(env, monkeypatch)
     get_settings.cache_clear()
-    yield get_settings()
+
+
+@pytest.fixture
+def bare_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: None
+) -> Iterator[Settings]:
+    """get_settings() on a temp home, no dataset: for flows that must fail early."""
+    yield _use(_base_env(tmp_path / "home"), monkeypatch)
     get_settings.cache_clear()
 
 
@@ -59,7 +76,7 @@ def test_train_flow_registers_a_challenger(flow_settings: Settings) -> None:
     assert challenger.tags[tags.GIT_COMMIT] == version.git_commit
 
 
-def test_train_flow_fails_on_unknown_model(flow_settings: Settings) -> None:
+def test_train_flow_fails_on_unknown_model(bare_settings: Settings) -> None:
     from flows.train import train_flow
 
     state = train_flow("nope", return_state=True)
