@@ -443,7 +443,8 @@ def decide(
                 f"{version} --approve-as YOUR_NAME`.\n{format_gates(pending)}",
                 gates=[g.to_dict() for g in pending],
             )
-        gates.append(approval_gate(approval))
+        if approval is not None:  # no one is asked about a version that already failed
+            gates.append(approval_gate(approval))
     passed = all(g.passed for g in gates)
     reasons = [_reason(g) for g in gates if not g.passed]
     now = _now()

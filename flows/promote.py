@@ -109,7 +109,7 @@ def promote_flow(model: str = "diagnosis", version: str | None = None) -> dict[s
     if evaluation.requires_approval and evaluation.auto_passed:
         approval = ask_approval(evaluation)
     gates = [g.to_dict() for g in evaluation.gates]
-    if evaluation.requires_approval:
+    if approval is not None:
         gates.append(promote.approval_gate(approval).to_dict())
     publish_gates(evaluation, gates)
     return record_decision(evaluation, f"prefect flow run {flow_run.name}", approval)

@@ -394,3 +394,16 @@ def test_cli_exits_non_zero_on_a_failed_gate_and_shows_the_model(
     assert v1 != v2
     norollback = run("rollback", MODEL)
     assert norollback.returncode == ModelNotFoundError.exit_code
+
+
+def test_a_failing_version_is_rejected_without_asking_for_approval(
+    settings: Settings, tmp_path: Path
+) -> None:
+    s = _settings(settings, tmp_path, approval=True)
+    _register(s, latency=900.0)
+    with pytest.raises(GateFailedError) as err:
+        promote(s, MODEL)
+    record = err.value.gates
+    assert record["result"] == "rejected"
+    assert [g["name"] for g in record["gates"] if not g["passed"]] == ["p99 latency ms"]
+    assert "approval" not in {g["name"] for g in record["gates"]}
