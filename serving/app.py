@@ -31,6 +31,20 @@ from serving.sink import NoopSink, RowSink
 log = logging.getLogger(__name__)
 
 
+def _follower_died(holder: ModelHolder) -> Any:
+    """A crashed follower must not fail silently: /readyz turns 503 with the reason."""
+
+    def done(task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        err = task.exception()
+        if err is not None:
+            log.error("the champion follower stopped: %r", err, exc_info=err)
+            holder.follower_error = f"champion follower stopped: {type(err).__name__}: {err}"
+
+    return done
+
+
 def _openapi_with_signatures(app: FastAPI, holder: ModelHolder) -> Any:
     """OpenAPI whose predict bodies are the loaded versions' signature schemas.
 
@@ -119,10 +133,12 @@ def create_app(
             outcome = await asyncio.to_thread(holder.refresh, name)
             log.info("startup: %s -> %s", name, outcome)
         task = asyncio.create_task(follow_champions(holder, settings)) if follow else None
+        if task is not None:
+            task.add_done_callback(_follower_died(holder))
         try:
             yield
         finally:
-            if task is not None:
+            if task is not None and not task.done():  # a dead one was reported already
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

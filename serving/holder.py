@@ -107,6 +107,7 @@ class ModelHolder:
         self._models: dict[str, ServedModel] = {}
         self._locks = {n: threading.Lock() for n in self.names}
         self.last_error: dict[str, str] = {}
+        self.follower_error: str | None = None
         self.loads = 0
         self.failures = 0
 

@@ -91,6 +91,7 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     models: dict[str, str | None]
+    error: str | None = None
 
 
 class UsageOut(BaseModel):

@@ -22,7 +22,8 @@ async def readyz(c: ComponentsDep) -> JSONResponse:
     """200 once the default model has a loaded version, 503 before."""
     models = {n: (m.version if (m := c.holder.get(n)) else None) for n in c.holder.names}
     ready = models.get(c.settings.serving.default_model) is not None
-    body = Readiness(ready=ready, models=models).model_dump()
+    ready = ready and c.holder.follower_error is None
+    body = Readiness(ready=ready, models=models, error=c.holder.follower_error).model_dump()
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

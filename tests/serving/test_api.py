@@ -102,7 +102,7 @@ def test_503_without_a_champion_then_ready_after_reload(make_client, source, set
     assert c.post("/admin/reload", headers=bearer(admin)).json() == {
         "outcomes": {"diagnosis": "loaded"}
     }
-    assert c.get("/readyz").json() == {"ready": True, "models": {"diagnosis": "4"}}
+    assert c.get("/readyz").json() == {"ready": True, "models": {"diagnosis": "4"}, "error": None}
     assert c.post("/predict", json=ROW, headers=bearer(predict_key)).json()["model_version"] == "4"
 
 

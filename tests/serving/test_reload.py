@@ -109,3 +109,28 @@ def test_in_flight_request_finishes_on_its_version(make_client, source, settings
     r = c.post("/predict", json=ROW, headers=bearer(predict_key))
     assert r.json()["model_version"] == "2"
     assert isinstance(fast_predict([[1.0, 1.0]]), Prediction)
+
+
+def test_a_crashed_follower_makes_readyz_fail(source, settings):
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+
+    class Exploding(type(source)):
+        calls = 0
+
+        def champion(self, name):
+            self.calls += 1
+            if self.calls > 1:  # startup works, the first poll hits a bug
+                raise ZeroDivisionError("bug in the source")
+            return super().champion(name)
+
+    s = settings.model_copy(
+        update={"serving": settings.serving.model_copy(update={"reload_poll_s": 0.1})}
+    )
+    with TestClient(create_app(s, model_source=Exploding())) as c:
+        deadline = time.monotonic() + 10
+        while c.get("/readyz").status_code == 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        assert "ZeroDivisionError" in c.get("/readyz").json()["error"]
