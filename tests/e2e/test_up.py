@@ -109,3 +109,63 @@ def test_up_starts_refuses_a_second_and_stops_everything(home: Path, tmp_path: P
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
         out.close()
+
+
+def test_up_runs_the_lifecycle_when_no_champion_serves(home: Path, tmp_path: Path) -> None:
+    """The ``make up`` first run: no champion, so the lifecycle runs through Prefect
+    and serving answers with the promoted version, all on a private data project."""
+    from tests.data.project import new_project
+
+    repo = new_project(tmp_path / "project")  # fresh clone: nothing reproduced yet
+    ports = {"prefect": free_port(), "mlflow": free_port(), "serving": free_port()}
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("AIPAAS_", "PREFECT_"))},
+        "AIPAAS_HOME": str(home),
+        "AIPAAS_PREFECT__PORT": str(ports["prefect"]),
+        "AIPAAS_MLFLOW__PORT": str(ports["mlflow"]),
+        "AIPAAS_SERVING__PORT": str(ports["serving"]),
+        "AIPAAS_DATA__DIR": str(repo / "data"),
+        "AIPAAS_DATA__EXPECTATIONS_DIR": str(repo / "expectations"),
+        "AIPAAS_VERSIONING__REPO": str(repo),
+        "AIPAAS_TUNE__NUM_SAMPLES": "2",
+        "AIPAAS_TUNE__CV_FOLDS": "2",
+    }
+    out_path = tmp_path / "up.out"
+    out = out_path.open("wb")
+    proc = subprocess.Popen(
+        [*CLI, "up"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 600
+        ready = ""
+        while '"diagnosis":"1"' not in ready.replace(" ", ""):
+            assert proc.poll() is None, out_path.read_text()
+            assert time.monotonic() < deadline, (out_path.read_text(), ready)
+            time.sleep(3)
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{ports['serving']}/readyz", timeout=5
+                ) as resp:
+                    ready = resp.read().decode()
+            except OSError:  # 503 until a champion is loaded, or not up yet
+                ready = ""
+        text = out_path.read_text()
+        assert "diagnosis: no champion yet; started the lifecycle" in text
+        assert f"http://127.0.0.1:{ports['prefect']}/runs/flow-run/" in text
+        log = [json.loads(line) for line in (home / "promotions.jsonl").read_text().splitlines()]
+        assert [(r["model"], r["version"], r["result"]) for r in log] == [
+            ("diagnosis", "1", "promoted")
+        ]
+        assert log[0]["decided_by"].startswith("prefect flow run ")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(90) == 0, out_path.read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        out.close()
