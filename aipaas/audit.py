@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, select
+from sqlalchemy.exc import OperationalError
 
 from aipaas import db
 from aipaas.exceptions import AuditIntegrityError
@@ -161,8 +162,9 @@ class _Chain:
     chain never forks.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, own_connection: bool = False) -> None:
         self._settings = settings
+        self._own = own_connection
         self._eng = db.engine(settings)
         self._key = chain_key(settings)
         dbapi = self._eng.dialect.dbapi
@@ -186,7 +188,7 @@ class _Chain:
     def append(self, records: list[AuditRecord], predictions: list[dict[str, Any]]) -> None:
         for attempt in range(20):
             if self._conn is None:
-                self._conn = self._eng.raw_connection()
+                self._conn = self._connect()
             conn = self._conn
             try:
                 cur = conn.cursor()
@@ -231,6 +233,21 @@ class _Chain:
                 self._tail = (seq, prev)
                 self._note_head(seq, prev)
             return
+
+    def _connect(self) -> Any:
+        if not self._own:
+            return self._eng.raw_connection()
+        # The writer's own connection, outside the pool: on SQLite it never
+        # checkpoints itself (a checkpoint fsyncs the database file, and every
+        # request waiting on that commit would wait for it); the writer's
+        # checkpointer thread does it on another connection instead.
+        conn = self._eng.raw_connection()
+        conn.detach()  # never handed back to the pool with these settings
+        if self._eng.dialect.name == "sqlite":
+            cur = conn.cursor()
+            cur.execute("PRAGMA wal_autocheckpoint=0")
+            cur.close()
+        return conn
 
     def _note_head(self, seq: int, hash_: str) -> None:
         if self._head_fd is None:
@@ -314,8 +331,25 @@ class AuditWriter:
         self._thread = threading.Thread(target=self._run, name="aipaas-audit", daemon=True)
         self.batches = 0
         self.records = 0
-        self._chain = _Chain(settings)
+        self._chain = _Chain(settings, own_connection=True)
+        self._stopped = threading.Event()
+        self._checkpointer: threading.Thread | None = None
+        if db.engine(settings).dialect.name == "sqlite":
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint, name="aipaas-audit-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
         self._thread.start()
+
+    def _checkpoint(self, every_s: float = 1.0) -> None:
+        """Fold the WAL into the database file beside the writer, never in its way."""
+        eng = db.engine(self._settings)
+        while not self._stopped.wait(every_s):
+            try:
+                with eng.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+            except OperationalError as err:  # busy: the next tick will do it
+                log.debug("audit checkpoint skipped: %s", err)
 
     def submit(
         self, record: AuditRecord | None, predictions: list[dict[str, Any]] | None = None
@@ -338,9 +372,12 @@ class AuditWriter:
         return fut
 
     def close(self, timeout: float = 10.0) -> None:
-        """Commit what is queued, then stop the thread."""
+        """Commit what is queued, then stop the threads."""
         self._q.put(_STOP)
         self._thread.join(timeout)
+        self._stopped.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(timeout)
 
     def _run(self) -> None:
         last_commit = 0.0
