@@ -34,3 +34,31 @@ def test_unknown_version_and_alias(settings):
     assert predictor.champion_version(settings, "diagnosis") is None
     with pytest.raises(ModelNotFoundError, match="no registered version 7"):
         predictor.load_version(settings, "diagnosis", "7")
+
+
+def test_an_unreachable_registry_is_reported_as_such(settings, monkeypatch):
+    import os
+
+    from aipaas.exceptions import RegistryUnavailableError
+    from tests.conftest import free_port
+
+    # connect() sets MLflow's HTTP env vars; give them back as they were.
+    for var in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        if var in os.environ:
+            monkeypatch.setenv(var, os.environ[var])
+        else:
+            monkeypatch.delenv(var, raising=False)
+
+    down = settings.model_copy(
+        update={
+            "mlflow": settings.mlflow.model_copy(
+                update={
+                    "tracking_uri": f"http://127.0.0.1:{free_port()}",
+                    "http_max_retries": 0,
+                    "http_timeout_s": 2,
+                }
+            )
+        }
+    )
+    with pytest.raises(RegistryUnavailableError):
+        predictor.champion_version(down, "diagnosis")
