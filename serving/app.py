@@ -21,6 +21,7 @@ from fastapi import FastAPI
 from aipaas.audit import AuditRecord, AuditWriter
 from aipaas.keys import KeyStore, RateLimiter
 from aipaas.settings import Settings, get_settings
+from aipaas.spool import SpoolWriter
 from serving.deps import Components
 from serving.holder import ModelHolder, ModelSource, RegistrySource, follow_champions
 from serving.metrics import Metrics
@@ -90,7 +91,8 @@ def create_app(
 
     Args:
         settings: defaults to :func:`aipaas.settings.get_settings`.
-        row_sink: where answered rows go for profiling (default: dropped).
+        row_sink: where answered rows go for profiling (default: the spool
+            that ``aipaas profiler`` reads, when ``serving.profiling_enabled``).
         model_source: where versions come from (default: the MLflow registry).
         follow: run the background task that follows ``champion``.
         key_cache_s: how long a key lookup is trusted; a revocation takes
@@ -101,7 +103,9 @@ def create_app(
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     writer = AuditWriter(settings)
     metrics = Metrics()
-    sink = row_sink or NoopSink()
+    if row_sink is None:
+        row_sink = SpoolWriter(settings) if settings.serving.profiling_enabled else NoopSink()
+    sink = row_sink
     source = model_source or RegistrySource(settings)
 
     def on_event(event: str, model: str, version: str | None, detail: dict[str, Any]) -> None:
