@@ -26,7 +26,7 @@ from functools import lru_cache
 
 from sqlalchemy import select, update
 
-from aipaas import db
+from aipaas import audit, db
 from aipaas.exceptions import ConfigurationError
 from aipaas.settings import Settings
 
@@ -147,7 +147,7 @@ def create_key(
     rate: str | None = None,
     expires: str | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key; returns its record and the plaintext key, which is never stored."""
+    """Create a key (audited); returns its record and the plaintext key, never stored."""
     if not name.strip():
         raise ConfigurationError("a key needs a --name naming its client")
     scope_t = parse_scopes(scopes)
@@ -176,6 +176,18 @@ def create_key(
                 expires_at=record.expires_at,
             )
         )
+    audit.append_event(
+        settings,
+        "key.created",
+        {
+            "name": record.name,
+            "scopes": list(record.scopes),
+            "rate": record.rate,
+            "expires_at": record.expires_at,
+        },
+        key_id=record.id,
+        owner=record.name,
+    )
     return record, plaintext
 
 
@@ -205,6 +217,10 @@ def revoke_key(settings: Settings, key_id: str) -> ApiKey:
         raise ConfigurationError(f"no key with id {key_id!r} (known: {known})")
     if res.rowcount == 0 and key.revoked_at is None:  # pragma: no cover - race
         raise ConfigurationError(f"key {key_id} could not be revoked")
+    if res.rowcount:
+        audit.append_event(
+            settings, "key.revoked", {"name": key.name}, key_id=key.id, owner=key.name
+        )
     return key
 
 

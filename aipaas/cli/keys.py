@@ -26,22 +26,10 @@ def create_cmd(
     ] = None,
 ) -> None:
     """Create a key. It is shown once, on the last line; only its hash is stored."""
-    from aipaas import audit, keys
+    from aipaas import keys
 
     s = settings()
     record, plaintext = keys.create_key(s, name, scopes, rate=rate, expires=expires)
-    audit.append_event(
-        s,
-        "key.created",
-        {
-            "name": record.name,
-            "scopes": list(record.scopes),
-            "rate": record.rate,
-            "expires_at": record.expires_at,
-        },
-        key_id=record.id,
-        owner=record.name,
-    )
     typer.echo(f"created key {record.id} for {record.name!r}, scopes {','.join(record.scopes)}")
     typer.echo("store it now; it cannot be shown again:", err=True)
     typer.echo(plaintext)
@@ -73,9 +61,8 @@ def list_cmd(
 @keys_app.command("revoke")
 def revoke_cmd(key_id: Annotated[str, typer.Argument(help="The key id (aip_<id>_...).")]) -> None:
     """Revoke a key; a running server refuses it within seconds."""
-    from aipaas import audit, keys
+    from aipaas import keys
 
     s = settings()
     key = keys.revoke_key(s, key_id)
-    audit.append_event(s, "key.revoked", {"name": key.name}, key_id=key.id, owner=key.name)
     typer.echo(f"revoked key {key.id} ({key.name}) at {key.revoked_at}")
