@@ -10,22 +10,13 @@ import sys
 
 import typer
 
+# Each area module registers its commands on the apps in _app when imported.
+from aipaas.cli import audit, data, demo, keys, monitor, promote, serve, train, up
 from aipaas.cli._app import app
 from aipaas.exceptions import AipaasError
 
-# Each import registers its commands on the apps in _app.
-from aipaas.cli import (  # noqa: F401,E402
-    audit as _audit,
-    data as _data,
-    keys as _keys,
-    monitor as _monitor,
-    promote as _promote,
-    serve as _serve,
-    train as _train,
-    up as _up,
-)
-
 __all__ = ["app", "main"]
+AREAS = (audit, data, demo, keys, monitor, promote, serve, train, up)
 
 
 def main() -> None:

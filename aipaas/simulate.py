@@ -1,0 +1,138 @@
+"""Simulated client applications: what ``aipaas demo`` sends to the API.
+
+Each client has its own API key and sends one-row ``POST /predict`` requests,
+paced under its rate limit, optionally labelling each answer through
+``POST /feedback`` as a clinic would once the biopsy result is known. Traffic
+is sampled from the training data, with small noise (ordinary traffic) or
+with some features scaled (a shifted population, e.g. a recalibrated imaging
+device). Every response is counted, so the demo can say how many requests
+failed, and which model versions answered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class ClientStats:
+    name: str
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    labelled: int = 0
+    versions: Counter[str] = field(default_factory=Counter)
+    errors: list[str] = field(default_factory=list)
+
+    def add(self, other: ClientStats) -> None:
+        self.sent += other.sent
+        self.ok += other.ok
+        self.failed += other.failed
+        self.labelled += other.labelled
+        self.versions.update(other.versions)
+        self.errors.extend(other.errors)
+
+
+def sample_traffic(
+    frame: pd.DataFrame,
+    features: Sequence[str],
+    target: str,
+    n: int,
+    *,
+    seed: int,
+    noise: float = 0.02,
+    scale: Mapping[str, float] | None = None,
+) -> list[tuple[dict[str, float], Any]]:
+    """``n`` (row, true label) pairs drawn from ``frame``, jittered and optionally scaled."""
+    rng = np.random.default_rng(seed)
+    picked = frame.iloc[rng.integers(0, len(frame), size=n)]
+    values = picked[list(features)].to_numpy(dtype=float)
+    values = values * rng.normal(1.0, noise, size=values.shape)
+    for name, factor in (scale or {}).items():
+        values[:, list(features).index(name)] *= factor
+    labels = picked[target].tolist()
+    return [
+        ({f: round(float(v), 6) for f, v in zip(features, row, strict=True)}, label)
+        for row, label in zip(values, labels, strict=True)
+    ]
+
+
+def run_client(
+    base_url: str,
+    name: str,
+    key: str,
+    traffic: Sequence[tuple[dict[str, float], Any]],
+    *,
+    rate_per_s: float,
+    feedback: bool = False,
+    stop: threading.Event | None = None,
+) -> ClientStats:
+    """Send ``traffic`` one row per request, at most ``rate_per_s``; label each answer if asked."""
+    stats = ClientStats(name)
+    headers = {"Authorization": f"Bearer {key}"}
+    interval = 1.0 / rate_per_s
+    with httpx.Client(base_url=base_url, headers=headers, timeout=30.0) as http:
+        next_at = time.monotonic()
+        for row, label in traffic:
+            if stop is not None and stop.is_set():
+                break
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            next_at = max(next_at + interval, time.monotonic())
+            stats.sent += 1
+            try:
+                resp = http.post("/predict", json=row)
+            except httpx.HTTPError as err:
+                stats.failed += 1
+                stats.errors.append(f"{type(err).__name__}: {err}")
+                continue
+            if resp.status_code != 200:
+                stats.failed += 1
+                stats.errors.append(f"{resp.status_code}: {resp.text[:200]}")
+                continue
+            body = resp.json()
+            stats.ok += 1
+            stats.versions[str(body["model_version"])] += 1
+            if feedback:
+                fb = http.post("/feedback", json={"request_id": body["request_id"], "label": label})
+                if fb.status_code == 200:
+                    stats.labelled += 1
+                else:
+                    stats.errors.append(f"feedback {fb.status_code}: {fb.text[:200]}")
+    return stats
+
+
+def run_clients(
+    base_url: str,
+    clients: Sequence[tuple[str, str]],
+    traffic: Sequence[tuple[dict[str, float], Any]],
+    *,
+    rate_per_s: float,
+    feedback: bool = False,
+) -> list[ClientStats]:
+    """Split ``traffic`` over ``clients`` (name, key), one thread each; wait for all."""
+    shares = [traffic[i :: len(clients)] for i in range(len(clients))]
+    results: list[ClientStats] = [ClientStats(name) for name, _ in clients]
+
+    def work(i: int) -> None:
+        name, key = clients[i]
+        results[i] = run_client(
+            base_url, name, key, shares[i], rate_per_s=rate_per_s, feedback=feedback
+        )
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
