@@ -107,124 +107,140 @@ def _prefect_search(
     return first, time.perf_counter() - t0
 
 
+def _workload(
+    definition: Any,
+    df: pd.DataFrame,
+    args: argparse.Namespace,
+    tmp: Path,
+    *,
+    prefect: bool,
+) -> dict[str, Any]:
+    """One data size: Tune at 1 and N concurrent trials, plain Python, optionally Prefect."""
+    import ray
+
+    from aipaas.raycluster import ensure_ray
+    from aipaas.settings import RaySettings, TuneSettings
+    from aipaas.tune import run_search
+
+    seed = 42
+    n_cpus = os.cpu_count() or 1
+    out: dict[str, Any] = {"rows": len(df), "trials": args.trials, "cv_folds": args.folds}
+    t0 = time.perf_counter()
+    ensure_ray(RaySettings(num_cpus=n_cpus, object_store_memory_mb=200))
+    out["ray_init_s"] = time.perf_counter() - t0
+    # Warm-up: the first search in a process also pays worker start and imports.
+    t0 = time.perf_counter()
+    warm = TuneSettings(num_samples=n_cpus, max_concurrent=n_cpus, cv_folds=2, seed=seed)
+    run_search(definition, df.head(200), warm, storage_dir=tmp / "ray_results")
+    out["ray_warmup_search_s"] = time.perf_counter() - t0
+    tune_s: dict[int, float] = {}
+    compute_s: dict[int, float] = {}
+    drawn: dict[int, list[dict[str, Any]]] = {}
+    best: dict[str, float] = {}
+    for c in sorted({1, n_cpus}):
+        ts = TuneSettings(num_samples=args.trials, max_concurrent=c, cv_folds=args.folds, seed=seed)
+        t0 = time.perf_counter()
+        res = run_search(definition, df, ts, storage_dir=tmp / "ray_results")
+        tune_s[c] = time.perf_counter() - t0
+        compute_s[c] = sum(t.duration_s or 0.0 for t in res.trials)
+        drawn[c] = sorted((t.config for t in res.trials), key=repr)
+        best[f"tune_c{c}"] = res.best_score
+    ray.shutdown()
+    # The same seed draws the same configurations whatever the concurrency;
+    # plain Python and Prefect then score exactly those.
+    configs = drawn[1]
+    out["same_configs_every_mode"] = all(d == configs for d in drawn.values())
+    t0 = time.perf_counter()
+    best["plain"] = _plain_search(definition, df, configs, args.folds, seed)
+    plain_s = time.perf_counter() - t0
+    if prefect:
+        os.environ["PREFECT_HOME"] = str(tmp / "prefect")
+        os.environ.pop("PREFECT_API_URL", None)
+        out["prefect_first_run_s"], out["prefect_s"] = _prefect_search(
+            definition, df, configs, args.folds, seed
+        )
+    n = max(tune_s)
+    speedup = tune_s[1] / tune_s[n]
+    out.update(
+        {
+            "plain_python_s": plain_s,
+            "ray_tune_s": {str(k): v for k, v in tune_s.items()},
+            # Time inside the trials (the CV work) summed over trials; the rest is Ray's.
+            "ray_trial_compute_s": {str(k): v for k, v in compute_s.items()},
+            "concurrency_n": n,
+            "speedup": speedup,
+            "parallel_efficiency": speedup / n,
+            "ray_overhead_s": tune_s[1] - plain_s,
+            "ray_overhead_per_trial_s": (tune_s[1] - plain_s) / args.trials,
+            "speedup_vs_plain": plain_s / tune_s[n],
+            "best_cv_roc_auc": best,
+        }
+    )
+    return out
+
+
+def _rows(w: dict[str, Any]) -> list[list[Any]]:
+    plain, n = w["plain_python_s"], w["concurrency_n"]
+    t1, tn = w["ray_tune_s"]["1"], w["ray_tune_s"][str(n)]
+    rows = [
+        ["plain Python (sequential)", plain, 1.0, f"{plain / w['trials']:.2f} s/trial"],
+        ["Ray Tune, 1 at a time", t1, plain / t1, f"overhead {t1 - plain:+.2f} s"],
+        [
+            f"Ray Tune, {n} at a time",
+            tn,
+            plain / tn,
+            f"speed-up {w['speedup']:.2f}x, efficiency {w['parallel_efficiency']:.0%}",
+        ],
+    ]
+    if "prefect_s" in w:
+        p = w["prefect_s"]
+        rows.append(["Prefect flow + task per trial", p, plain / p, f"overhead {p - plain:+.2f} s"])
+        first = w["prefect_first_run_s"]
+        rows.append(["  first run (temp server start)", first, plain / first, "-"])
+    rows.append(["Ray start (ray.init)", w["ray_init_s"], "-", "once per process"])
+    rows.append(["first search (warm-up)", w["ray_warmup_search_s"], "-", "worker start"])
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--scale", type=int, default=4, help="copies of the data (jittered)")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        action="append",
+        help="copies of the data, jittered (repeatable; default: 1 and 32)",
+    )
     parser.add_argument("--skip-prefect", action="store_true")
     args = parser.parse_args(argv)
+    scales = args.scale or [1, 32]
 
     os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from aipaas.modeldef import load_definition
-    from aipaas.raycluster import ensure_ray
-    from aipaas.settings import PROJECT_ROOT, RaySettings, TuneSettings
-    from aipaas.tune import run_search
+    from aipaas.settings import PROJECT_ROOT
 
     definition = load_definition("diagnosis", PROJECT_ROOT / "models")
-    df = _data(args.scale)
-    seed = 42
-    n_cpus = os.cpu_count() or 1
-    results: dict[str, Any] = {
-        "trials": args.trials,
-        "cv_folds": args.folds,
-        "rows": len(df),
-        "features": len(definition.features),
-    }
-
+    results: dict[str, Any] = {"workloads": {}}
     with tempfile.TemporaryDirectory(prefix="aipaas-bench-") as tmp:
-        t0 = time.perf_counter()
-        ensure_ray(RaySettings(num_cpus=n_cpus, object_store_memory_mb=200))
-        results["ray_init_s"] = time.perf_counter() - t0
-        tune_s: dict[int, float] = {}
-        best_tune: dict[int, float] = {}
-        drawn: dict[int, list[dict[str, Any]]] = {}
-        compute_s: dict[int, float] = {}
-        # Warm-up: the first search in a process also pays worker start and imports.
-        t0 = time.perf_counter()
-        warm = TuneSettings(num_samples=n_cpus, max_concurrent=n_cpus, cv_folds=2, seed=seed)
-        run_search(definition, df.head(200), warm, storage_dir=Path(tmp) / "ray_results")
-        results["ray_warmup_search_s"] = time.perf_counter() - t0
-        for concurrency in sorted({1, n_cpus}):
-            ts = TuneSettings(
-                num_samples=args.trials, max_concurrent=concurrency, cv_folds=args.folds, seed=seed
+        for i, scale in enumerate(scales):
+            df = _data(scale)
+            w = _workload(
+                definition,
+                df,
+                args,
+                Path(tmp) / str(scale),
+                prefect=(i == 0 and not args.skip_prefect),
             )
-            t0 = time.perf_counter()
-            res = run_search(definition, df, ts, storage_dir=Path(tmp) / "ray_results")
-            tune_s[concurrency] = time.perf_counter() - t0
-            best_tune[concurrency] = res.best_score
-            drawn[concurrency] = sorted((t.config for t in res.trials), key=repr)
-            compute_s[concurrency] = sum(t.duration_s or 0.0 for t in res.trials)
-        import ray
-
-        ray.shutdown()
-        # The same seed draws the same configurations whatever the concurrency;
-        # plain Python and Prefect then score exactly those.
-        configs = drawn[1]
-        results["same_configs_every_mode"] = all(d == configs for d in drawn.values())
-        t0 = time.perf_counter()
-        best_plain = _plain_search(definition, df, configs, args.folds, seed)
-        plain_s = time.perf_counter() - t0
-        results["plain_python_s"] = plain_s
-
-        if not args.skip_prefect:
-            os.environ["PREFECT_HOME"] = str(Path(tmp) / "prefect")
-            os.environ.pop("PREFECT_API_URL", None)
-            prefect_first, prefect_s = _prefect_search(definition, df, configs, args.folds, seed)
-            results["prefect_first_run_s"] = prefect_first
-            results["prefect_s"] = prefect_s
-
-    t1, tn = tune_s[1], tune_s[max(tune_s)]
-    speedup = t1 / tn
-    results.update(
-        {
-            "ray_tune_s": {str(k): v for k, v in tune_s.items()},
-            # Time inside the trials (CV work) summed over trials: the rest is Ray's.
-            "ray_trial_compute_s": {str(k): v for k, v in compute_s.items()},
-            "concurrency_n": max(tune_s),
-            "speedup": speedup,
-            "parallel_efficiency": speedup / max(tune_s),
-            "ray_overhead_s": t1 - plain_s,
-            "ray_overhead_per_trial_s": (t1 - plain_s) / args.trials,
-            "speedup_vs_plain": plain_s / tn,
-            "best_cv_roc_auc": {
-                "plain": best_plain,
-                **{f"tune_c{k}": v for k, v in best_tune.items()},
-            },
-        }
-    )
-    rows = [
-        ["plain Python (sequential)", plain_s, 1.0, "-"],
-        ["Ray Tune, 1 at a time", t1, plain_s / t1, f"overhead {t1 - plain_s:+.2f} s"],
-        [
-            f"Ray Tune, {max(tune_s)} at a time",
-            tn,
-            plain_s / tn,
-            f"speed-up {speedup:.2f}x, efficiency {speedup / max(tune_s):.0%}",
-        ],
-    ]
-    if "prefect_s" in results:
-        p = results["prefect_s"]
-        rows.append(
-            ["Prefect flow + task per trial", p, plain_s / p, f"overhead {p - plain_s:+.2f} s"]
-        )
-        rows.append(
-            [
-                "  first run (server start)",
-                results["prefect_first_run_s"],
-                plain_s / results["prefect_first_run_s"],
-                "-",
-            ]
-        )
-    rows.append(["Ray start (ray.init)", results["ray_init_s"], "-", "once per process"])
-    rows.append(["first search (warm-up)", results["ray_warmup_search_s"], "-", "worker start"])
-    print_table(
-        ["mode", "seconds", "vs plain", "note"],
-        rows,
-        title=f"search: {args.trials} trials x {args.folds}-fold CV, {len(df)} rows, LightGBM",
-    )
+            results["workloads"][f"rows_{len(df)}"] = w
+            print_table(
+                ["mode", "seconds", "vs plain", "note"],
+                _rows(w),
+                title=f"search: {args.trials} trials x {args.folds}-fold CV, {len(df)} rows, "
+                "LightGBM (diagnosis space)",
+            )
     path = write_results("training", results)
     print(f"\nwrote {path}")
     return results
