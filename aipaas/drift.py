@@ -25,6 +25,7 @@ extracts from the profiles: no whylogs type reaches this module.
 from __future__ import annotations
 
 import base64
+import fcntl
 import html
 import io
 import json
@@ -616,8 +617,18 @@ def check(settings: Settings, model: str) -> DriftReport:
     """Run one drift check of the champion now: compare, write the HTML, record.
 
     Windows are marked consumed only when the check decided something, so a
-    quiet hour's rows add up until there are ``min_rows`` of them.
+    quiet hour's rows add up until there are ``min_rows`` of them. Checks of
+    one model are serialised (two window closes start two drift runs): each
+    window is judged once, so one shift starts one retrain.
     """
+    lock_path = _state_path(settings, model).with_name("drift.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _check_locked(settings, model)
+
+
+def _check_locked(settings: Settings, model: str) -> DriftReport:
     from aipaas import registry, tags
     from aipaas.modeldef import load_definition
 

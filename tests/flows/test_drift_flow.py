@@ -228,3 +228,19 @@ def test_retrain_flow_refused_by_the_cooldown_runs_nothing(
     assert any("cooldown" in r for r in result["guardrails"])
     assert retrain.history(s, MODEL)[-1]["action"] == "skipped"
     assert len(retrain.started_at(s, MODEL)) == 1  # not counted again
+
+
+def test_concurrent_checks_judge_each_window_once(flow_settings: Settings) -> None:
+    """Two window closes start two drift runs at once: one shift must start one retrain."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    s = flow_settings
+    version = _register_champion(s)
+    _serve(s, version, 300, shift=3.0, seed=7)
+    with Profiler(s) as profiler:
+        profiler.step()
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        reports = list(pool.map(lambda _: drift.check(s, MODEL), range(2)))
+    rows = sorted(r.rows for r in reports)
+    assert rows == [0, 300], rows
+    assert sum(r.decision.retrain for r in reports) == 1
