@@ -105,7 +105,7 @@ def run_client(
             stats.versions[str(body["model_version"])] += 1
             if feedback:
                 fb = http.post("/feedback", json={"request_id": body["request_id"], "label": label})
-                if fb.status_code == 200:
+                if fb.is_success:
                     stats.labelled += 1
                 else:
                     stats.errors.append(f"feedback {fb.status_code}: {fb.text[:200]}")

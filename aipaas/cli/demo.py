@@ -35,11 +35,12 @@ from aipaas.settings import Settings, get_settings
 
 # The demo's own defaults, used only when the environment does not set them:
 # small profile windows so drift checks come within seconds, a short search,
-# and no cooldown, so that running the demo again retrains again.
+# and a cooldown shorter than the production default (30 min), so that running
+# the demo again soon after retrains again.
 DEMO_ENV = {
     "AIPAAS_MONITORING__WINDOW_ROWS": "150",
     "AIPAAS_TUNE__NUM_SAMPLES": "4",
-    "AIPAAS_RETRAIN__COOLDOWN_MINUTES": "0",
+    "AIPAAS_RETRAIN__COOLDOWN_MINUTES": "5",
     "AIPAAS_RETRAIN__MAX_PER_DAY": "50",
 }
 CLIENTS = ("clinic-north", "clinic-south", "research-app")
@@ -149,7 +150,7 @@ def _run(s: Settings, base: str, model: str, timeout_s: float) -> None:
     for st in simulate.run_clients(base, clients, traffic, rate_per_s=RATE_PER_CLIENT):
         totals.add(st)
     ordinary = _wait_checks(s, model, checks_before, n, timeout_s)
-    for check in ordinary:
+    for check in (c for c in ordinary if c["rows"]):
         _print_check(check)
     if any(c["decision"]["retrain"] for c in ordinary):
         say("  ! the ordinary traffic was reported as drift (a false alarm)")
@@ -170,11 +171,14 @@ def _run(s: Settings, base: str, model: str, timeout_s: float) -> None:
     ):
         totals.add(st)
     shifted = _wait_checks(s, model, checks_before, n, timeout_s)
-    for check in shifted:
+    for check in (c for c in shifted if c["rows"]):
         _print_check(check)
     if not any(c["decision"]["retrain"] for c in shifted):
         raise DemoFailed("the shifted traffic was not reported as drift")
-    say("  drift detected: the drift flow started retraining (data -> train -> promote)")
+    decisive = next(c for c in shifted if c["decision"]["retrain"])
+    say(f"  drift detected: {'; '.join(decisive['decision']['reasons'])}")
+    say(f"  report: {decisive.get('html')}")
+    say("  the drift flow started retraining (data -> train -> promote)")
 
     # While retraining runs, one client keeps calling: the swap must fail no request.
     stop = threading.Event()
@@ -220,7 +224,7 @@ def _run(s: Settings, base: str, model: str, timeout_s: float) -> None:
         )
         typer.echo(f"  v{rec.version:<3} {rec.action:<9} {rec.result:<9} {gates}")
     typer.echo("\ndrift checks")
-    for check in drift.history(s, model)[-6:]:
+    for check in [c for c in drift.history(s, model) if c["rows"]][-6:]:
         typer.echo("  " + _check_line(check))
     verdict = audit.verify(s)
     typer.echo("\nrequests")
@@ -234,10 +238,9 @@ def _run(s: Settings, base: str, model: str, timeout_s: float) -> None:
         f"  audit chain: {verdict.records} records, "
         + ("verified" if verdict.ok else "BROKEN: " + "; ".join(verdict.problems[:3]))
     )
-    latest = drift.history(s, model)[-1].get("html") if drift.history(s, model) else None
     typer.echo(
         f"\nlook: Prefect {prefect_ui}, MLflow http://{s.mlflow.host}:{s.mlflow.port}, "
-        f"drift report {latest}"
+        f"the drift report that started retraining {decisive.get('html')}"
     )
     say(f"demo finished in {time.time() - started:.0f} s")
     if totals.failed or not verdict.ok or decision.result != "promoted":
