@@ -330,13 +330,22 @@ def _promotion_after(s: Settings, model: str, since: float, champion: str) -> An
 
 
 def _retrain_progress(s: Settings, model: str, since: float) -> str | None:
-    """What retraining is doing; raises when it ended without a promotion decision."""
+    """What retraining is doing; raises when it ended, or was refused, with no decision.
+
+    Later drift checks may ask again while the retrain runs; the cooldown
+    skips those, which is expected and not a failure.
+    """
     from aipaas import registry, retrain
 
     entries = [e for e in retrain.history(s, model) if e.get("at", 0) >= since]
-    last = entries[-1] if entries else {}
-    if last.get("action") in ("skipped", "suggested") or last.get("outcome") == "failed":
-        raise DemoFailed(f"retraining did not run to a decision: {last}")
+    failed = [e for e in entries if e.get("outcome") == "failed"]
+    if failed:
+        raise DemoFailed(f"retraining failed: {failed[-1].get('error')}")
+    if not any(t >= since for t in retrain.started_at(s, model)):
+        refused = [e for e in entries if e.get("action") in ("skipped", "suggested")]
+        if refused:
+            raise DemoFailed(f"retraining was not started: {refused[-1].get('guardrails')}")
+        return "waiting for the retrain flow to start"
     versions = registry.list_versions(model)
     newest = versions[0].version if versions else "?"
     return f"retraining ... newest registered version v{newest}"
