@@ -248,12 +248,14 @@ def _run(s: Settings, base: str, model: str, timeout_s: float) -> None:
 
 
 def _run_deployment(s: Settings, name: str, params: dict[str, Any], timeout_s: float) -> str:
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     with temporary_settings(updates={PREFECT_API_URL: s.prefect_api_url}):
         flow_run = run_deployment(name, parameters=params, timeout=timeout_s, as_subflow=False)
-    state = getattr(flow_run, "state", None)
+    assert isinstance(flow_run, FlowRun)  # run_deployment is sync outside async code
+    state = flow_run.state
     if state is None or not state.is_completed():
         raise DemoFailed(f"{name} ended {getattr(state, 'name', 'unknown')}: {state}")
     return str(flow_run.name)
