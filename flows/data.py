@@ -19,22 +19,7 @@ from aipaas.exceptions import DataValidationError
 from aipaas.schemas import ValidationReport
 from aipaas.settings import get_settings
 from aipaas.validation import render_markdown
-from aipaas.versioning import RemoteError
-
-
-def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only errors that may pass: an unreachable or busy DVC remote."""
-    try:
-        state.result()
-    except RemoteError:
-        return True
-    except Exception:  # noqa: BLE001 - anything else is not worth retrying
-        return False
-    return False
-
-
-def _artifact_key(dataset: str) -> str:
-    return "data-validation-" + "".join(c if c.isalnum() else "-" for c in dataset.lower())
+from flows._common import artifact_key, remote_unreachable
 
 
 @task(name="reproduce stages")
@@ -51,7 +36,7 @@ def reproduce_stages(dataset: str) -> None:
     name="push outputs",
     retries=3,
     retry_delay_seconds=[2, 10, 30],
-    retry_condition_fn=_transient,
+    retry_condition_fn=remote_unreachable,
 )
 def push_outputs(dataset: str) -> None:
     data.push_dataset(dataset, get_settings())
@@ -70,7 +55,7 @@ def publish_validation(dataset: str) -> None:
 def publish_report(report: ValidationReport) -> None:
     create_markdown_artifact(
         markdown=render_markdown(report),
-        key=_artifact_key(report.dataset),
+        key=artifact_key("data-validation", report.dataset),
         description=f"Great Expectations suite result for {report.dataset}",
     )
 

@@ -18,33 +18,19 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 
 from aipaas import drift
 from aipaas.drift import DriftReport
-from aipaas.exceptions import RegistryUnavailableError
 from aipaas.settings import get_settings
-
-
-def _registry_unreachable(task: Any, task_run: Any, state: Any) -> bool:
-    try:
-        state.result()
-    except RegistryUnavailableError:
-        return True
-    except BaseException:  # noqa: BLE001 - any other failure is not transient
-        return False
-    return False
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower())
+from flows._common import artifact_key, registry_unreachable
 
 
 @task(name="compare with reference", retries=2, retry_delay_seconds=5,
-      retry_condition_fn=_registry_unreachable)  # fmt: skip
+      retry_condition_fn=registry_unreachable)  # fmt: skip
 def compare_with_reference(model: str) -> DriftReport:
     return drift.check(get_settings(), model)
 
 
 @task(name="publish report")
 def publish_report(report: DriftReport) -> None:
-    key = f"drift-{_slug(report.model)}"
+    key = artifact_key("drift", report.model)
     verdict = (
         "retrain" if report.decision.retrain
         else "no retrain" if report.decision.decided else "no decision"
@@ -67,7 +53,7 @@ def publish_report(report: DriftReport) -> None:
 
 
 @task(name="log to MLflow", retries=2, retry_delay_seconds=5,
-      retry_condition_fn=_registry_unreachable)  # fmt: skip
+      retry_condition_fn=registry_unreachable)  # fmt: skip
 def log_to_mlflow(report: DriftReport) -> str:
     return drift.log_to_mlflow(get_settings(), report)
 

@@ -17,9 +17,9 @@ from prefect.input import RunInput
 from prefect.runtime import flow_run
 
 from aipaas import promote
-from aipaas.exceptions import RegistryUnavailableError
 from aipaas.promote import Approval, Evaluation
 from aipaas.settings import get_settings
+from flows._common import artifact_key, registry_unreachable
 
 # How long a promotion waits for a person before the run fails (nothing changes).
 APPROVAL_TIMEOUT_S = 24 * 3600
@@ -34,20 +34,7 @@ class ApprovalInput(RunInput):
     comment: str = ""
 
 
-def _registry_unreachable(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only when the registry did not answer; a gate outcome is final."""
-    try:
-        state.result()
-    except RegistryUnavailableError:
-        return True
-    except BaseException:  # noqa: BLE001 - any other failure is not transient
-        return False
-    return False
-
-
-@task(
-    name="check gates", retries=2, retry_delay_seconds=5, retry_condition_fn=_registry_unreachable
-)
+@task(name="check gates", retries=2, retry_delay_seconds=5, retry_condition_fn=registry_unreachable)
 def check_gates(model: str, version: str | None) -> Evaluation:
     return promote.evaluate(get_settings(), model, version)
 
@@ -57,7 +44,7 @@ def publish_gates(evaluation: Evaluation, gates: list[dict[str, Any]]) -> None:
     outcome = "passed" if all(g["passed"] for g in gates) else "FAILED"
     create_table_artifact(
         table=promote.gates_table(gates),
-        key=f"promotion-gates-{_slug(evaluation.model)}",
+        key=artifact_key("promotion-gates", evaluation.model),
         description=(
             f"Promotion gates of {evaluation.model} v{evaluation.version}: {outcome}. "
             f"Champion before: {evaluation.champion or 'none'}. Compared on: {evaluation.basis}."
@@ -113,7 +100,3 @@ def promote_flow(model: str = "diagnosis", version: str | None = None) -> dict[s
         gates.append(promote.approval_gate(approval).to_dict())
     publish_gates(evaluation, gates)
     return record_decision(evaluation, f"prefect flow run {flow_run.name}", approval)
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower())

@@ -19,6 +19,7 @@ from aipaas.modeldef import ModelDefinition, load_definition
 from aipaas.schemas import DatasetVersion
 from aipaas.settings import get_settings
 from aipaas.train import TrainResult, train_model
+from flows._common import artifact_key
 
 
 @task(name="load model definition", cache_policy=NO_CACHE)
@@ -40,7 +41,9 @@ def train_and_register(definition: ModelDefinition, version: DatasetVersion) -> 
 
 @task(name="publish training summary", cache_policy=NO_CACHE)
 def publish_summary(result: TrainResult) -> None:
-    create_markdown_artifact(markdown=summary_markdown(result), key=f"train-{_slug(result.model)}")
+    create_markdown_artifact(
+        markdown=summary_markdown(result), key=artifact_key("train", result.model)
+    )
 
 
 def summary_markdown(result: TrainResult) -> str:
@@ -59,10 +62,6 @@ def summary_markdown(result: TrainResult) -> str:
         if k.startswith(("holdout_", "latency_", "cv_"))
     ]
     return "\n".join(lines) + "\n"
-
-
-def _slug(name: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in name.lower())
 
 
 @flow(name="train")

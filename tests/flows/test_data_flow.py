@@ -18,7 +18,8 @@ from aipaas import data
 from aipaas.exceptions import DataValidationError
 from aipaas.settings import get_settings
 from aipaas.versioning import RemoteError
-from flows.data import _transient, data_flow
+from flows._common import remote_unreachable
+from flows.data import data_flow
 from tests.data.project import bad_rows, copy_project
 
 
@@ -74,6 +75,6 @@ def test_data_flow_returns_the_version_and_fails_loudly_on_a_bad_suite(
 
 
 def test_only_remote_errors_are_retried():
-    assert _transient(None, None, Failed(data=RemoteError("remote busy")))
-    assert not _transient(None, None, Failed(data=DataValidationError("suite failed")))
-    assert not _transient(None, None, Failed(data=ValueError("bug")))
+    assert remote_unreachable(None, None, Failed(data=RemoteError("remote busy")))
+    assert not remote_unreachable(None, None, Failed(data=DataValidationError("suite failed")))
+    assert not remote_unreachable(None, None, Failed(data=ValueError("bug")))
