@@ -1,11 +1,14 @@
-"""Serving speed: aipaas /predict (everything on, everything off) vs ``mlflow models serve``.
+"""Serving speed: aipaas /predict (everything on, with and without profiling; everything off)
+vs ``mlflow models serve``.
 
 One registered LightGBM model (the configured registry's ``diagnosis``
 champion when its server answers, else a 100-tree classifier trained here on
 scikit-learn's breast cancer data in a temporary home), one-row requests,
 1 and 8 connections, ``wrk`` (falls back to a Python load generator), a
 bounded duration per cell. Keys, audit and usage always go to a temporary
-platform database, never the user's.
+platform database, never the user's. The profiled configuration is the
+everything-on server handing each answered row to the spool, with a real
+``aipaas profiler`` process reading it (triggers off: no Prefect here).
 
 Run: ``uv run python -m bench.bench_serving`` (or ``make bench``).
 """
@@ -234,7 +237,7 @@ def _load(url: str, body: str, auth: str | None, conns: int, duration: int) -> d
 
 
 def _aipaas_server(
-    home: Path, tracking_uri: str, port: int, on: bool, hmac_key: str
+    home: Path, tracking_uri: str, port: int, on: bool, hmac_key: str, profiling: bool
 ) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
@@ -246,12 +249,20 @@ def _aipaas_server(
         "AIPAAS_SERVING__AUTH_ENABLED": str(on).lower(),
         "AIPAAS_SERVING__RATE_LIMIT_ENABLED": str(on).lower(),
         "AIPAAS_SERVING__AUDIT_ENABLED": str(on).lower(),
+        "AIPAAS_SERVING__PROFILING_ENABLED": str(profiling).lower(),
         "OMP_NUM_THREADS": "1",
     }
     cmd = [
         sys.executable, "-m", "uvicorn", "serving.app:create_app", "--factory",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
     ]  # fmt: skip
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
+
+
+def _profiler(home: Path) -> subprocess.Popen[bytes]:
+    """The profiler process `aipaas up` runs, on the profiled server's home."""
+    env = {**os.environ, "AIPAAS_HOME": str(home)}
+    cmd = [sys.executable, "-c", "from aipaas.cli import main; main()", "profiler", "--no-trigger"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
 
@@ -285,6 +296,22 @@ def _cell(label: str, target: tuple[str, str, str | None], conns: int) -> dict[s
     return r
 
 
+def _profiled_rows(home: Path) -> int:
+    """Rows the profiler closed into windows, once it has caught up with the spool."""
+
+    def closed() -> int:
+        return sum(
+            int(json.loads(p.read_text()).get("rows", 0))
+            for p in (home / "profiles").glob("**/window-*.json")
+        )
+
+    rows, deadline = -1, time.monotonic() + 60
+    while time.monotonic() < deadline and rows != closed():
+        rows = closed()
+        time.sleep(3)
+    return max(rows, 0)
+
+
 def _server_side_latency(settings: Any, runs: list[dict[str, Any]]) -> dict[str, float]:
     """p50/p99 of the latency the server itself recorded in the audit trail during ``runs``."""
     from aipaas import audit
@@ -301,6 +328,7 @@ def _server_side_latency(settings: Any, runs: list[dict[str, Any]]) -> dict[str,
 
 
 ON, OFF, MLFLOW = "aipaas keys+limits+audit ON", "aipaas everything OFF", "mlflow models serve"
+PROFILED = "aipaas ON + profiling"
 ROUNDS = int(os.environ.get("BENCH_SERVING_ROUNDS", "2"))
 
 
@@ -330,17 +358,24 @@ def main() -> dict[str, Any]:
 
         targets: dict[str, tuple[str, str, str | None]] = {}
         on_settings = None
-        for on in (True, False):
-            home = tmp / ("on" if on else "off")
+        for label, on, profiling in (
+            (ON, True, False),
+            (PROFILED, True, True),
+            (OFF, False, False),
+        ):
+            home = tmp / label.split()[-1].lower().replace("+", "")
             home.mkdir()
             hmac_key = secrets.token_hex(16)
             s = Settings(_env_file=None, home=home, audit={"hmac_key": hmac_key})
             key = keys.create_key(s, "bench", "predict", rate="1000000/s")[1] if on else None
-            on_settings = s if on else on_settings
+            on_settings = s if label == ON else on_settings
             port = _free_port()
-            procs.append(_aipaas_server(home, tracking_uri, port, on, hmac_key))
+            procs.append(_aipaas_server(home, tracking_uri, port, on, hmac_key, profiling))
             _wait_http(f"http://127.0.0.1:{port}/readyz", 180, procs[-1])
-            targets[ON if on else OFF] = (f"http://127.0.0.1:{port}/predict", ours_body, key)
+            if profiling:
+                procs.append(_profiler(home))
+                profiled_home = home
+            targets[label] = (f"http://127.0.0.1:{port}/predict", ours_body, key)
         port = _free_port()
         procs.append(_mlflow_server(tracking_uri, version, port))
         _wait_http(f"http://127.0.0.1:{port}/ping", 180, procs[-1])
@@ -381,19 +416,27 @@ def main() -> dict[str, Any]:
                 )
 
         on8, off8, ml8 = results[f"{ON}@8"], results[f"{OFF}@8"], results[f"{MLFLOW}@8"]
+        prof8 = results[f"{PROFILED}@8"]
+        profiled_rows = _profiled_rows(profiled_home)
+        results["profiling"] = {"rows_in_closed_windows": profiled_rows}
+        print(f"  profiler: {profiled_rows} served rows profiled into closed windows")
         ratios = {
             "on_vs_mlflow_at_8": on8["rps"] / ml8["rps"],
             "on_vs_off_at_8": on8["rps"] / off8["rps"],
             "on_vs_mlflow_at_1": results[f"{ON}@1"]["rps"] / results[f"{MLFLOW}@1"]["rps"],
+            "profiled_vs_on_p99_at_8": prof8["p99_ms"] / on8["p99_ms"],
+            "profiled_vs_on_rps_at_8": prof8["rps"] / on8["rps"],
         }
         targets = {
             "10x_mlflow_at_8": ratios["on_vs_mlflow_at_8"] >= 10,
             "p99_under_10ms_on_at_8": on8["p99_ms"] < 10,
             "on_within_80pct_of_off": ratios["on_vs_off_at_8"] >= 0.8,
+            "profiling_p99_within_10pct": ratios["profiled_vs_on_p99_at_8"] <= 1.1,
         }
         print(f"\n  ON / mlflow at 8 connections: {ratios['on_vs_mlflow_at_8']:.1f}x")
         print(f"  ON / OFF at 8 connections:    {ratios['on_vs_off_at_8']:.0%}")
         print(f"  ON / mlflow at 1 connection:  {ratios['on_vs_mlflow_at_1']:.1f}x")
+        print(f"  p99 with profiling / without at 8: {ratios['profiled_vs_on_p99_at_8']:.2f}")
         print(
             "  targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in targets.items())
         )
