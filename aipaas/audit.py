@@ -511,13 +511,7 @@ def query(
 ) -> list[dict[str, Any]]:
     """Records filtered by key and UTC time range."""
     t = db.audit_log
-    stmt = select(t)
-    if key_id:
-        stmt = stmt.where(t.c.key_id == key_id)
-    if since:
-        stmt = stmt.where(t.c.ts >= _iso(since))
-    if until:
-        stmt = stmt.where(t.c.ts < _iso(until))
+    stmt = where_key_and_time(select(t), key_id, since, until)
     stmt = stmt.order_by(t.c.seq.desc() if newest_first else t.c.seq).limit(limit)
     with db.engine(settings).connect() as conn:
         rows = [dict(r._mapping) for r in conn.execute(stmt).all()]
@@ -527,6 +521,20 @@ def query(
 def tail(settings: Settings, n: int = 20) -> list[dict[str, Any]]:
     """The last ``n`` records, oldest first."""
     return list(reversed(query(settings, limit=n)))
+
+
+def where_key_and_time(
+    stmt: Any, key_id: str | None, since: datetime | None, until: datetime | None
+) -> Any:
+    """Restrict a query on the audit log to one key and a UTC time range [since, until)."""
+    t = db.audit_log
+    if key_id:
+        stmt = stmt.where(t.c.key_id == key_id)
+    if since:
+        stmt = stmt.where(t.c.ts >= _iso(since))
+    if until:
+        stmt = stmt.where(t.c.ts < _iso(until))
+    return stmt
 
 
 def _iso(when: datetime) -> str:

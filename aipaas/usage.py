@@ -14,8 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import case, func, select
 
-from aipaas import db
-from aipaas.audit import _iso
+from aipaas import audit, db
 from aipaas.settings import Settings
 
 
@@ -55,12 +54,7 @@ def usage(
         .group_by(t.c.key_id, t.c.model, t.c.version)
         .order_by(t.c.key_id, t.c.model, t.c.version)
     )
-    if key_id:
-        stmt = stmt.where(t.c.key_id == key_id)
-    if since:
-        stmt = stmt.where(t.c.ts >= _iso(since))
-    if until:
-        stmt = stmt.where(t.c.ts < _iso(until))
+    stmt = audit.where_key_and_time(stmt, key_id, since, until)
     with db.engine(settings).connect() as conn:
         rows = conn.execute(stmt).all()
     return [
