@@ -28,7 +28,6 @@ The registered version gets alias ``challenger``.
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -318,20 +317,12 @@ def _settings_params(settings: Settings, ray_info: Any) -> dict[str, Any]:
 
 def _git_commit(settings: Settings) -> str | None:
     """HEAD of the project checkout, when there is one (a wheel install has none)."""
+    from aipaas.versioning import git_commit
+
     for root in (settings.versioning.repo, PROJECT_ROOT):
-        try:
-            out = subprocess.run(
-                ["git", "rev-parse", "HEAD"],
-                cwd=root,
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            continue
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
+        commit = git_commit(root)
+        if commit:
+            return commit
     return None
 
 
