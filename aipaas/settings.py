@@ -46,7 +46,7 @@ class DataSettings(BaseModel):
 class DatasetSpec(BaseModel):
     """One dataset: where its rows come from and which column is the label.
 
-    ``source`` names a loader in :mod:`aipaas.data`: ``sklearn:<name>`` (a
+    ``source`` names a loader in :mod:`aipaas.datasets.ingest`: ``sklearn:<name>`` (a
     dataset scikit-learn ships offline, e.g. ``sklearn:breast_cancer``) or
     ``csv:<path>`` (a team's own file under ``data/sources/``, the path relative
     to the repository root, e.g. ``csv:data/sources/claims.csv``).

@@ -54,7 +54,7 @@ def _settings(home: Path, window_rows: int = 500) -> Any:
 
 
 def bench_submit(home: Path, n: int = 20_000) -> dict[str, float]:
-    from aipaas.spool import SpoolWriter
+    from aipaas.monitoring.spool import SpoolWriter
 
     rows = _rows(1000)
     times = []
@@ -129,7 +129,7 @@ def bench_in_thread(rows: list[dict[str, float]]) -> dict[str, float]:
     """whylogs in a background thread of the serving process, batches of 100 rows."""
     import pandas as pd
 
-    from aipaas import monitoring
+    from aipaas.datasets import profiles as monitoring
 
     q: queue.Queue[tuple[dict[str, float], int] | None] = queue.Queue()
 
@@ -156,7 +156,7 @@ def bench_in_thread(rows: list[dict[str, float]]) -> dict[str, float]:
 
 def _profiler_process(home: str, stop: Any) -> None:
     """As ``aipaas profiler`` runs it: niced, polling once a second."""
-    from aipaas.spool import Profiler
+    from aipaas.monitoring.spool import Profiler
 
     os.nice(10)
     with Profiler(_settings(Path(home))) as profiler:
@@ -167,7 +167,7 @@ def _profiler_process(home: str, stop: Any) -> None:
 
 def bench_spool(rows: list[dict[str, float]], home: Path) -> dict[str, float]:
     """The platform's design: spool in the serving process, whylogs in another process."""
-    from aipaas.spool import SpoolWriter
+    from aipaas.monitoring.spool import SpoolWriter
 
     ctx = mp.get_context("spawn")
     stop = ctx.Event()
@@ -183,14 +183,14 @@ def bench_spool(rows: list[dict[str, float]], home: Path) -> dict[str, float]:
 
 
 def bench_profiler_throughput(home: Path, n: int = 20_000) -> dict[str, float]:
-    from aipaas.spool import Profiler, SpoolWriter
+    from aipaas.monitoring.spool import Profiler, SpoolWriter
 
     settings = _settings(home, window_rows=5000)
     rows = _rows(1000, seed=3)
     with SpoolWriter(settings) as writer:
         for i in range(n // 10):
             writer.submit("bench", "1", rows[(i * 10) % 1000 : (i * 10) % 1000 + 10], [1] * 10)
-    from aipaas import monitoring
+    from aipaas.datasets import profiles as monitoring
 
     monitoring.profile_frame(__import__("pandas").DataFrame({"x": [1.0]}))  # import whylogs
     with Profiler(settings) as profiler:

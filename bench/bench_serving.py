@@ -73,9 +73,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def _configured_champion() -> tuple[str, str, list[str], list[float]] | None:
     """(tracking uri, version, features, a row) of the configured registry's champion."""
-    from aipaas import predictor, registry
     from aipaas.exceptions import AipaasError
+    from aipaas.inference import predictor
     from aipaas.settings import get_settings
+    from aipaas.training import registry
 
     s = get_settings()
     uri = s.mlflow_tracking_uri
@@ -106,8 +107,8 @@ def _train_champion(home: Path) -> tuple[str, str, list[str], list[float]]:
     from mlflow.models import infer_signature
     from sklearn.datasets import load_breast_cancer
 
-    from aipaas import registry
     from aipaas.settings import Settings
+    from aipaas.training import registry
 
     uri = f"sqlite:///{home / 'mlflow.db'}"
     s = Settings(_env_file=None, home=home, mlflow={"tracking_uri": uri})
@@ -315,7 +316,7 @@ def _profiled_rows(home: Path) -> int:
 
 def _server_side_latency(settings: Any, runs: list[dict[str, Any]]) -> dict[str, float]:
     """p50/p99 of the latency the server itself recorded in the audit trail during ``runs``."""
-    from aipaas import audit
+    from aipaas.inference import audit
 
     lat: list[float] = []
     for run in runs:
@@ -354,7 +355,7 @@ def main() -> dict[str, Any]:
 
         # All three servers up at once, cells interleaved, so a busy spell on
         # a shared machine does not land on one configuration only.
-        from aipaas import keys
+        from aipaas.inference import keys
         from aipaas.settings import Settings
 
         targets: dict[str, tuple[str, str, str | None]] = {}
@@ -404,7 +405,7 @@ def main() -> dict[str, Any]:
                 )
         for p in procs:
             _stop(p)
-        from aipaas import audit
+        from aipaas.inference import audit
 
         report = audit.verify(on_settings)
         results["audit_on"] = {"records": report.records, "verified": report.ok}

@@ -51,7 +51,7 @@ def _data(scale: int) -> pd.DataFrame:
 def _plain_search(
     definition: Any, df: pd.DataFrame, configs: list[dict[str, Any]], folds: int, seed: int
 ) -> float:
-    from aipaas.evaluate import cross_validate
+    from aipaas.training.evaluate import cross_validate
 
     X, y = df[list(definition.features)], df[definition.target]
     best = -np.inf
@@ -77,7 +77,7 @@ def _prefect_search(
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
 
-    from aipaas.evaluate import cross_validate
+    from aipaas.training.evaluate import cross_validate
 
     X, y = df[list(definition.features)], df[definition.target]
 
@@ -118,9 +118,9 @@ def _workload(
     """One data size: Tune at 1 and N concurrent trials, plain Python, optionally Prefect."""
     import ray
 
-    from aipaas.raycluster import ensure_ray
     from aipaas.settings import RaySettings, TuneSettings
-    from aipaas.tune import run_search
+    from aipaas.training.raycluster import ensure_ray
+    from aipaas.training.tune import run_search
 
     seed = 42
     n_cpus = os.cpu_count() or 1

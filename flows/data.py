@@ -4,7 +4,7 @@ DVC owns the DAG (ingest -> validate -> split, in dvc.yaml); this flow owns
 when it runs, retries and the report people read in the Prefect UI. A failed
 suite fails the run with the validation report attached as a markdown
 artifact; only the push to the DVC remote is retried, and only for errors
-that may pass (:class:`aipaas.versioning.RemoteError`).
+that may pass (:class:`aipaas.datasets.versioning.RemoteError`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from aipaas import data
+from aipaas.datasets import ingest as data
+from aipaas.datasets.validation import render_markdown
 from aipaas.exceptions import DataValidationError
 from aipaas.schemas import ValidationReport
 from aipaas.settings import get_settings
-from aipaas.validation import render_markdown
 from flows._common import artifact_key, remote_unreachable
 
 

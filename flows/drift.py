@@ -2,7 +2,7 @@
 
 Runs on a schedule and whenever the profiler closes a window (see
 :mod:`flows.triggers`). The comparison and the verdict are
-:func:`aipaas.drift.check`; this flow publishes them where people look (a
+:func:`aipaas.monitoring.drift.check`; this flow publishes them where people look (a
 table artifact and a link to the HTML report in Prefect, a run with the scores
 in MLflow) and starts the ``retrain`` flow as a subflow when the model's drift
 policy is violated. Only MLflow I/O is retried, and only when the server did
@@ -16,8 +16,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from aipaas import drift
-from aipaas.drift import DriftReport
+from aipaas.monitoring import drift
+from aipaas.monitoring.drift import DriftReport
 from aipaas.settings import get_settings
 from flows._common import artifact_key, registry_unreachable
 

@@ -1,6 +1,6 @@
 """Flow ``promote``: check the gates, ask a person if the definition says so, decide.
 
-The decision itself is :mod:`aipaas.promote`; this flow adds what Prefect is
+The decision itself is :mod:`aipaas.training.promote`; this flow adds what Prefect is
 for: the gates as a table artifact on the run, the pause for approval in the
 UI, and a Failed run when a gate fails. Gate failures are never retried; only
 registry I/O is, and only when the server was unreachable.
@@ -16,9 +16,9 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
-from aipaas import promote
-from aipaas.promote import Approval, Evaluation
 from aipaas.settings import get_settings
+from aipaas.training import promote
+from aipaas.training.promote import Approval, Evaluation
 from flows._common import artifact_key, registry_unreachable
 
 # How long a promotion waits for a person before the run fails (nothing changes).

@@ -1,7 +1,7 @@
 """Flow ``retrain``: guardrails, new training rows, then data -> train -> promote.
 
 Started by the drift flow (as a subflow) when a drift policy is violated, or
-by hand. The guardrails (:mod:`aipaas.retrain`: cooldown, daily cap,
+by hand. The guardrails (:mod:`aipaas.monitoring.retrain`: cooldown, daily cap,
 suggest-only) decide first; then labelled feedback goes to
 ``data/incoming/<dataset>/`` and the same data, train and promote flows as
 the lifecycle run, through the same suite and the same gates. Every
@@ -16,9 +16,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 
-from aipaas import retrain
 from aipaas.exceptions import AipaasError, GateFailedError
 from aipaas.modeldef import load_definition
+from aipaas.monitoring import retrain
 from aipaas.settings import get_settings
 
 

@@ -1,10 +1,10 @@
 """Prefect flow ``train``: the model's recorded data -> Ray search -> MLflow -> challenger.
 
-A table of contents over ``aipaas.train``: find the data version, train and
+A table of contents over ``aipaas.training.train``: find the data version, train and
 register, publish a summary people read in the Prefect UI. Nothing here is
 retried: a failed suite, an invalid search space or a search where every
 trial crashed would fail the same way again; the tracking server's
-unreachability is already retried (bounded) in ``aipaas.registry.connect``.
+unreachability is already retried (bounded) in ``aipaas.training.registry.connect``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from aipaas.modeldef import ModelDefinition, load_definition
 from aipaas.schemas import DatasetVersion
 from aipaas.settings import get_settings
-from aipaas.train import TrainResult, train_model
+from aipaas.training.train import TrainResult, train_model
 from flows._common import artifact_key
 
 
@@ -29,7 +29,7 @@ def load_model_definition(model: str) -> ModelDefinition:
 
 @task(name="read dataset version", cache_policy=NO_CACHE)
 def read_dataset_version(dataset: str) -> DatasetVersion:
-    from aipaas.data import load_version
+    from aipaas.datasets.ingest import load_version
 
     return load_version(dataset, get_settings())
 

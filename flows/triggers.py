@@ -1,6 +1,6 @@
 """Start the drift deployment when the profiler closes a window, without blocking it.
 
-:class:`DeploymentTrigger` implements :class:`aipaas.spool.WindowTrigger`.
+:class:`DeploymentTrigger` implements :class:`aipaas.monitoring.spool.WindowTrigger`.
 A closed window asks the Prefect API for a run of deployment ``drift/drift``
 (``run_deployment(..., timeout=0)``: create the run and return at once; the
 runner that ``aipaas up`` serves executes it). When Prefect cannot be reached,
@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
+from aipaas.monitoring.spool import WindowInfo
 from aipaas.settings import Settings
-from aipaas.spool import WindowInfo
 
 log = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 
-from aipaas.audit import AuditRecord, AuditWriter
-from aipaas.keys import KeyStore, RateLimiter
+from aipaas.inference.audit import AuditRecord, AuditWriter
+from aipaas.inference.keys import KeyStore, RateLimiter
+from aipaas.monitoring.spool import SpoolWriter
 from aipaas.settings import Settings, get_settings
-from aipaas.spool import SpoolWriter
 from serving.deps import Components
 from serving.holder import ModelHolder, ModelSource, RegistrySource, follow_champions
 from serving.metrics import Metrics
@@ -148,7 +148,9 @@ def create_app(
                     await task
             components.executor.shutdown(wait=True)
             close_sink = getattr(sink, "close", None)
-            if close_sink is not None:  # e.g. aipaas.spool.SpoolWriter releases its segment
+            if (
+                close_sink is not None
+            ):  # e.g. aipaas.monitoring.spool.SpoolWriter releases its segment
                 close_sink()
             await asyncio.to_thread(writer.close)
 

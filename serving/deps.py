@@ -16,7 +16,7 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, HTTPException, Request
 
-from aipaas.keys import ApiKey, KeyRejected, KeyStore, RateLimiter, retry_after_header
+from aipaas.inference.keys import ApiKey, KeyRejected, KeyStore, RateLimiter, retry_after_header
 from aipaas.settings import Settings
 from serving.holder import ModelHolder, ServedModel
 from serving.metrics import Metrics

@@ -20,11 +20,12 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, TypeAdapter
 
-from aipaas import predictor, signals
 from aipaas.exceptions import AipaasError, ModelNotFoundError, RegistryUnavailableError
+from aipaas.inference import predictor
+from aipaas.inference.predictor import LoadedModel
 from aipaas.modeldef import load_definition
-from aipaas.predictor import LoadedModel
 from aipaas.settings import Settings
+from aipaas.training import signals
 from serving.schemas import request_model
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aipaas.audit import AuditRecord, AuditWriter, input_hmac
+from aipaas.inference.audit import AuditRecord, AuditWriter, input_hmac
 from aipaas.settings import Settings
 from serving.metrics import Metrics
 
@@ -40,7 +40,7 @@ class RequestContext:
     """What the handlers learn about a request, for its audit record."""
 
     request_id: str
-    key: Any = None  # the accepted aipaas.keys.ApiKey
+    key: Any = None  # the accepted aipaas.inference.keys.ApiKey
     key_id: str | None = None
     owner: str | None = None
     model: str | None = None

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from aipaas.predictor import FieldSpec
+from aipaas.inference.predictor import FieldSpec
 
 _PY = {"float": float, "int": int, "str": str, "bool": bool}
 

@@ -7,7 +7,6 @@ project's ``.aipaas/``. Servers bind to 127.0.0.1 on ports the test picks.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,12 +24,7 @@ for _key in [k for k in os.environ if k.startswith("AIPAAS_")]:
     del os.environ[_key]
 
 from aipaas.settings import Settings  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.support.net import free_port  # noqa: E402,F401  (re-exported for fixtures)
 
 
 @pytest.fixture

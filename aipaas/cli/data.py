@@ -13,8 +13,8 @@ from typing import Annotated
 
 import typer
 
-from aipaas import data
 from aipaas.cli._app import data_app, settings
+from aipaas.datasets import ingest as data
 from aipaas.exceptions import DataValidationError
 from aipaas.schemas import DatasetVersion, ValidationReport
 

@@ -28,9 +28,9 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from aipaas import up
 from aipaas.cli._app import app
 from aipaas.exceptions import AipaasError
+from aipaas.ops import up
 from aipaas.settings import Settings, get_settings
 
 # The demo's own defaults, used only when the environment does not set them:
@@ -108,8 +108,12 @@ def demo_cmd(
 
 
 def _run(s: Settings, base: str, model: str, timeout_s: float) -> None:
-    from aipaas import audit, data, drift, keys, promotion_log, registry, simulate, tags
+    from aipaas.datasets import ingest as data
+    from aipaas.inference import audit, keys
     from aipaas.modeldef import load_definition
+    from aipaas.monitoring import drift
+    from aipaas.ops import simulate
+    from aipaas.training import promotion_log, registry, tags
 
     definition = load_definition(model, s.models_dir)
     registry.connect(s)
@@ -295,7 +299,7 @@ def _wait_checks(
     s: Settings, model: str, before: int, rows: int, timeout_s: float
 ) -> list[dict[str, Any]]:
     """The drift checks that the windows of this step started, once they cover its rows."""
-    from aipaas import drift
+    from aipaas.monitoring import drift
 
     def covered() -> bool:
         return sum(c["rows"] for c in drift.history(s, model)[before:]) >= rows
@@ -322,7 +326,7 @@ def _print_check(check: dict[str, Any]) -> None:
 def _promotion_after(s: Settings, model: str, since: float, champion: str) -> Any:
     from datetime import datetime
 
-    from aipaas import promotion_log
+    from aipaas.training import promotion_log
 
     for rec in reversed(promotion_log.read(s, model)):
         when = datetime.fromisoformat(rec.at).timestamp()
@@ -337,7 +341,8 @@ def _retrain_progress(s: Settings, model: str, since: float) -> str | None:
     Later drift checks may ask again while the retrain runs; the cooldown
     skips those, which is expected and not a failure.
     """
-    from aipaas import registry, retrain
+    from aipaas.monitoring import retrain
+    from aipaas.training import registry
 
     entries = [e for e in retrain.history(s, model) if e.get("at", 0) >= since]
     failed = [e for e in entries if e.get("outcome") == "failed"]

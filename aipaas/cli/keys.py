@@ -26,7 +26,7 @@ def create_cmd(
     ] = None,
 ) -> None:
     """Create a key. It is shown once, on the last line; only its hash is stored."""
-    from aipaas import keys
+    from aipaas.inference import keys
 
     s = settings()
     record, plaintext = keys.create_key(s, name, scopes, rate=rate, expires=expires)
@@ -40,7 +40,7 @@ def list_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List keys (ids, owners, scopes, state; never the secrets)."""
-    from aipaas import keys
+    from aipaas.inference import keys
 
     rows = keys.list_keys(settings())
     if as_json:
@@ -61,7 +61,7 @@ def list_cmd(
 @keys_app.command("revoke")
 def revoke_cmd(key_id: Annotated[str, typer.Argument(help="The key id (aip_<id>_...).")]) -> None:
     """Revoke a key; a running server refuses it within seconds."""
-    from aipaas import keys
+    from aipaas.inference import keys
 
     s = settings()
     key = keys.revoke_key(s, key_id)

@@ -37,7 +37,7 @@ def profiler_cmd(
     It runs niced by default: on a small machine the server's requests come
     first, and the spool simply waits a little longer.
     """
-    from aipaas.spool import Profiler
+    from aipaas.monitoring.spool import Profiler
 
     if nice:
         os.nice(nice)
@@ -84,7 +84,7 @@ def drift_cmd(
     Prints the decision, its reasons and the HTML report's path. It does not
     retrain: `aipaas run drift` does, through the flows.
     """
-    from aipaas import drift
+    from aipaas.monitoring import drift
 
     s = settings()
     report = drift.check(s, model)

@@ -17,12 +17,12 @@ from typing import Annotated, Any
 
 import typer
 
-from aipaas import promote, promotion_log, registry, tags
 from aipaas.cli._app import app, models_app, run_app, settings
 from aipaas.exceptions import ConfigurationError
 from aipaas.modeldef import list_definitions
-from aipaas.promote import Approval
 from aipaas.settings import Settings
+from aipaas.training import promote, promotion_log, registry, tags
+from aipaas.training.promote import Approval
 
 ModelArg = Annotated[str, typer.Argument(help="Model name: a definition in models/.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]

@@ -30,7 +30,7 @@ def train_cmd(
     The new version gets alias `challenger`; `aipaas promote MODEL` decides
     whether it becomes champion.
     """
-    from aipaas.train import train
+    from aipaas.training.train import train
 
     s = settings()
     updates = {}
@@ -59,7 +59,7 @@ def mlflow_cmd(
     port: Annotated[int | None, typer.Option(help="Port (default mlflow.port).")] = None,
 ) -> None:
     """Run the MLflow tracking server (SQLite + artifacts under AIPAAS_HOME) in the foreground."""
-    from aipaas.tracking_server import run_server, server_command
+    from aipaas.ops.tracking_server import run_server, server_command
 
     s = settings()
     typer.echo(" ".join(server_command(s, host=host, port=port)))
@@ -74,7 +74,7 @@ def lineage_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print the data a registered version was trained on: dataset, DVC hash, suite, run, commit."""
-    from aipaas.train import lineage
+    from aipaas.training.train import lineage
 
     info = lineage(model, version, settings())
     if as_json:

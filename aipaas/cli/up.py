@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 
-from aipaas import registry, tags, up
 from aipaas.cli._app import app, settings
 from aipaas.modeldef import list_definitions
+from aipaas.ops import up
 from aipaas.settings import Settings
+from aipaas.training import registry, tags
 
 
 @app.command("up")

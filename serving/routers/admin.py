@@ -7,7 +7,7 @@ from datetime import datetime
 import anyio
 from fastapi import APIRouter, Depends
 
-from aipaas import usage as usage_mod
+from aipaas.inference import usage as usage_mod
 from serving.deps import ComponentsDep, Guard
 from serving.schemas import ReloadOut, UsageOut
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 from fastapi import APIRouter, Depends, HTTPException
 
-from aipaas import feedback as fb
+from aipaas.inference import feedback as fb
 from serving.deps import ApiKeyDep, ComponentsDep, ContextDep, Guard
 from serving.schemas import FeedbackRequest, FeedbackResponse
 

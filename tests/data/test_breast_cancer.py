@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aipaas import data
+from aipaas.datasets import ingest as data
+from aipaas.datasets.validation import suite_path, validate_frame
 from aipaas.settings import PROJECT_ROOT, DatasetSpec, Settings
-from aipaas.validation import suite_path, validate_frame
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 
 from aipaas.settings import PROJECT_ROOT
-from tests.conftest import free_port
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
 def test_demo_closes_the_loop(home: Path, tmp_path: Path) -> None:
-    from tests.data.project import new_project
+    from tests.support.project import new_project
 
     repo = new_project(tmp_path / "project")
     env = {

@@ -12,9 +12,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aipaas import audit, registry, signals
-from tests.conftest import free_port
-from tests.serving._models import FEATURES, log_lgbm
+from aipaas.inference import audit
+from aipaas.training import registry, signals
+from tests.support.models import FEATURES, log_lgbm
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]

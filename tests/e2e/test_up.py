@@ -20,7 +20,7 @@ import pytest
 
 from aipaas.exceptions import AlreadyRunningError
 from aipaas.settings import PROJECT_ROOT
-from tests.conftest import free_port
+from tests.support.net import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -101,7 +101,7 @@ def test_up_starts_refuses_a_second_and_stops_everything(home: Path, tmp_path: P
         assert "stopped prefect" in text and "ignored SIGTERM" not in text, text
         assert not [name for name, pid in children.items() if _alive(pid)], text
         assert not state_path.exists()
-        from aipaas.up import port_free
+        from aipaas.ops.up import port_free
 
         assert all(port_free("127.0.0.1", p) for p in ports.values())
     finally:
@@ -114,7 +114,7 @@ def test_up_starts_refuses_a_second_and_stops_everything(home: Path, tmp_path: P
 def test_up_runs_the_lifecycle_when_no_champion_serves(home: Path, tmp_path: Path) -> None:
     """The ``make up`` first run: no champion, so the lifecycle runs through Prefect
     and serving answers with the promoted version, all on a private data project."""
-    from tests.data.project import new_project
+    from tests.support.project import new_project
 
     repo = new_project(tmp_path / "project")  # fresh clone: nothing reproduced yet
     ports = {"prefect": free_port(), "mlflow": free_port(), "serving": free_port()}

@@ -14,13 +14,13 @@ from prefect.client.schemas.filters import (
 )
 from prefect.states import Failed
 
-from aipaas import data
+from aipaas.datasets import ingest as data
+from aipaas.datasets.versioning import RemoteError
 from aipaas.exceptions import DataValidationError
 from aipaas.settings import get_settings
-from aipaas.versioning import RemoteError
 from flows._common import remote_unreachable
 from flows.data import data_flow
-from tests.data.project import bad_rows, copy_project
+from tests.support.project import bad_rows, copy_project
 
 
 @pytest.fixture

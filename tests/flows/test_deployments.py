@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from aipaas import registry, tags
 from aipaas.settings import PROJECT_ROOT, Settings
-from tests.unit.test_promote import MODEL, _register, _settings
+from aipaas.training import registry, tags
+from tests.support.registry import MODEL, register_tiny, tiny_settings
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +39,8 @@ def test_runner_serves_deployments_with_schedules_and_runs_one(
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
-    s = _settings(settings, tmp_path)
-    v1 = _register(s)
+    s = tiny_settings(settings, tmp_path)
+    v1 = register_tiny(s)
     env = {
         **os.environ,
         "PREFECT_API_URL": str(PREFECT_API_URL.value()),

@@ -19,10 +19,11 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
 
-from aipaas import drift, registry, retrain, tags
 from aipaas.modeldef import load_definition
+from aipaas.monitoring import drift, retrain
+from aipaas.monitoring.spool import Profiler, SpoolWriter, WindowInfo
 from aipaas.settings import PROJECT_ROOT, Settings, get_settings
-from aipaas.spool import Profiler, SpoolWriter, WindowInfo
+from aipaas.training import registry, tags
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +60,7 @@ def _register_champion(s: Settings) -> str:
     import mlflow
     from mlflow import MlflowClient
 
-    from aipaas import monitoring
+    from aipaas.datasets import profiles as monitoring
 
     registry.connect(s)
     registry.ensure_experiment(s)

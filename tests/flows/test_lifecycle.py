@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from aipaas import promotion_log, registry, signals, tags
 from aipaas.settings import PROJECT_ROOT, Settings, get_settings
-from tests.data.project import copy_project
+from aipaas.training import promotion_log, registry, signals, tags
+from tests.support.project import copy_project
 
 pytestmark = pytest.mark.slow
 

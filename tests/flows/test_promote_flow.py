@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from aipaas import registry, tags
 from aipaas.exceptions import GateFailedError
 from aipaas.settings import Settings, get_settings
-from tests.unit.test_promote import MODEL, _register, _settings
+from aipaas.training import registry, tags
+from tests.support.registry import MODEL, register_tiny, tiny_settings
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +22,7 @@ def flow_settings(
     settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: None
 ) -> Iterator[Settings]:
     """Settings the flow itself reads (through get_settings) pointed at a temp home."""
-    s = _settings(settings, tmp_path)
+    s = tiny_settings(settings, tmp_path)
     monkeypatch.setenv("AIPAAS_HOME", str(s.home))
     monkeypatch.setenv("AIPAAS_MODELS_DIR", str(s.models_dir))
     monkeypatch.setenv("AIPAAS_MLFLOW__TRACKING_URI", s.mlflow_tracking_uri)
@@ -47,13 +47,13 @@ def _artifact(key: str) -> list[dict]:
 def test_flow_promotes_then_fails_on_a_bad_challenger(flow_settings: Settings) -> None:
     from flows.promote import promote_flow
 
-    v1 = _register(flow_settings)
+    v1 = register_tiny(flow_settings)
     result = promote_flow(MODEL)
     assert result["result"] == "promoted" and result["version"] == v1
     assert registry.get_alias(MODEL, tags.CHAMPION).version == v1  # type: ignore[union-attr]
     assert promote_flow(MODEL, v1)["result"] == "unchanged"
 
-    bad = _register(flow_settings, latency=900.0)
+    bad = register_tiny(flow_settings, latency=900.0)
     state = promote_flow(MODEL, bad, return_state=True)
     assert state.is_failed()
     with pytest.raises(GateFailedError, match="p99 latency ms"):
@@ -76,13 +76,13 @@ def test_flow_pauses_for_approval_and_records_the_reviewer(
 
     from flows.promote import promote_flow
 
-    s = _settings(settings, tmp_path, approval=True)
+    s = tiny_settings(settings, tmp_path, approval=True)
     monkeypatch.setenv("AIPAAS_HOME", str(s.home))
     monkeypatch.setenv("AIPAAS_MODELS_DIR", str(s.models_dir))
     monkeypatch.setenv("AIPAAS_MLFLOW__TRACKING_URI", s.mlflow_tracking_uri)
     get_settings.cache_clear()
     try:
-        v1 = _register(s)
+        v1 = register_tiny(s)
         out: dict = {}
         runner = threading.Thread(target=lambda: out.update(promote_flow(MODEL)), daemon=True)
         runner.start()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from aipaas import registry, tags
 from aipaas.exceptions import ModelNotFoundError
 from aipaas.settings import PROJECT_ROOT, Settings, get_settings
-from tests.data.project import copy_project
+from aipaas.training import registry, tags
+from tests.support.project import copy_project
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ def bare_settings(
 
 
 def test_train_flow_registers_a_challenger(flow_settings: Settings) -> None:
-    from aipaas.data import load_version
+    from aipaas.datasets.ingest import load_version
     from flows.train import train_flow
 
     version = load_version("breast_cancer", flow_settings)

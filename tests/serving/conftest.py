@@ -7,55 +7,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from aipaas import keys
-from aipaas.exceptions import ModelNotFoundError, RegistryUnavailableError
-from aipaas.predictor import FieldSpec, LoadedModel, Prediction
+from aipaas.inference import keys
 from aipaas.settings import Settings
 from serving.app import create_app
-
-FIELDS = (FieldSpec("mean_radius", "float"), FieldSpec("mean_texture", "float"))
-
-
-def fake_model(name: str = "diagnosis", version: str = "1", fields=FIELDS) -> LoadedModel:
-    """Predicts ``malignant`` when the first feature is positive; probabilities too."""
-
-    def predict(rows: list[list[Any]]) -> Prediction:
-        outs, probs = [], []
-        for r in rows:
-            p = 0.9 if (r[0] if isinstance(r[0], float) else len(r[0])) > 0 else 0.1
-            outs.append("malignant" if p > 0.5 else "benign")
-            probs.append({"benign": 1 - p, "malignant": p})
-        return Prediction(outs, probs)
-
-    return LoadedModel(
-        name=name,
-        version=version,
-        fields=fields,
-        flavor="fake",
-        classes=("benign", "malignant"),
-        metadata={"run_id": f"run-{version}", "data_version": "abc", "promoted_at": None},
-        _predict=predict,
-    )
-
-
-class FakeSource:
-    """A registry in memory: ``champions`` maps model -> version."""
-
-    def __init__(self) -> None:
-        self.champions: dict[str, str | None] = {"diagnosis": "1"}
-        self.broken: set[tuple[str, str]] = set()
-        self.down = False
-        self.fields: dict[str, tuple[FieldSpec, ...]] = {}
-
-    def champion(self, name: str) -> str | None:
-        if self.down:
-            raise RegistryUnavailableError("fake registry is down")
-        return self.champions.get(name)
-
-    def load(self, name: str, version: str) -> LoadedModel:
-        if (name, version) in self.broken:
-            raise ModelNotFoundError(f"cannot load models:/{name}/{version}: corrupt artifact")
-        return fake_model(name, version, self.fields.get(name, FIELDS))
+from tests.support.serving import FakeSource
 
 
 @pytest.fixture
@@ -86,10 +41,6 @@ def client(make_client) -> TestClient:
     return make_client()
 
 
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
 @pytest.fixture
 def predict_key(settings: Settings) -> str:
     return keys.create_key(settings, "app-one", "predict,feedback", rate="1000/s")[1]
@@ -103,6 +54,3 @@ def admin_key(settings: Settings) -> str:
 @pytest.fixture
 def feedback_only_key(settings: Settings) -> str:
     return keys.create_key(settings, "labeller", "feedback")[1]
-
-
-ROW = {"mean_radius": 1.5, "mean_texture": -0.5}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from aipaas import audit, keys
-from aipaas.feedback import labelled_rows
-from tests.serving.conftest import ROW, bearer
+from aipaas.inference import audit, keys
+from aipaas.inference.feedback import labelled_rows
+from tests.support.serving import ROW, bearer
 
 
 def _records(settings):
@@ -318,7 +318,7 @@ def test_a_labelled_batch_gives_each_row_its_label(make_client, settings, tmp_pa
 
 
 def test_the_spool_writer_fits_the_row_sink(make_client, settings, predict_key):
-    from aipaas import spool
+    from aipaas.monitoring import spool
 
     writer = spool.SpoolWriter(settings)
     c = make_client(row_sink=writer)

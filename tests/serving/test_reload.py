@@ -6,9 +6,10 @@ import json
 import threading
 import time
 
-from aipaas import audit, signals
-from aipaas.predictor import Prediction
-from tests.serving.conftest import ROW, bearer, fake_model
+from aipaas.inference import audit
+from aipaas.inference.predictor import Prediction
+from aipaas.training import signals
+from tests.support.serving import ROW, bearer, fake_model
 
 
 def _events(settings):
@@ -17,7 +18,7 @@ def _events(settings):
 
 
 def _reload(c, settings):
-    from aipaas import keys
+    from aipaas.inference import keys
 
     _, admin = keys.create_key(settings, "ops", "admin")
     return c.post("/admin/reload", headers=bearer(admin)).json()["outcomes"]["diagnosis"]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from aipaas import keys
+from aipaas.inference import keys
 from serving.app import create_app
-from tests.serving._models import FEATURES, log_lgbm, log_text
+from tests.support.models import FEATURES, log_lgbm, log_text
 
 
 def test_tabular_and_text_models_from_the_registry(settings):

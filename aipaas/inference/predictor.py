@@ -1,0 +1,266 @@
+"""The MLflow model-loading adapter for serving: a registered version -> a fast predictor.
+
+``mlflow models serve`` goes through pyfunc and a pandas DataFrame for every
+request, which costs milliseconds for one row. Here a version is loaded
+through its native flavour where possible (LightGBM, scikit-learn) and
+called with a plain list of rows: a LightGBM model goes straight to its
+booster with one thread, a scikit-learn model to ``predict_proba`` on a
+NumPy array (or a list of strings for a text model). Any other flavour falls
+back to pyfunc. Its MLflow signature becomes :class:`FieldSpec` s, from which
+serving generates its request schema. No MLflow type leaves this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from aipaas.exceptions import (
+    AipaasError,
+    ConfigurationError,
+    ModelNotFoundError,
+    RegistryUnavailableError,
+)
+from aipaas.settings import Settings
+from aipaas.training import registry, tags
+
+log = logging.getLogger(__name__)
+
+FieldType = Literal["float", "int", "str", "bool"]
+_TYPES: dict[str, FieldType] = {
+    "double": "float",
+    "float": "float",
+    "long": "int",
+    "integer": "int",
+    "string": "str",
+    "boolean": "bool",
+}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One input column from the model's signature."""
+
+    name: str
+    type: FieldType
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Prediction:
+    outputs: list[Any]
+    probabilities: list[dict[str, float]] | None
+
+
+@dataclass
+class LoadedModel:
+    """A version ready to answer: call :meth:`predict` with rows in ``fields`` order."""
+
+    name: str
+    version: str
+    fields: tuple[FieldSpec, ...]
+    flavor: str
+    classes: tuple[Any, ...] | None
+    metadata: dict[str, Any]
+    _predict: Callable[[list[list[Any]]], Prediction] = field(repr=False)
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def is_text(self) -> bool:
+        return tuple(f.name for f in self.fields) == ("text",)
+
+    def predict(self, rows: list[list[Any]]) -> Prediction:
+        return self._predict(rows)
+
+    def warm(self, times: int = 20) -> None:
+        """Run a few predictions so first requests do not pay lazy initialisation."""
+        row = [_placeholder(f) for f in self.fields]
+        for _ in range(times):
+            self._predict([row])
+
+
+def _placeholder(spec: FieldSpec) -> Any:
+    return {"float": 0.0, "int": 0, "str": "warm up", "bool": False}[spec.type]
+
+
+def fields_from_signature(signature: Any) -> tuple[FieldSpec, ...]:
+    """MLflow ``ModelSignature`` inputs (named columns) -> field specs."""
+    if signature is None or signature.inputs is None:
+        raise ConfigurationError(
+            "the model has no MLflow signature: log it with `signature=infer_signature(X, y)` "
+            "so serving can validate requests"
+        )
+    out = []
+    for spec in signature.inputs.inputs:
+        name = getattr(spec, "name", None)
+        if not name:
+            raise ConfigurationError("the model signature has unnamed columns; name every input")
+        dtype = getattr(getattr(spec, "type", None), "name", str(getattr(spec, "type", "")))
+        if dtype not in _TYPES:
+            raise ConfigurationError(f"signature column {name!r} has unsupported type {dtype!r}")
+        out.append(FieldSpec(name=name, type=_TYPES[dtype], required=bool(spec.required)))
+    return tuple(out)
+
+
+def _to_py(values: Any) -> list[Any]:
+    return values.tolist() if hasattr(values, "tolist") else list(values)
+
+
+def _classifier_predict(
+    proba_fn: Callable[[Any], Any], classes: Sequence[Any], make_x: Callable[[list[list[Any]]], Any]
+) -> Callable[[list[list[Any]]], Prediction]:
+    labels = [str(c) for c in classes]
+    py_classes = _to_py(np.asarray(classes))
+
+    def predict(rows: list[list[Any]]) -> Prediction:
+        proba = np.asarray(proba_fn(make_x(rows)), dtype=np.float64)
+        if proba.ndim == 1:  # a binary booster returns p(class 1)
+            proba = np.column_stack([1.0 - proba, proba])
+        best = proba.argmax(axis=1).tolist()
+        outputs = [py_classes[i] for i in best]
+        probs = [dict(zip(labels, p, strict=True)) for p in proba.tolist()]
+        return Prediction(outputs, probs)
+
+    return predict
+
+
+def _plain_predict(
+    fn: Callable[[Any], Any], make_x: Callable[[list[list[Any]]], Any]
+) -> Callable[[list[list[Any]]], Prediction]:
+    def predict(rows: list[list[Any]]) -> Prediction:
+        return Prediction(_to_py(np.asarray(fn(make_x(rows)))), None)
+
+    return predict
+
+
+def _numeric_x(rows: list[list[Any]]) -> Any:
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _text_x(rows: list[list[Any]]) -> Any:
+    return [r[0] for r in rows]
+
+
+def _build(model: Any, flavor: str, fields: tuple[FieldSpec, ...]) -> tuple[Callable, Any]:
+    """The fastest call path the loaded object supports, and its classes."""
+    text = tuple(f.name for f in fields) == ("text",)
+    make_x = _text_x if text else _numeric_x
+    if flavor == "lightgbm":
+        import lightgbm as lgb
+
+        booster = model if isinstance(model, lgb.Booster) else model.booster_
+        classes = getattr(model, "classes_", None)
+
+        def raw(x: Any) -> Any:
+            return booster.predict(x, num_threads=1)
+
+        if classes is not None:
+            return _classifier_predict(raw, classes, make_x), classes
+        return _plain_predict(raw, make_x), None
+    if flavor == "sklearn":
+        if hasattr(model, "n_jobs"):
+            try:
+                model.set_params(n_jobs=1)
+            except ValueError:
+                pass
+        # Fitted on a DataFrame, called with an array: same columns, same order.
+        warnings.filterwarnings("ignore", message="X does not have valid feature names")
+        classes = getattr(model, "classes_", None)
+        if classes is not None and hasattr(model, "predict_proba"):
+            return _classifier_predict(model.predict_proba, classes, make_x), classes
+        return _plain_predict(model.predict, make_x), None
+    # pyfunc: the slow, general path.
+    import pandas as pd
+
+    names = [f.name for f in fields]
+
+    def frame(rows: list[list[Any]]) -> Any:
+        return pd.DataFrame(rows, columns=names)
+
+    return _plain_predict(model.predict, frame), None
+
+
+def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
+    """Load ``models:/<name>/<version>`` through its native flavour, warmed.
+
+    Raises:
+        ModelNotFoundError: the version does not exist or cannot be loaded.
+        RegistryUnavailableError: the tracking server did not answer.
+        ConfigurationError: the model has no usable signature.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    registry.connect(settings, check=False)
+    info = _call(lambda: registry.get_version(name, version))
+    uri = info.uri
+    try:
+        import mlflow
+        from mlflow.models import get_model_info
+
+        minfo = get_model_info(uri)
+        fields = fields_from_signature(minfo.signature)
+        flavors = minfo.flavors or {}
+        if "lightgbm" in flavors:
+            import mlflow.lightgbm
+
+            flavor, model = "lightgbm", mlflow.lightgbm.load_model(uri)
+        elif "sklearn" in flavors:
+            import mlflow.sklearn
+
+            flavor, model = "sklearn", mlflow.sklearn.load_model(uri)
+        else:
+            flavor, model = "pyfunc", mlflow.pyfunc.load_model(uri)
+    except AipaasError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any load failure becomes one actionable error
+        if _is_unreachable(err):
+            raise RegistryUnavailableError(f"cannot reach MLflow to load {uri}: {err}") from err
+        raise ModelNotFoundError(f"cannot load {uri}: {type(err).__name__}: {err}") from err
+    predict, classes = _build(model, flavor, fields)
+    loaded = LoadedModel(
+        name=name,
+        version=str(version),
+        fields=fields,
+        flavor=flavor,
+        classes=tuple(_to_py(np.asarray(classes))) if classes is not None else None,
+        metadata={
+            "run_id": info.run_id,
+            "source": info.source,
+            "dataset": info.tags.get(tags.DATASET),
+            "data_version": info.tags.get(tags.DATA_HASH),
+            "promoted_at": info.tags.get(tags.PROMOTED_AT),
+            "aliases": list(info.aliases),
+        },
+        _predict=predict,
+    )
+    loaded.warm()
+    return loaded
+
+
+def champion_version(settings: Settings, name: str, alias: str = tags.CHAMPION) -> str | None:
+    """The version ``alias`` points at, None if unset; registry errors become ours."""
+    registry.connect(settings, check=False)
+    info = _call(lambda: registry.get_alias(name, alias))
+    return None if info is None else info.version
+
+
+def _call(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except AipaasError:
+        raise
+    except Exception as err:  # noqa: BLE001 - MLflow/requests errors, translated
+        raise RegistryUnavailableError(
+            f"MLflow registry error: {type(err).__name__}: {err}"
+        ) from err
+
+
+def _is_unreachable(err: Exception) -> bool:
+    text = f"{type(err).__name__} {err}".lower()
+    return any(s in text for s in ("connection", "timed out", "timeout", "max retries"))

@@ -1,0 +1,496 @@
+"""The process supervisor behind ``aipaas up`` (``make up``).
+
+It starts the platform's servers on 127.0.0.1 as child processes, waits
+until each answers, prints where they are, and on Ctrl-C (SIGINT or SIGTERM)
+stops every child it started, newest first, each with SIGTERM and then, after
+a grace period, SIGKILL. One ``aipaas up`` per home: an exclusive lock on
+``<run_dir>/up.lock`` is held for the supervisor's lifetime, so a second one
+fails with :class:`AlreadyRunningError` naming the first.
+
+Each child runs in its own session (so the terminal's Ctrl-C reaches only the
+supervisor, which then stops the children in order) and, on Linux, is told to
+receive SIGTERM if the supervisor dies without cleaning up. Logs go to
+``<run_dir>/logs/<service>.log``; ``<run_dir>/up.json`` lists what is running.
+
+This module knows processes, ports and health URLs; what to start is built by
+:func:`plan`, and what to do once everything is up is the caller's callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from aipaas.exceptions import AipaasError, AlreadyRunningError, ConfigurationError
+from aipaas.settings import PROJECT_ROOT, Settings
+
+STOP_GRACE_S = 15.0
+POLL_S = 0.5
+
+
+@dataclass
+class Service:
+    """One child process and how to tell that it is ready."""
+
+    name: str
+    argv: list[str]
+    description: str
+    url: str | None = None  # what a person opens; printed
+    health_url: str | None = None  # answers 200 when ready
+    host: str = "127.0.0.1"
+    port: int | None = None  # must be free before starting
+    port_setting: str = ""  # the setting that moves it, for the error message
+    ready_timeout_s: float = 120.0
+    # Started only after every service of a lower stage is ready.
+    stage: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = PROJECT_ROOT
+
+
+@dataclass
+class Running:
+    service: Service
+    process: subprocess.Popen[bytes]
+    log: Path
+    log_file: IO[bytes]
+
+
+def cli_argv(*args: str) -> list[str]:
+    """Argv for an ``aipaas`` subcommand with this interpreter (no PATH needed)."""
+    script = Path(sys.executable).with_name("aipaas")
+    if script.is_file():
+        return [str(script), *args]
+    return [sys.executable, "-c", "from aipaas.cli import main; main()", *args]
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    """The environment every child gets: the same home, ports and servers as ``up``."""
+    env = {
+        "AIPAAS_HOME": str(settings.home),
+        "AIPAAS_MODELS_DIR": str(settings.models_dir),
+        "AIPAAS_MLFLOW__HOST": settings.mlflow.host,
+        "AIPAAS_MLFLOW__PORT": str(settings.mlflow.port),
+        "AIPAAS_MLFLOW__TRACKING_URI": settings.mlflow_tracking_uri,
+        "AIPAAS_PREFECT__HOST": settings.prefect.host,
+        "AIPAAS_PREFECT__PORT": str(settings.prefect.port),
+        "AIPAAS_PREFECT__API_URL": settings.prefect_api_url,
+        "AIPAAS_SERVING__HOST": settings.serving.host,
+        "AIPAAS_SERVING__PORT": str(settings.serving.port),
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "PREFECT_API_URL": settings.prefect_api_url,
+        "PREFECT_HOME": str(settings.home / "prefect"),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        # Flow results readable through the API (run_deployment, the UI).
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return env
+
+
+def plan(
+    settings: Settings,
+    *,
+    serving_argv: list[str] | None = None,
+    profiler_argv: list[str] | None = None,
+    mlflow_argv: list[str] | None = None,
+) -> list[Service]:
+    """What ``aipaas up`` starts for these settings.
+
+    The Prefect and MLflow servers are started only when the settings point
+    at the local default (no ``prefect.api_url`` / ``mlflow.tracking_uri``
+    given); otherwise the platform uses the servers named there.
+
+    Args:
+        settings: Ports, hosts and home.
+        serving_argv: The serving API's command, None when it is not installed.
+        profiler_argv: The profiler's command, None when it is not installed.
+        mlflow_argv: The MLflow server's command; default ``mlflow server`` on
+            the SQLite file and artifact directory under home.
+    """
+    services: list[Service] = []
+    if not settings.prefect.api_url:
+        host, port = settings.prefect.host, settings.prefect.port
+        services.append(
+            Service(
+                name="prefect",
+                argv=[sys.executable, "-m", "prefect", "server", "start"]
+                + ["--host", host, "--port", str(port)],
+                description="Prefect UI and API: flow runs, deployments, schedules",
+                url=f"http://{host}:{port}",
+                health_url=f"http://{host}:{port}/api/health",
+                host=host,
+                port=port,
+                port_setting="AIPAAS_PREFECT__PORT",
+            )
+        )
+    if not settings.mlflow.tracking_uri:
+        host, port = settings.mlflow.host, settings.mlflow.port
+        services.append(
+            Service(
+                name="mlflow",
+                argv=mlflow_argv or _mlflow_argv(settings),
+                description="MLflow UI, tracking and model registry",
+                # MLflow 3's job runner (GenAI jobs, about seven huey processes) is
+                # unused here, costs memory on a small machine and slows shutdown.
+                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+                url=f"http://{host}:{port}",
+                health_url=f"http://{host}:{port}/health",
+                host=host,
+                port=port,
+                port_setting="AIPAAS_MLFLOW__PORT",
+            )
+        )
+    services.append(
+        Service(
+            name="runner",
+            argv=[sys.executable, "-m", "flows.deployments"],
+            description="Prefect runner serving the deployments and their schedules",
+            # Ready when the last deployment it registers is visible in the API.
+            health_url=f"{settings.prefect_api_url}/deployments/name/lifecycle/lifecycle",
+            stage=1,
+        )
+    )
+    if serving_argv is not None:
+        host, port = settings.serving.host, settings.serving.port
+        services.append(
+            Service(
+                name="serving",
+                argv=serving_argv,
+                description="inference API (POST /predict, /docs)",
+                url=f"http://{host}:{port}/docs",
+                health_url=f"http://{host}:{port}/healthz",
+                host=host,
+                port=port,
+                port_setting="AIPAAS_SERVING__PORT",
+                stage=1,
+            )
+        )
+    if profiler_argv is not None:
+        services.append(
+            Service(
+                name="profiler",
+                argv=profiler_argv,
+                description="profiles served traffic in windows; closes trigger drift",
+                stage=1,
+                ready_timeout_s=5.0,
+            )
+        )
+    return services
+
+
+def _mlflow_argv(settings: Settings) -> list[str]:
+    from aipaas.ops.tracking_server import prepare, server_command
+
+    prepare(settings)
+    return server_command(settings)
+
+
+# --- the supervisor ---------------------------------------------------------------
+
+
+class Supervisor:
+    """Starts services, watches them, stops them all; one per home."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        services: list[Service],
+        *,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.settings = settings
+        self.services = services
+        self.echo = echo
+        self.running: list[Running] = []
+        self.stop_requested = threading.Event()
+        self.logs_dir = settings.run_dir / "logs"
+        self.state_path = settings.run_dir / "up.json"
+        self._lock: IO[str] | None = None
+        self.started = _now()
+
+    # -- lock -----------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Take the per-home lock or raise :class:`AlreadyRunningError`."""
+        self.settings.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = (self.settings.run_dir / "up.lock").open("a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise AlreadyRunningError(self._already_running_message()) from None
+        self._lock = lock
+
+    def _already_running_message(self) -> str:
+        try:
+            state = json.loads(self.state_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            state = {}
+        pid = state.get("pid", "?")
+        urls = ", ".join(f"{s['name']} {s['url']}" for s in state.get("services", []) if s["url"])
+        return (
+            f"aipaas up is already running for home {self.settings.home} "
+            f"(pid {pid}, since {state.get('started', '?')}"
+            + (f"; {urls}" if urls else "")
+            + f"). Stop it with Ctrl-C in its terminal or `kill {pid}`; "
+            "or start another with a different AIPAAS_HOME and ports."
+        )
+
+    def release(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.state_path.unlink()
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    # -- start ----------------------------------------------------------------
+
+    def check_ports(self) -> None:
+        """Refuse to start when a port is taken, naming the setting that moves it."""
+        for svc in self.services:
+            if svc.port is None:
+                continue
+            if not port_free(svc.host, svc.port):
+                raise ConfigurationError(
+                    f"port {svc.port} ({svc.name}) on {svc.host} is already in use by another "
+                    f"program; stop it or pick another port with {svc.port_setting}=..."
+                )
+
+    def start(self) -> None:
+        """Start every service stage by stage, each stage waiting until it is ready."""
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        for stage in sorted({s.stage for s in self.services}):
+            group = [s for s in self.services if s.stage == stage]
+            started = [self._spawn(s) for s in group]
+            self._write_state()
+            for run in started:
+                self._wait_ready(run)
+
+    def _spawn(self, svc: Service) -> Running:
+        log = self.logs_dir / f"{svc.name}.log"
+        log_file = log.open("ab")
+        log_file.write(f"\n=== {_now()} starting: {' '.join(svc.argv)}\n".encode())
+        log_file.flush()
+        env = {**os.environ, **child_env(self.settings), **svc.env}
+        process = subprocess.Popen(
+            svc.argv,
+            cwd=svc.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets a death signal
+        )
+        run = Running(svc, process, log, log_file)
+        self.running.append(run)
+        self.echo(f"  starting {svc.name:<9} pid {process.pid:<7} log {log}")
+        return run
+
+    def _wait_ready(self, run: Running) -> None:
+        svc = run.service
+        deadline = time.monotonic() + svc.ready_timeout_s
+        while True:
+            if self.stop_requested.is_set():
+                return
+            code = run.process.poll()
+            if code is not None:
+                raise AipaasError(
+                    f"{svc.name} exited with code {code} while starting; "
+                    f"the end of {run.log}:\n{tail(run.log)}"
+                )
+            if svc.health_url is None:
+                if time.monotonic() >= deadline:  # no probe: alive long enough
+                    return
+            elif http_ok(svc.health_url):
+                return
+            elif time.monotonic() >= deadline:
+                raise AipaasError(
+                    f"{svc.name} did not become ready within {svc.ready_timeout_s:.0f} s "
+                    f"({svc.health_url}); the end of {run.log}:\n{tail(run.log)}"
+                )
+            time.sleep(POLL_S)
+
+    def _write_state(self) -> None:
+        state = {
+            "pid": os.getpid(),
+            "started": self.started,
+            "home": str(self.settings.home),
+            "services": [
+                {
+                    "name": r.service.name,
+                    "pid": r.process.pid,
+                    "url": r.service.url,
+                    "log": str(r.log),
+                }
+                for r in self.running
+            ],
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(self.state_path)
+
+    # -- run and stop -----------------------------------------------------------
+
+    def watch(self) -> int:
+        """Block until asked to stop (0) or a child dies on its own (1)."""
+        while not self.stop_requested.wait(POLL_S):
+            for run in self.running:
+                code = run.process.poll()
+                if code is not None:
+                    self.echo(
+                        f"{run.service.name} (pid {run.process.pid}) exited with code {code}; "
+                        f"stopping everything. The end of {run.log}:\n{tail(run.log)}"
+                    )
+                    return 1
+        return 0
+
+    def stop(self) -> None:
+        """Stop every child, last stage first: SIGTERM, then SIGKILL after a grace period.
+
+        Stage by stage, because the runner pauses its deployments through the
+        Prefect API on the way out and needs the server still up to do so.
+        """
+        for stage in sorted({r.service.stage for r in self.running}, reverse=True):
+            group = [r for r in reversed(self.running) if r.service.stage == stage]
+            for run in group:
+                _signal_group(run.process, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            for run in group:
+                try:
+                    run.process.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    self.echo(f"  {run.service.name} ignored SIGTERM; killing it")
+                    _signal_group(run.process, signal.SIGKILL)
+                    run.process.wait(10)
+                # Whatever the child left in its session (workers, subprocesses) goes too.
+                _signal_group(run.process, signal.SIGKILL)
+                run.log_file.close()
+                self.echo(f"  stopped {run.service.name} (exit {run.process.returncode})")
+        self.running.clear()
+
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
+        """SIGINT and SIGTERM ask for a clean stop instead of killing the supervisor."""
+
+        def handler(signum: int, frame: Any) -> None:
+            self.stop_requested.set()
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def summary(self) -> str:
+        lines = [f"aipaas is up (home {self.settings.home}; logs in {self.logs_dir})"]
+        for r in self.running:
+            lines.append(
+                f"  {r.service.name:<9} {r.service.url or '-':<32} pid {r.process.pid:<7} "
+                f"{r.service.description}"
+            )
+        return "\n".join(lines)
+
+
+def run(
+    settings: Settings,
+    services: list[Service],
+    *,
+    on_ready: Callable[[Supervisor], None] | None = None,
+    echo: Callable[[str], None] = print,
+) -> int:
+    """Start everything, call ``on_ready``, wait for Ctrl-C, stop everything.
+
+    Returns:
+        0 after a requested stop, 1 when a child died on its own.
+
+    Raises:
+        AlreadyRunningError: another ``aipaas up`` holds this home.
+        ConfigurationError: a port is taken.
+        AipaasError: a service failed to start (everything started is stopped).
+    """
+    sup = Supervisor(settings, services, echo=echo)
+    sup.acquire()
+    try:
+        with sup.signals():
+            sup.check_ports()
+            echo(f"starting aipaas (home {settings.home}) ...")
+            try:
+                sup.start()
+                if sup.stop_requested.is_set():
+                    return 0
+                echo(sup.summary())
+                if on_ready is not None:
+                    on_ready(sup)
+                echo("Ctrl-C stops everything.")
+                return sup.watch()
+            finally:
+                echo("stopping ...")
+                sup.stop()
+    finally:
+        sup.release()
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _signal_group(process: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
+
+
+def _die_with_parent() -> None:
+    """In the child: receive SIGTERM when the supervisor dies (Linux only)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,284 @@
+"""Hyperparameter search as parallel Ray Tune trials.
+
+Each trial builds the definition's estimator from one sampled configuration
+and scores it by cross-validation on the training split. The training frame
+goes into Ray's object store once (``tune.with_parameters``), not once per
+trial. A trial that raises is recorded as failed with its error and the
+search goes on; only a search where every trial failed is an error.
+
+Trials do not talk to MLflow: on a cluster the workers may not reach the
+tracking store. The driver logs them as nested runs afterwards
+(``aipaas.training.train``), from the outcomes returned here.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from aipaas.exceptions import ConfigurationError, TrainingError
+from aipaas.modeldef import Choice, IntRange, LogUniform, ModelDefinition, Uniform
+from aipaas.settings import TuneSettings
+
+SCORE = "score"
+
+
+def validate_search_space(definition: ModelDefinition) -> None:
+    """Raise :class:`ConfigurationError` naming every bad dimension, before anything runs."""
+    problems: list[str] = []
+    space = definition.search_space
+    if not isinstance(space, Mapping) or not space:
+        raise ConfigurationError(
+            f"model {definition.name!r}: search_space must be a non-empty mapping of "
+            "parameter name to Uniform/LogUniform/IntRange/Choice"
+        )
+    for name, dim in space.items():
+        where = f"search_space[{name!r}]"
+        if not isinstance(name, str) or not name:
+            problems.append(f"{where}: parameter names must be non-empty strings")
+        elif isinstance(dim, Uniform | LogUniform):
+            if not (_finite(dim.low) and _finite(dim.high)) or dim.low >= dim.high:
+                problems.append(f"{where}: needs low < high, got {dim.low}..{dim.high}")
+            elif isinstance(dim, LogUniform) and dim.low <= 0:
+                problems.append(f"{where}: LogUniform needs low > 0, got {dim.low}")
+        elif isinstance(dim, IntRange):
+            if not (isinstance(dim.low, int) and isinstance(dim.high, int)) or dim.low > dim.high:
+                problems.append(f"{where}: IntRange needs integers low <= high, got {dim}")
+        elif isinstance(dim, Choice):
+            if not isinstance(dim.options, tuple | list) or len(dim.options) == 0:
+                problems.append(f"{where}: Choice needs at least one option")
+        else:
+            problems.append(
+                f"{where}: {dim!r} is not Uniform, LogUniform, IntRange or Choice "
+                "(from aipaas.modeldef)"
+            )
+    if problems:
+        raise ConfigurationError(
+            f"model {definition.name!r} has an invalid search space: " + "; ".join(problems)
+        )
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def to_param_space(definition: ModelDefinition) -> dict[str, Any]:
+    """The definition's search space in Ray Tune's vocabulary (validated first)."""
+    from ray import tune
+
+    validate_search_space(definition)
+    out: dict[str, Any] = {}
+    for name, dim in definition.search_space.items():
+        if isinstance(dim, LogUniform):
+            out[name] = tune.loguniform(dim.low, dim.high)
+        elif isinstance(dim, Uniform):
+            out[name] = tune.uniform(dim.low, dim.high)
+        elif isinstance(dim, IntRange):
+            out[name] = tune.randint(dim.low, dim.high + 1)  # randint's upper bound is exclusive
+        elif isinstance(dim, Choice):
+            out[name] = tune.choice(list(dim.options))
+    return out
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    """One trial as the driver saw it."""
+
+    trial_id: str
+    config: dict[str, Any]
+    ok: bool
+    score: float | None = None
+    score_std: float | None = None
+    node_id: str | None = None
+    duration_s: float | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    best_config: dict[str, Any]
+    best_score: float
+    trials: list[TrialOutcome] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def ok(self) -> int:
+        return sum(t.ok for t in self.trials)
+
+    @property
+    def failed(self) -> int:
+        return sum(not t.ok for t in self.trials)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _TrialSpec:
+    """Everything a trial needs besides its config; pickled to the workers."""
+
+    build: Callable[[dict[str, Any]], Any]
+    features: tuple[str, ...]
+    target: str
+    task: str
+    metric: str
+    folds: int
+    seed: int
+
+
+def _run_trial(config: dict[str, Any], spec: _TrialSpec, data: pd.DataFrame) -> None:
+    import numpy as np
+    import ray
+    from ray import tune
+
+    from aipaas.training.evaluate import cross_validate
+
+    t0 = time.perf_counter()
+    scores = cross_validate(
+        spec.build,
+        config,
+        data[list(spec.features)],
+        data[spec.target],
+        task=spec.task,
+        metric=spec.metric,
+        folds=spec.folds,
+        seed=spec.seed,
+    )
+    tune.report(
+        {
+            SCORE: float(np.mean(scores)),
+            "score_std": float(np.std(scores)),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "duration_s": time.perf_counter() - t0,
+        }
+    )
+
+
+def run_search(
+    definition: ModelDefinition,
+    train: pd.DataFrame,
+    tune_settings: TuneSettings,
+    *,
+    storage_dir: Path,
+    name: str | None = None,
+) -> SearchResult:
+    """Search the definition's space; Ray must be up (``aipaas.training.raycluster.ensure_ray``).
+
+    Raises:
+        ConfigurationError: the search space is invalid (nothing ran).
+        TrainingError: every trial failed.
+    """
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    param_space = to_param_space(definition)
+    spec = _TrialSpec(
+        build=definition.build_estimator,
+        features=tuple(definition.features),
+        target=definition.target,
+        task=definition.task,
+        metric=definition.metric,
+        folds=tune_settings.cv_folds,
+        seed=tune_settings.seed,
+    )
+    storage_dir.mkdir(parents=True, exist_ok=True)
+    trainable = tune.with_resources(
+        tune.with_parameters(_run_trial, spec=spec, data=train), {"cpu": 1}
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=SCORE,
+            mode=definition.mode,
+            num_samples=tune_settings.num_samples,
+            # A new worker process per trial costs seconds on a small machine.
+            reuse_actors=True,
+            # With a SearchGenerator Tune ignores max_concurrent_trials: bound it here.
+            search_alg=BasicVariantGenerator(
+                max_concurrent=tune_settings.max_concurrent, random_state=tune_settings.seed
+            ),
+        ),
+        run_config=tune.RunConfig(
+            name=name or f"{definition.name}-{int(time.time())}",
+            storage_path=str(storage_dir),
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            verbose=0,
+        ),
+    )
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+
+    trials: list[TrialOutcome] = []
+    for i in range(len(grid)):
+        res = grid[i]
+        m = res.metrics or {}
+        trial_id = str(m.get("trial_id") or Path(str(res.path)).name)
+        if res.error is not None or SCORE not in m:
+            trials.append(
+                TrialOutcome(
+                    trial_id=trial_id,
+                    config=_native(res.config),
+                    ok=False,
+                    node_id=m.get("node_id"),
+                    error=_short_error(res.error),
+                )
+            )
+        else:
+            trials.append(
+                TrialOutcome(
+                    trial_id=trial_id,
+                    config=_native(res.config),
+                    ok=True,
+                    score=float(m[SCORE]),
+                    score_std=float(m.get("score_std", 0.0)),
+                    node_id=m.get("node_id"),
+                    duration_s=float(m.get("duration_s", 0.0)),
+                )
+            )
+    good = [t for t in trials if t.ok and t.score is not None and math.isfinite(t.score)]
+    if not good:
+        errors = "; ".join(sorted({t.error or "no score reported" for t in trials}))[:1500]
+        raise TrainingError(
+            f"all {len(trials)} trials of model {definition.name!r} failed, nothing was "
+            f"registered. Errors: {errors}"
+        )
+    pick = max if definition.mode == "max" else min
+    best = pick(good, key=lambda t: t.score or 0.0)
+    return SearchResult(
+        best_config=dict(best.config),
+        best_score=float(best.score or 0.0),
+        trials=trials,
+        wall_s=wall,
+    )
+
+
+def _native(config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Plain Python values (Tune samples numpy scalars), so results serialise to JSON."""
+    return {k: v.item() if hasattr(v, "item") else v for k, v in (config or {}).items()}
+
+
+def _short_error(err: BaseException | None) -> str:
+    """The root cause of a trial's failure, one line, without Ray's wrapper text."""
+    if err is None:
+        return "trial reported no score"
+    cause: BaseException = err
+    while getattr(cause, "cause", None) is not None:  # RayTaskError.cause
+        cause = cause.cause  # type: ignore[attr-defined]
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = f"{type(cause).__name__}: {cause}"
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 1:
+        # Ray stringifies the remote traceback; the last line is the exception.
+        last = lines[-1].strip()
+        return last[:500]
+    return text[:500] if text else "".join(traceback.format_exception_only(cause))[:500]

@@ -1,0 +1,120 @@
+"""``aipaas data ...`` as a user meets it: help, tables, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from aipaas.cli import app
+from aipaas.datasets import ingest as data
+from aipaas.exceptions import DatasetNotFoundError, DataValidationError
+from aipaas.settings import PROJECT_ROOT, DatasetSpec, Settings, get_settings
+from tests.support.project import copy_project
+
+AIPAAS = str(Path(sys.executable).parent / "aipaas")
+COMMANDS = ["ingest", "validate", "split", "run", "version", "list"]
+
+
+def _env(data_dir: Path, home: Path, repo: Path) -> dict[str, str]:
+    return {
+        "AIPAAS_HOME": str(home),
+        "AIPAAS_DATA__DIR": str(data_dir),
+        "AIPAAS_DATA__EXPECTATIONS_DIR": str(PROJECT_ROOT / "expectations"),
+        "AIPAAS_VERSIONING__REPO": str(repo),
+    }
+
+
+@pytest.fixture
+def env(tmp_path: Path, home: Path, monkeypatch) -> Iterator[dict[str, str]]:
+    """Settings for in-process (CliRunner) and subprocess invocations alike."""
+    values = _env(tmp_path / "data", home, tmp_path)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    yield {**os.environ, **values}
+    get_settings.cache_clear()
+
+
+def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [AIPAAS, *args], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(app, ["data", command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output and len(result.output.splitlines()) > 4
+
+
+def test_validate_failure_prints_table_and_exits_with_validation_code(env, tmp_path, home):
+    frame = data.load_source(
+        DatasetSpec(source="sklearn:breast_cancer", target="diagnosis"), Settings(_env_file=None)
+    )
+    frame.loc[[0, 1], "diagnosis"] = "unsure"
+    frame.loc[2, "mean_radius"] = -1.0
+    bad = tmp_path / "bad.csv"
+    frame.to_csv(bad, index=False)
+
+    result = _cli(["data", "validate", "breast_cancer", "--path", str(bad)], env)
+
+    assert result.returncode == DataValidationError.exit_code, result.stderr
+    out = result.stdout
+    assert "FAILED" in out
+    diagnosis = next(line for line in out.splitlines() if "in_set" in line)
+    assert "diagnosis" in diagnosis and " 2 " in diagnosis and "unsure" in diagnosis
+    radius = next(line for line in out.splitlines() if "be_between" in line)
+    assert "mean_radius" in radius and "-1.0" in radius
+    docs = next(line for line in out.splitlines() if line.startswith("Data Docs: "))
+    assert Path(docs.removeprefix("Data Docs: ")).is_file()
+    assert str(home / "data_docs") in docs
+    assert "error:" in result.stderr and "Traceback" not in result.stderr
+    # An ad-hoc --path check records nothing.
+    assert not (tmp_path / "data" / "breast_cancer").exists()
+
+
+def test_validate_missing_file_and_version_before_any_run(env, tmp_path):
+    result = CliRunner().invoke(app, ["data", "validate", "breast_cancer", "-p", "nope.csv"])
+    assert "file not found: nope.csv" in result.output
+    assert isinstance(result.exception, DataValidationError)
+
+    result = _cli(["data", "version", "breast_cancer"], env)
+    assert result.returncode == DatasetNotFoundError.exit_code
+    assert "no recorded version of breast_cancer" in result.stderr
+    assert "aipaas data run breast_cancer" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_list_shows_declared_datasets(env):
+    result = CliRunner().invoke(app, ["data", "list"])
+    assert result.exit_code == 0, result.output
+    (row,) = [line for line in result.output.splitlines() if line.startswith("breast_cancer")]
+    assert "sklearn:breast_cancer" in row and "diagnosis" in row and "not run" in row
+
+
+@pytest.mark.slow
+def test_run_prints_the_version(tmp_path_factory, tmp_path, home, monkeypatch):
+    repo = copy_project(tmp_path_factory, tmp_path)
+    for key, value in _env(repo / "data", home, repo).items():
+        monkeypatch.setenv(key, value)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["data", "run", "breast_cancer", "--no-push"])
+        assert result.exit_code == 0, result.output
+        version = data.load_version("breast_cancer", get_settings())
+        assert f"hash      {version.hash}" in result.output
+        assert "rows      569" in result.output and "suite     passed" in result.output
+        assert not (home / "dvc-remote").exists()  # --no-push
+
+        listed = CliRunner().invoke(app, ["data", "version", "breast_cancer", "--json"])
+        assert json.loads(listed.output)["hash"] == version.hash
+    finally:
+        get_settings.cache_clear()

@@ -1,0 +1,155 @@
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from aipaas.exceptions import AuditIntegrityError
+from aipaas.inference import audit
+
+
+@pytest.fixture
+def trail(settings):
+    """Ten request records written through the group-commit writer."""
+    writer = audit.AuditWriter(settings, commit_window_ms=1)
+    futures = [
+        writer.submit(
+            audit.AuditRecord(
+                request_id=f"r{i}", key_id="k1", route="/predict", status=200, latency_ms=1.0 + i
+            )
+        )
+        for i in range(10)
+    ]
+    for f in futures:
+        f.result(timeout=10)
+    writer.close()
+    assert audit.verify(settings).ok
+    return settings
+
+
+def _sql(settings, statement, *args):
+    conn = sqlite3.connect(settings.home / "platform.db")
+    with conn:
+        conn.execute(statement, args)
+    conn.close()
+
+
+def test_group_commit_batches_and_chains(settings):
+    writer = audit.AuditWriter(settings, commit_window_ms=20)
+    futures = [writer.submit(audit.AuditRecord(request_id=f"r{i}")) for i in range(50)]
+    for f in futures:
+        f.result(timeout=10)
+    writer.close()
+    assert writer.records == 50
+    assert writer.batches < 50  # grouped, not one commit per record
+    report = audit.verify(settings)
+    assert report.ok and report.records == 50
+    rows = audit.tail(settings, 50)
+    assert [r["seq"] for r in rows] == list(range(1, 51))
+    assert all(b["prev_hash"] == a["hash"] for a, b in zip(rows, rows[1:], strict=False))
+
+
+def test_verify_catches_an_edited_record(trail):
+    _sql(trail, "UPDATE audit_log SET status = 500 WHERE seq = 4")
+    report = audit.verify(trail)
+    assert not report.ok
+    assert any("seq 4" in p and "edited" in p for p in report.problems)
+    with pytest.raises(AuditIntegrityError, match="seq 4"):
+        audit.verify_or_raise(trail)
+
+
+def test_verify_catches_a_deleted_record(trail):
+    _sql(trail, "DELETE FROM audit_log WHERE seq = 6")
+    problems = audit.verify(trail).problems
+    assert any("6..6 are missing" in p for p in problems)
+    assert any(p.startswith("seq 7: prev_hash") for p in problems)
+
+
+def test_verify_catches_records_cut_off_the_end(trail):
+    _sql(trail, "DELETE FROM audit_log WHERE seq >= 9")
+    problems = audit.verify(trail).problems
+    assert any("9..10 are missing at the end" in p for p in problems)
+
+
+def test_an_edit_with_a_recomputed_chain_still_fails_without_the_key(trail):
+    rows = audit.tail(trail, 10)
+    rows[2]["status"] = 500
+    prev = rows[1]["hash"]
+    for row in rows[2:]:  # the forger rewrites the rest of the chain with a guessed key
+        row["prev_hash"] = prev
+        row["hash"] = prev = audit.record_hash(b"guessed", row)
+        _sql(
+            trail,
+            "UPDATE audit_log SET status=?, prev_hash=?, hash=? WHERE seq=?",
+            row["status"],
+            row["prev_hash"],
+            row["hash"],
+            row["seq"],
+        )
+    assert any(p.startswith("seq 3:") and "edited" in p for p in audit.verify(trail).problems)
+
+
+def test_verify_catches_an_inserted_record(trail):
+    # Make room after seq 5 by shifting later records, then insert a forged one.
+    _sql(trail, "UPDATE audit_log SET seq = seq + 100 WHERE seq > 5")
+    _sql(trail, "UPDATE audit_log SET seq = seq - 99 WHERE seq > 100")
+    row = audit.tail(trail, 1)[0]
+    forged = dict(row, seq=6, request_id="forged", prev_hash="f" * 64)
+    forged["hash"] = audit.record_hash(audit.chain_key(trail), forged)
+    cols = ",".join(forged)
+    _sql(
+        trail,
+        f"INSERT INTO audit_log ({cols}) VALUES ({','.join('?' * len(forged))})",
+        *forged.values(),
+    )
+    problems = audit.verify(trail).problems
+    assert any(p.startswith("seq 6: prev_hash") for p in problems)
+    assert any(p.startswith("seq 7: prev_hash") for p in problems)
+
+
+def test_verify_catches_reordered_records(trail):
+    _sql(trail, "UPDATE audit_log SET seq = -1 WHERE seq = 3")
+    _sql(trail, "UPDATE audit_log SET seq = 3 WHERE seq = 4")
+    _sql(trail, "UPDATE audit_log SET seq = 4 WHERE seq = -1")
+    problems = audit.verify(trail).problems
+    assert any(p.startswith("seq 3:") for p in problems)
+    assert any(p.startswith("seq 4:") for p in problems)
+
+
+def test_admin_events_from_another_writer_join_the_same_chain(trail):
+    audit.append_event(trail, "key.created", {"name": "x"}, key_id="k9")
+    rows = audit.tail(trail, 2)
+    assert rows[-1]["event"] == "key.created" and rows[-1]["seq"] == 11
+    assert audit.verify(trail).ok
+
+
+def test_input_hmac_is_keyed_and_canonical():
+    a = audit.input_hmac(b"k", b'{"b": 1, "a": 2}')
+    assert a == audit.input_hmac(b"k", b'{"a":2,"b":1}')
+    assert a != audit.input_hmac(b"other", b'{"a":2,"b":1}')
+    assert audit.input_hmac(b"k", b"not json") != a
+
+
+def test_query_by_key_and_time(trail):
+    audit.append_event(trail, "key.revoked", key_id="k2")
+    assert len(audit.query(trail, key_id="k1")) == 10
+    assert [r["event"] for r in audit.query(trail, key_id="k2")] == ["key.revoked"]
+    first = audit.tail(trail, 11)[0]["ts"]
+    from datetime import datetime
+
+    assert len(audit.query(trail, until=datetime.fromisoformat(first))) == 0
+
+
+def test_a_second_process_appending_mid_stream_does_not_fork_the_chain(settings):
+    writer = audit.AuditWriter(settings, commit_window_ms=0)
+    writer.submit(audit.AuditRecord(request_id="a")).result(10)
+    audit.append_event(settings, "key.created", key_id="k")  # the CLI, elsewhere
+    writer.submit(audit.AuditRecord(request_id="b")).result(10)  # its cached tail is stale
+    writer.close()
+    rows = audit.tail(settings, 10)
+    assert [(r["seq"], r["request_id"] or r["event"]) for r in rows] == [
+        (1, "a"),
+        (2, "key.created"),
+        (3, "b"),
+    ]
+    assert audit.verify(settings).ok

@@ -1,0 +1,59 @@
+"""Serving test doubles: a fake model and an in-memory registry (the ``ModelSource`` seam)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aipaas.exceptions import ModelNotFoundError, RegistryUnavailableError
+from aipaas.inference.predictor import FieldSpec, LoadedModel, Prediction
+
+FIELDS = (FieldSpec("mean_radius", "float"), FieldSpec("mean_texture", "float"))
+
+
+def fake_model(name: str = "diagnosis", version: str = "1", fields=FIELDS) -> LoadedModel:
+    """Predicts ``malignant`` when the first feature is positive; probabilities too."""
+
+    def predict(rows: list[list[Any]]) -> Prediction:
+        outs, probs = [], []
+        for r in rows:
+            p = 0.9 if (r[0] if isinstance(r[0], float) else len(r[0])) > 0 else 0.1
+            outs.append("malignant" if p > 0.5 else "benign")
+            probs.append({"benign": 1 - p, "malignant": p})
+        return Prediction(outs, probs)
+
+    return LoadedModel(
+        name=name,
+        version=version,
+        fields=fields,
+        flavor="fake",
+        classes=("benign", "malignant"),
+        metadata={"run_id": f"run-{version}", "data_version": "abc", "promoted_at": None},
+        _predict=predict,
+    )
+
+
+class FakeSource:
+    """A registry in memory: ``champions`` maps model -> version."""
+
+    def __init__(self) -> None:
+        self.champions: dict[str, str | None] = {"diagnosis": "1"}
+        self.broken: set[tuple[str, str]] = set()
+        self.down = False
+        self.fields: dict[str, tuple[FieldSpec, ...]] = {}
+
+    def champion(self, name: str) -> str | None:
+        if self.down:
+            raise RegistryUnavailableError("fake registry is down")
+        return self.champions.get(name)
+
+    def load(self, name: str, version: str) -> LoadedModel:
+        if (name, version) in self.broken:
+            raise ModelNotFoundError(f"cannot load models:/{name}/{version}: corrupt artifact")
+        return fake_model(name, version, self.fields.get(name, FIELDS))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+ROW = {"mean_radius": 1.5, "mean_texture": -0.5}
