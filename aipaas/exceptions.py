@@ -1,25 +1,35 @@
 """The exceptions aipaas raises.
 
 The core raises these; the edges map them: the CLI to an exit code and a
-message a person can act on, Prefect to a Failed state, the API to an HTTP
-status.
+message a person can act on (``aipaas.cli.main``), Prefect to a Failed state,
+the API to an HTTP status (``serving/errors.py``, in one table). Nothing in
+the core knows about HTTP.
 
     AipaasError
     ├── ConfigurationError       a setting or a definition is wrong
     ├── DatasetNotFoundError     unknown dataset, or no version recorded yet
-    ├── DataValidationError      a file failed its suite (carries the report)
+    ├── DataValidationError      a file failed its suite (carries the ValidationReport)
     ├── VersioningError          DVC refused (not a repo, remote unreachable)
+    │   └── RemoteError          the DVC remote did not take a push (transient: retried)
     ├── ModelNotFoundError       unknown model definition or registry version
     ├── TrainingError            the search produced no usable model
     ├── RegistryUnavailableError the MLflow server did not answer in time
-    ├── GateFailedError          a challenger failed its gates (carries them)
+    ├── GateFailedError          a challenger failed its gates (carries the GateResults)
     ├── AuditIntegrityError      the audit chain does not verify
-    └── AlreadyRunningError      ``aipaas up`` is already running
+    ├── AlreadyRunningError      ``aipaas up`` is already running
+    ├── KeyRejectedError         an API key is missing, malformed, unknown, revoked or expired
+    ├── ScopeDeniedError         a valid key lacks the scope a call needs
+    ├── RateLimitedError         a key is over its rate (carries ``retry_after_s``)
+    ├── UnknownRequestError      feedback names a request id that was never answered
+    └── AlreadyLabelledError     feedback for a request that already has its label
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aipaas.schemas import GateResult, ValidationReport
 
 
 class AipaasError(Exception):
@@ -41,13 +51,19 @@ class DataValidationError(AipaasError):
 
     exit_code = 4
 
-    def __init__(self, message: str, report: Any = None) -> None:
+    def __init__(self, message: str, report: ValidationReport | None = None) -> None:
         super().__init__(message)
         self.report = report
 
 
 class VersioningError(AipaasError):
     exit_code = 5
+
+
+class RemoteError(VersioningError):
+    """The DVC remote did not take the push (storage or network): worth a retry."""
+
+    transient = True
 
 
 class ModelNotFoundError(AipaasError):
@@ -67,9 +83,9 @@ class GateFailedError(AipaasError):
 
     exit_code = 9
 
-    def __init__(self, message: str, gates: Any = None) -> None:
+    def __init__(self, message: str, gates: list[GateResult] | None = None) -> None:
         super().__init__(message)
-        self.gates = gates
+        self.gates: list[GateResult] = list(gates or [])
 
 
 class AuditIntegrityError(AipaasError):
@@ -78,3 +94,33 @@ class AuditIntegrityError(AipaasError):
 
 class AlreadyRunningError(AipaasError):
     exit_code = 11
+
+
+class KeyRejectedError(AipaasError):
+    """Who is calling is not established: no key, or one that is not (or no longer) valid."""
+
+    exit_code = 12
+
+
+class ScopeDeniedError(AipaasError):
+    """The caller is known but its key does not allow this call."""
+
+    exit_code = 13
+
+
+class RateLimitedError(AipaasError):
+    """The key is over its rate; it may try again after ``retry_after_s`` seconds."""
+
+    exit_code = 14
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class UnknownRequestError(AipaasError):
+    exit_code = 15
+
+
+class AlreadyLabelledError(AipaasError):
+    exit_code = 16

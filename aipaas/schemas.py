@@ -57,3 +57,17 @@ class DatasetVersion:
         d["train_path"] = str(self.train_path)
         d["holdout_path"] = str(self.holdout_path)
         return d
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """One promotion gate as recorded: what was measured, against what, and the outcome."""
+
+    name: str
+    passed: bool
+    value: Any
+    threshold: str
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

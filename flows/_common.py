@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aipaas.datasets.versioning import RemoteError
-from aipaas.exceptions import RegistryUnavailableError
+from aipaas.exceptions import RegistryUnavailableError, RemoteError
 
 
 def retry_only_on(*transient: type[BaseException]) -> Callable[[Any, Any, Any], bool]:

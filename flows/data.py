@@ -4,7 +4,7 @@ DVC owns the DAG (ingest -> validate -> split, in dvc.yaml); this flow owns
 when it runs, retries and the report people read in the Prefect UI. A failed
 suite fails the run with the validation report attached as a markdown
 artifact; only the push to the DVC remote is retried, and only for errors
-that may pass (:class:`aipaas.datasets.versioning.RemoteError`).
+that may pass (:class:`aipaas.exceptions.RemoteError`).
 """
 
 from __future__ import annotations

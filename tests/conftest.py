@@ -7,7 +7,7 @@ project's ``.aipaas/``. Servers bind to 127.0.0.1 on ports the test picks.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 for _key in [k for k in os.environ if k.startswith("AIPAAS_")]:
     del os.environ[_key]
 
-from aipaas.settings import Settings  # noqa: E402
+from aipaas.settings import Settings, get_settings  # noqa: E402
 from tests.support.net import free_port  # noqa: E402,F401  (re-exported for fixtures)
 
 
@@ -43,6 +43,39 @@ def settings(home: Path) -> Settings:
         mlflow={"tracking_uri": f"sqlite:///{home / 'mlflow.db'}"},
         tune={"num_samples": 2, "max_concurrent": 2, "cv_folds": 2},
     )
+
+
+def settings_env(s: Settings) -> dict[str, str]:
+    """The environment that makes ``get_settings()`` in another process equal ``s``'s paths."""
+    return {
+        "AIPAAS_HOME": str(s.home),
+        "AIPAAS_MODELS_DIR": str(s.models_dir),
+        "AIPAAS_MLFLOW__TRACKING_URI": s.mlflow_tracking_uri,
+        "AIPAAS_TUNE__NUM_SAMPLES": str(s.tune.num_samples),
+        "AIPAAS_TUNE__MAX_CONCURRENT": str(s.tune.max_concurrent),
+        "AIPAAS_TUNE__CV_FOLDS": str(s.tune.cv_folds),
+    }
+
+
+@pytest.fixture
+def use_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Settings]]:
+    """Point what code under test reads through ``get_settings()`` (flows, the CLI) here.
+
+    ``use_settings(settings)`` exports that Settings' paths (:func:`settings_env`);
+    ``use_settings(settings, {"AIPAAS_RETRAIN__COOLDOWN_MINUTES": "30"})`` adds
+    more; ``use_settings(env={...})`` sets only the variables given. The cached
+    settings are cleared before and after, so no test sees another's.
+    """
+
+    def use(s: Settings | None = None, env: Mapping[str, str] | None = None) -> Settings:
+        values = {**(settings_env(s) if s is not None else {}), **(env or {})}
+        for key, value in values.items():
+            monkeypatch.setenv(key, str(value))
+        get_settings.cache_clear()
+        return get_settings()
+
+    yield use
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

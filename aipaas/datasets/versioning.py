@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from aipaas.exceptions import VersioningError
+from aipaas.exceptions import RemoteError, VersioningError
 
 DVC_ENV = {"DVC_NO_ANALYTICS": "1", "DVC_NO_UPDATER": "1"}
 # DVC locks the repository; serialise this process's calls instead of failing on it.
@@ -39,12 +39,6 @@ _TRANSIENT = (
     "resource busy",
     "too many requests",
 )
-
-
-class RemoteError(VersioningError):
-    """The DVC remote did not take the push (storage or network): worth a retry."""
-
-    transient = True
 
 
 def _run(

@@ -18,18 +18,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from aipaas import db
-from aipaas.exceptions import AipaasError, ModelNotFoundError
+from aipaas.exceptions import (
+    AlreadyLabelledError,
+    ModelNotFoundError,
+    UnknownRequestError,
+)
 from aipaas.inference.audit import _iso, utc_now
 from aipaas.modeldef import load_definition
 from aipaas.settings import Settings
-
-
-class UnknownRequestError(AipaasError):
-    """No prediction was served with this request id (HTTP 404)."""
-
-
-class AlreadyLabelledError(AipaasError):
-    """The request already has a label; labels are write-once (HTTP 409)."""
 
 
 @dataclass(frozen=True)

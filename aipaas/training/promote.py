@@ -39,6 +39,7 @@ from aipaas.exceptions import (
     ModelNotFoundError,
 )
 from aipaas.modeldef import ModelDefinition, load_definition
+from aipaas.schemas import GateResult
 from aipaas.settings import Settings
 from aipaas.training import promotion_log, registry, signals, tags
 from aipaas.training.promotion_log import PromotionRecord
@@ -49,20 +50,6 @@ HOLDOUT_PREFIX = "holdout_"
 
 # (model_uri, definition, holdout DataFrame) -> {metric: value}
 Scorer = Callable[[str, ModelDefinition, Any], Mapping[str, float]]
-
-
-@dataclass(frozen=True)
-class GateResult:
-    """One gate as recorded: what was measured, against what, and the outcome."""
-
-    name: str
-    passed: bool
-    value: Any
-    threshold: str
-    detail: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -441,7 +428,7 @@ def decide(
                 "requires a person's approval; nothing was changed. Approve it in the "
                 f"Prefect UI (flow `promote`) or run `aipaas promote {model} --version "
                 f"{version} --approve-as YOUR_NAME`.\n{format_gates(pending)}",
-                gates=[g.to_dict() for g in pending],
+                gates=pending,
             )
         if approval is not None:  # no one is asked about a version that already failed
             gates.append(approval_gate(approval))
@@ -488,7 +475,7 @@ def decide(
         raise GateFailedError(
             f"{model} v{version} was rejected ({champion_note}): {'; '.join(reasons)}\n"
             f"{format_gates(gates)}",
-            gates=record.to_dict(),
+            gates=gates,
         )
     signals.notify_champion_changed(settings, model)
     return record

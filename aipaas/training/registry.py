@@ -209,3 +209,42 @@ def _is_missing(err: Exception) -> bool:
     return code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND") or (
         "not found" in str(err).lower() or "does not exist" in str(err).lower()
     )
+
+
+def load_native(model_uri: str) -> tuple[str, Any]:
+    """The model at ``model_uri`` in its own library's type, and that flavour's name.
+
+    Native types expose ``predict_proba`` (MLflow's pyfunc wrapper only
+    ``predict``): evaluation needs it for ranking metrics, serving for
+    probabilities. LightGBM, then scikit-learn, else pyfunc. The one place that
+    chooses a flavour to load.
+
+    Raises:
+        ModelNotFoundError: the URI names no model, or it cannot be loaded.
+        RegistryUnavailableError: MLflow did not answer.
+    """
+    import mlflow
+    from mlflow.models import get_model_info
+
+    try:
+        flavors = get_model_info(model_uri).flavors or {}
+        if "lightgbm" in flavors:
+            import mlflow.lightgbm
+
+            return "lightgbm", mlflow.lightgbm.load_model(model_uri)
+        if "sklearn" in flavors:
+            import mlflow.sklearn
+
+            return "sklearn", mlflow.sklearn.load_model(model_uri)
+        return "pyfunc", mlflow.pyfunc.load_model(model_uri)
+    except Exception as err:  # noqa: BLE001 - any load failure becomes one actionable error
+        if _is_unreachable(err):
+            raise RegistryUnavailableError(
+                f"cannot reach MLflow to load {model_uri}: {err}"
+            ) from err
+        raise ModelNotFoundError(f"cannot load {model_uri}: {type(err).__name__}: {err}") from err
+
+
+def _is_unreachable(err: Exception) -> bool:
+    text = f"{type(err).__name__} {err}".lower()
+    return any(s in text for s in ("connection", "timed out", "timeout", "max retries"))

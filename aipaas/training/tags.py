@@ -1,20 +1,66 @@
-"""Names of the MLflow tags and aliases the platform reads and writes.
+"""Every name the platform reads or writes in MLflow: aliases, tags, metrics, artifacts.
 
-One table so that training, promotion, serving and monitoring agree.
+One table so that training, promotion, serving and monitoring agree; no other
+module spells one of these strings. Serving reads what it needs of a model
+definition from the version's tags (``LOG_INPUTS``, ``TARGET``, ...), so a
+serving host needs the registry, not the ``models/`` folder.
 """
 
+# --- registry aliases --------------------------------------------------------
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous-champion"
 
+# --- tags on a training run and its registered version -----------------------
 DATASET = "aipaas.dataset"
 DATA_HASH = "aipaas.data_hash"  # DVC md5 of the dataset version trained on
 DATA_ROWS = "aipaas.data_rows"
 SUITE_PASSED = "aipaas.suite_passed"
 GIT_COMMIT = "aipaas.git_commit"
+CODE_COMMIT = "aipaas.code_commit"  # the platform code's commit (training run)
+RAY_NODES = "aipaas.ray_nodes"
 MODEL_DEFINITION = "aipaas.model"
+# What serving needs of the definition, written on the version at training time.
+TARGET = "aipaas.target"
+LOG_INPUTS = "aipaas.log_inputs"  # "true" | "false": may serving store raw inputs
+
+# --- tags on one trial's nested run ------------------------------------------
+TRIAL_ID = "aipaas.trial_id"
+NODE_ID = "aipaas.node_id"
+ERROR = "aipaas.error"
+
+# --- promotion, on the registered version -------------------------------------
 PROMOTION_STATUS = "aipaas.promotion"  # "promoted" | "rejected" | "rolled-back"
 PROMOTION_REASONS = "aipaas.promotion_reasons"
 PROMOTED_AT = "aipaas.promoted_at"
 PROMOTION_GATES = "aipaas.promotion_gates"  # JSON: every gate's value, threshold, pass
 PROMOTION_DECIDED_BY = "aipaas.promotion_decided_by"
+
+# --- drift checks (their own MLflow runs) --------------------------------------
+KIND = "aipaas.kind"
+KIND_DRIFT_CHECK = "drift-check"
+DRIFT_VERSION = "aipaas.drift_version"
+DRIFT_RETRAIN = "aipaas.drift_retrain"
+
+# --- metrics -------------------------------------------------------------------
+HOLDOUT_PREFIX = "holdout_"  # holdout_<metric>, e.g. holdout_roc_auc
+CV_PREFIX = "cv_"
+LATENCY_PREFIX = "latency_"
+LATENCY_P50_MS = "latency_p50_ms"
+LATENCY_P99_MS = "latency_p99_ms"  # one-row predict p99: the latency gate reads it
+LATENCY_BATCH_P50_MS = "latency_batch_p50_ms"
+LATENCY_BATCH_P99_MS = "latency_batch_p99_ms"
+LATENCY_BATCH_ROWS = "latency_batch_rows"
+
+
+def holdout_metric(metric: str) -> str:
+    """The logged name of a holdout metric: ``roc_auc`` -> ``holdout_roc_auc``."""
+    return f"{HOLDOUT_PREFIX}{metric}"
+
+
+# --- artifacts -----------------------------------------------------------------
+MODEL_ARTIFACT = "model"  # the logged model's name within its run
+EVALUATION_ARTIFACT = "evaluation"  # report, plots, per-class table
+REFERENCE_PROFILE_DIR = "reference_profile"
+REFERENCE_PROFILE = "reference_profile/profile.bin"  # whylogs profile of the training data
+DRIFT_ARTIFACT = "drift"  # a drift check's HTML report

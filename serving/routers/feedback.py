@@ -5,6 +5,7 @@ from __future__ import annotations
 import anyio
 from fastapi import APIRouter, Depends, HTTPException
 
+from aipaas.exceptions import AlreadyLabelledError, UnknownRequestError
 from aipaas.inference import feedback as fb
 from serving.deps import ApiKeyDep, ComponentsDep, ContextDep, Guard
 from serving.schemas import FeedbackRequest, FeedbackResponse
@@ -21,9 +22,9 @@ async def post_feedback(
         got = await anyio.to_thread.run_sync(
             lambda: fb.record_feedback(c.settings, body.request_id, body.label, key_id=key.id)
         )
-    except fb.UnknownRequestError as err:
+    except UnknownRequestError as err:
         raise HTTPException(404, str(err)) from err
-    except fb.AlreadyLabelledError as err:
+    except AlreadyLabelledError as err:
         raise HTTPException(409, str(err)) from err
     ctx.model, ctx.version = got.model, got.version
     return FeedbackResponse(

@@ -12,7 +12,7 @@ import yaml
 
 from aipaas.datasets import ingest as data
 from aipaas.datasets import versioning
-from aipaas.exceptions import DataValidationError, VersioningError
+from aipaas.exceptions import DataValidationError, RemoteError, VersioningError
 from tests.support.project import bad_rows, copy_project, git, project_settings
 
 
@@ -117,7 +117,7 @@ def test_dvc_errors_are_versioning_errors_with_dvc_output(tmp_path):
     with pytest.raises(VersioningError, match="dvc repro split@x") as err:
         versioning.repro(tmp_path, ["split@x"])
     assert "not a DVC repository" in str(err.value) or "you are not inside" in str(err.value)
-    assert not isinstance(err.value, versioning.RemoteError)
+    assert not isinstance(err.value, RemoteError)
 
 
 def test_transient_remote_errors_are_recognised():

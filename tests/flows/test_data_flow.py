@@ -15,8 +15,7 @@ from prefect.client.schemas.filters import (
 from prefect.states import Failed
 
 from aipaas.datasets import ingest as data
-from aipaas.datasets.versioning import RemoteError
-from aipaas.exceptions import DataValidationError
+from aipaas.exceptions import DataValidationError, RemoteError
 from aipaas.settings import get_settings
 from flows._common import remote_unreachable
 from flows.data import data_flow

@@ -218,7 +218,7 @@ def test_gates_read_from_the_registry_fail_a_bad_first_model(
     v1 = register_tiny(s, shuffle=True, latency=400.0, suite="false")
     with pytest.raises(GateFailedError) as err:
         promote(s, MODEL, v1)
-    failed = {g["name"] for g in err.value.gates["gates"] if not g["passed"]}
+    failed = {g.name for g in err.value.gates if not g.passed}
     assert failed == {"min roc_auc", "p99 latency ms", "data suite passed"}
     assert "there is still no champion" in str(err.value)
     assert tiny_champion() is None
@@ -308,7 +308,7 @@ def test_a_failing_version_is_rejected_without_asking_for_approval(
     register_tiny(s, latency=900.0)
     with pytest.raises(GateFailedError) as err:
         promote(s, MODEL)
-    record = err.value.gates
-    assert record["result"] == "rejected"
-    assert [g["name"] for g in record["gates"] if not g["passed"]] == ["p99 latency ms"]
-    assert "approval" not in {g["name"] for g in record["gates"]}
+    gates = err.value.gates
+    assert promotion_log.read(s)[-1].result == "rejected"
+    assert [g.name for g in gates if not g.passed] == ["p99 latency ms"]
+    assert "approval" not in {g.name for g in gates}
