@@ -10,13 +10,26 @@ import sys
 
 import typer
 
-# Each area module registers its commands on the apps in _app when imported.
-from aipaas.cli import audit, data, demo, keys, monitor, promote, serve, train, up
+# One module per command group; each registers its commands on the apps in _app.
+from aipaas.cli import (
+    audit,
+    data,
+    demo,
+    keys,
+    models,
+    monitor,
+    promote,
+    run,
+    serve,
+    train,
+    up,
+    usage,
+)
 from aipaas.cli._app import app
 from aipaas.exceptions import AipaasError
 
 __all__ = ["app", "main"]
-AREAS = (audit, data, demo, keys, monitor, promote, serve, train, up)
+GROUPS = (audit, data, demo, keys, models, monitor, promote, run, serve, train, up, usage)
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """The Typer apps that every command module decorates.
 
-Each area has its own module in ``aipaas/cli/`` (data, train, promote,
-serve, keys, audit, monitor, up) registering commands on these apps, so that
-no two areas edit the same file.
+Each command group has its own module in ``aipaas/cli/`` (data, train,
+models, promote, run, keys, audit, usage, monitor, serve, up, demo)
+registering its commands on these apps.
 """
 
 from __future__ import annotations

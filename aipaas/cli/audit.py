@@ -1,4 +1,4 @@
-"""``aipaas audit verify/tail/query``, ``aipaas usage``."""
+"""``aipaas audit verify|tail|query``: the hash-chained audit trail."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from aipaas.cli._app import app, audit_app, settings
+from aipaas.cli._app import audit_app, settings
 
 
 def _line(r: dict[str, Any]) -> str:
@@ -69,29 +69,3 @@ def query_cmd(
     )
     for r in rows:
         typer.echo(json.dumps(r) if as_json else _line(r))
-
-
-@app.command("usage")
-def usage_cmd(
-    key: Annotated[str | None, typer.Option(help="Only this key id.")] = None,
-    since: Annotated[datetime | None, typer.Option(help="From (UTC).")] = None,
-    until: Annotated[datetime | None, typer.Option(help="To (UTC).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Requests, errors, compute seconds and cost per key and model version."""
-    from aipaas.inference import usage
-
-    rows = usage.usage(settings(), key_id=key, since=since, until=until)
-    if as_json:
-        typer.echo(json.dumps([r.__dict__ for r in rows], indent=2))
-        return
-    typer.echo(
-        f"{'key':14} {'owner':16} {'model':14} {'ver':>4} {'requests':>9} {'errors':>7} "
-        f"{'compute_s':>10} {'cost':>10}"
-    )
-    for r in rows:
-        typer.echo(
-            f"{r.key_id or '-':14} {(r.owner or '-')[:16]:16} {(r.model or '-')[:14]:14} "
-            f"{r.version or '-':>4} {r.requests:>9} {r.errors:>7} {r.compute_s:>10.4f} "
-            f"{r.cost:>10.6f}"
-        )

@@ -1,4 +1,4 @@
-"""``aipaas serve``: the FastAPI serving tier under uvicorn."""
+"""``aipaas serve``, ``aipaas mlflow``: one server in the foreground (``up`` runs them all)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,17 @@ def serve_cmd(
         log_level=log_level,
         access_log=False,  # the audit trail is the access log
     )
+
+
+@app.command("mlflow")
+def mlflow_cmd(
+    host: Annotated[str | None, typer.Option(help="Bind address (default mlflow.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default mlflow.port).")] = None,
+) -> None:
+    """Run the MLflow tracking server (SQLite + artifacts under AIPAAS_HOME) in the foreground."""
+    from aipaas.ops.tracking_server import run_server, server_command
+
+    s = settings()
+    typer.echo(" ".join(server_command(s, host=host, port=port)))
+    typer.echo(f"MLflow UI: http://{host or s.mlflow.host}:{port or s.mlflow.port}")
+    raise typer.Exit(run_server(s, host=host, port=port))

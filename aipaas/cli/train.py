@@ -1,4 +1,4 @@
-"""``aipaas train, aipaas mlflow, aipaas models lineage``."""
+"""``aipaas train``: search, evaluate and register a challenger, in this process."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from aipaas.cli._app import app, models_app, settings
+from aipaas.cli._app import app, settings
 
 ModelArg = Annotated[str, typer.Argument(help="Model name: a definition in models/<name>.py.")]
 
@@ -51,35 +51,3 @@ def train_cmd(
         if key.startswith(("holdout_", "latency_", "cv_")):
             typer.echo(f"  {key:24} {value:.4f}")
     typer.echo(f"best params: {json.dumps(result.best_params, default=str)}")
-
-
-@app.command("mlflow")
-def mlflow_cmd(
-    host: Annotated[str | None, typer.Option(help="Bind address (default mlflow.host).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default mlflow.port).")] = None,
-) -> None:
-    """Run the MLflow tracking server (SQLite + artifacts under AIPAAS_HOME) in the foreground."""
-    from aipaas.ops.tracking_server import run_server, server_command
-
-    s = settings()
-    typer.echo(" ".join(server_command(s, host=host, port=port)))
-    typer.echo(f"MLflow UI: http://{host or s.mlflow.host}:{port or s.mlflow.port}")
-    raise typer.Exit(run_server(s, host=host, port=port))
-
-
-@models_app.command("lineage")
-def lineage_cmd(
-    model: ModelArg,
-    version: Annotated[str, typer.Argument(help="Registered version number.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Print the data a registered version was trained on: dataset, DVC hash, suite, run, commit."""
-    from aipaas.training.train import lineage
-
-    info = lineage(model, version, settings())
-    if as_json:
-        typer.echo(json.dumps(info, indent=2))
-        return
-    width = max(len(k) for k in info)
-    for key, value in info.items():
-        typer.echo(f"{key:{width}}  {value}")

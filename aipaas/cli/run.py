@@ -1,0 +1,96 @@
+"""``aipaas run <flow>``: a Prefect flow now, in this process.
+
+The run reports to the Prefect server ``aipaas up`` started when one answers
+(so it shows in the UI), else to a temporary one.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+
+from aipaas.cli._app import run_app, settings
+from aipaas.settings import Settings
+
+ModelArg = Annotated[str, typer.Argument(help="Model name: a definition in models/.")]
+
+
+@contextmanager
+def prefect_api(s: Settings) -> Iterator[str | None]:
+    """Report flow runs to the running platform's Prefect server when it answers."""
+    import os
+
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    url = s.prefect_api_url
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            alive = resp.status == 200
+    except (urllib.error.URLError, OSError):
+        alive = False
+    if not alive:
+        yield None
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield url
+
+
+def _run(flow_module: str, flow_name: str, **params: Any) -> None:
+    import importlib
+
+    module = importlib.import_module(flow_module)
+    flow: Callable[..., Any] = getattr(module, flow_name)
+    with prefect_api(settings()) as url:
+        typer.echo(f"running {flow_module} on {url or 'a temporary Prefect server'} ...")
+        result = flow(**params)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@run_app.command("lifecycle")
+def run_lifecycle(model: ModelArg = "diagnosis") -> None:
+    """Data, then train, then promote, now."""
+    _run("flows.lifecycle", "lifecycle_flow", model=model)
+
+
+@run_app.command("promote")
+def run_promote(
+    model: ModelArg = "diagnosis",
+    version: Annotated[str | None, typer.Option("--version", "-v")] = None,
+) -> None:
+    """The promote flow (gates table artifact; pauses when approval is required)."""
+    _run("flows.promote", "promote_flow", model=model, version=version)
+
+
+@run_app.command("data")
+def run_data(
+    dataset: Annotated[str, typer.Argument(help="Dataset name.")] = "breast_cancer",
+) -> None:
+    """The data flow: ingest, validate, split, version, push."""
+    _run("flows.data", "data_flow", dataset=dataset)
+
+
+@run_app.command("train")
+def run_train(model: ModelArg = "diagnosis") -> None:
+    """The train flow: Ray Tune search, holdout evaluation, register the challenger."""
+    _run("flows.train", "train_flow", model=model)
+
+
+@run_app.command("drift")
+def run_drift(model: ModelArg = "diagnosis") -> None:
+    """The drift flow: compare served profiles with the champion's reference."""
+    _run("flows.drift", "drift_flow", model=model)
+
+
+@run_app.command("retrain")
+def run_retrain(model: ModelArg = "diagnosis") -> None:
+    """The retrain flow: new training data, then data, train, promote."""
+    _run("flows.retrain", "retrain_flow", model=model)
