@@ -86,7 +86,7 @@ def _configured_champion() -> tuple[str, str, list[str], list[float]] | None:
         version = predictor.champion_version(s, MODEL)
         if version is None:
             return None
-        loaded = predictor.load_version(s, MODEL, version)
+        loaded = predictor.load_model(s, MODEL, version)
     except AipaasError:
         return None
     names = [f.name for f in loaded.fields]

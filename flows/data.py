@@ -44,7 +44,7 @@ def push_outputs(dataset: str) -> None:
 
 @task(name="read version")
 def read_version(dataset: str) -> dict[str, Any]:
-    return data.load_version(dataset, get_settings()).to_dict()
+    return data.recorded_version(dataset, get_settings()).to_dict()
 
 
 @task(name="publish validation report")

@@ -29,9 +29,9 @@ def load_model_definition(model: str) -> ModelDefinition:
 
 @task(name="read dataset version", cache_policy=NO_CACHE)
 def read_dataset_version(dataset: str) -> DatasetVersion:
-    from aipaas.datasets.ingest import load_version
+    from aipaas.datasets.ingest import recorded_version
 
-    return load_version(dataset, get_settings())
+    return recorded_version(dataset, get_settings())
 
 
 @task(name="search, evaluate, register", cache_policy=NO_CACHE)

@@ -51,7 +51,7 @@ class RegistrySource:
         return predictor.champion_version(self._settings, name)
 
     def load(self, name: str, version: str) -> LoadedModel:
-        return predictor.load_version(self._settings, name, version)
+        return predictor.load_model(self._settings, name, version)
 
 
 @dataclass

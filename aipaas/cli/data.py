@@ -86,7 +86,7 @@ def run_cmd(
 @data_app.command("version")
 def version_cmd(dataset: DatasetArg, as_json: JsonOpt = False) -> None:
     """Print the recorded version of a dataset (hash, rows, suite, paths)."""
-    _print_version(data.load_version(dataset, settings()), as_json)
+    _print_version(data.recorded_version(dataset, settings()), as_json)
 
 
 @data_app.command("list")

@@ -138,7 +138,7 @@ def _run(s: Settings, base: str, model: str, timeout_s: float) -> None:
         record, key = keys.create_key(s, f"demo-{name}", "predict,feedback", rate="60/s")
         clients.append((name, key))
     say(f"  created an API key per client: {', '.join(f'demo-{c}' for c in CLIENTS)}")
-    train = data.load_version(definition.dataset, s)
+    train = data.recorded_version(definition.dataset, s)
     import pandas as pd
 
     frame = pd.read_csv(train.train_path)

@@ -14,7 +14,7 @@ DVC owns the DAG: :func:`run_data_pipeline` asks DVC to reproduce the stages
 and push their outputs, rather than calling the stage functions itself, so a
 run from Prefect, from ``aipaas data run`` and a plain ``dvc repro`` are the
 same run. The version training records is read back from ``dvc.lock`` by
-:func:`load_version`.
+:func:`recorded_version`.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def validate(
     """Validate a file (default: the dataset's ``raw.csv``) against its suite.
 
     Validating ``raw.csv`` is the validate stage: the report is also written to
-    ``validation.json``, which the split stage and :func:`load_version` read.
+    ``validation.json``, which the split stage and :func:`recorded_version` read.
     Another ``path`` is an ad-hoc check and records nothing. Data Docs go to
     ``<home>/data_docs``. Returns the report whether or not it passed; callers
     decide how loud to be.
@@ -300,7 +300,7 @@ def dataset_hash(train_md5: str, holdout_md5: str) -> str:
     return hashlib.md5(f"{train_md5}\n{holdout_md5}\n".encode()).hexdigest()  # noqa: S324
 
 
-def load_version(dataset: str, settings: Settings) -> DatasetVersion:
+def recorded_version(dataset: str, settings: Settings) -> DatasetVersion:
     """The recorded version of the prepared data: what training uses and records.
 
     The hash combines the md5s that ``dvc.lock`` records for ``train.csv`` and
@@ -370,7 +370,7 @@ def run_data_pipeline(dataset: str, settings: Settings, push: bool = True) -> Da
     reproduce(dataset, settings)
     if push:
         push_dataset(dataset, settings)
-    return load_version(dataset, settings)
+    return recorded_version(dataset, settings)
 
 
 def reproduce(dataset: str, settings: Settings) -> None:
@@ -455,7 +455,7 @@ def list_datasets(settings: Settings) -> list[dict[str, Any]]:
     for name, ds in sorted(settings.datasets.items()):
         row: dict[str, Any] = {"name": name, "source": ds.source, "target": ds.target}
         try:
-            v = load_version(name, settings)
+            v = recorded_version(name, settings)
             row.update(hash=v.hash, rows=v.rows, suite="passed")
         except DataValidationError:
             row.update(hash=None, rows=None, suite="FAILED")

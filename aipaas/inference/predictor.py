@@ -187,7 +187,7 @@ def _build(model: Any, flavor: str, fields: tuple[FieldSpec, ...]) -> tuple[Call
     return _plain_predict(model.predict, frame), None
 
 
-def load_version(settings: Settings, name: str, version: str) -> LoadedModel:
+def load_model(settings: Settings, name: str, version: str) -> LoadedModel:
     """Load ``models:/<name>/<version>`` through its native flavour, warmed.
 
     Raises:

@@ -356,11 +356,11 @@ def _current_holdout(
     if holdout is not None:
         return holdout, "the given holdout", ""
     try:
-        from aipaas.datasets.ingest import load_version
+        from aipaas.datasets.ingest import recorded_version
     except ImportError:
         return None, "none", "no data module to load the current holdout"
     try:
-        current = load_version(definition.dataset, settings)
+        current = recorded_version(definition.dataset, settings)
     except DatasetNotFoundError as err:
         return None, "none", f"no current holdout ({err})"
     frame = read_table(Path(current.holdout_path))

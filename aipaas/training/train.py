@@ -77,9 +77,9 @@ def train(model_name: str, settings: Settings) -> TrainResult:
         DataValidationError: the recorded version failed its suite.
     """
     definition = load_definition(model_name, settings.models_dir)
-    from aipaas.datasets.ingest import load_version
+    from aipaas.datasets.ingest import recorded_version
 
-    version = load_version(definition.dataset, settings)
+    version = recorded_version(definition.dataset, settings)
     return train_model(definition, version, settings)
 
 

@@ -109,7 +109,7 @@ def test_run_prints_the_version(tmp_path_factory, tmp_path, home, monkeypatch):
     try:
         result = CliRunner().invoke(app, ["data", "run", "breast_cancer", "--no-push"])
         assert result.exit_code == 0, result.output
-        version = data.load_version("breast_cancer", get_settings())
+        version = data.recorded_version("breast_cancer", get_settings())
         assert f"hash      {version.hash}" in result.output
         assert "rows      569" in result.output and "suite     passed" in result.output
         assert not (home / "dvc-remote").exists()  # --no-push

@@ -176,9 +176,9 @@ def test_unknown_source_is_a_configuration_error(st, source_name):
 
 def test_unknown_dataset_and_never_produced(st):
     with pytest.raises(DatasetNotFoundError, match="declared: breast_cancer"):
-        data.load_version("nope", st)
+        data.recorded_version("nope", st)
     with pytest.raises(DatasetNotFoundError, match="no recorded version"):
-        data.load_version("breast_cancer", st)
+        data.recorded_version("breast_cancer", st)
     assert data.list_datasets(st) == [
         {
             "name": "breast_cancer",

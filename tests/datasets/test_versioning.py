@@ -38,7 +38,7 @@ def test_version_is_dvc_lock_pushed_and_restorable_from_a_fresh_clone(
     assert version.rows == 569 and version.suite_passed and version.target == "diagnosis"
     assert version.train_path == repo / "data/breast_cancer/train.csv"
     assert version.git_commit == git(repo, "rev-parse", "HEAD")
-    assert data.load_version("breast_cancer", st) == version
+    assert data.recorded_version("breast_cancer", st) == version
     # Four outputs (raw, validation report, train, holdout) are in the remote under home.
     assert st.dvc_remote_url.startswith(str(home))
     assert len(_remote_files(st.dvc_remote_url)) == 4
@@ -52,7 +52,7 @@ def test_version_is_dvc_lock_pushed_and_restorable_from_a_fresh_clone(
     assert not (clone / "data/breast_cancer/train.csv").exists()
     versioning.configure_remote(clone, "aipaas", st.dvc_remote_url)
     versioning.pull(clone, ["split@breast_cancer", "validate@breast_cancer"])
-    restored = data.load_version("breast_cancer", clone_st)
+    restored = data.recorded_version("breast_cancer", clone_st)
     assert restored.hash == version.hash and restored.rows == version.rows
 
 
@@ -62,7 +62,7 @@ def test_failed_suite_versions_nothing_then_good_incoming_rows_make_a_new_versio
 ):
     repo = copy_project(tmp_path_factory, tmp_path)
     st = project_settings(repo, home)
-    before = data.load_version("breast_cancer", st)
+    before = data.recorded_version("breast_cancer", st)
     lock_before = (repo / "dvc.lock").read_text()
     incoming = repo / "data/incoming/breast_cancer"
 
@@ -80,7 +80,7 @@ def test_failed_suite_versions_nothing_then_good_incoming_rows_make_a_new_versio
     assert versioning.file_md5(before.train_path) == train_md5
     assert _remote_files(st.dvc_remote_url) == []
     with pytest.raises(DataValidationError, match="failed its suite"):
-        data.load_version("breast_cancer", st)
+        data.recorded_version("breast_cancer", st)
 
     # Fixed feedback: DVC reruns from ingest (its incoming dependency changed).
     good = bad_rows(repo).assign(diagnosis="malignant")

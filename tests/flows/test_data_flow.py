@@ -55,7 +55,7 @@ def test_data_flow_returns_the_version_and_fails_loudly_on_a_bad_suite(
     version = state.result()
     assert version["name"] == "breast_cancer" and version["rows"] == 569
     assert version["suite_passed"] is True
-    assert version["hash"] == data.load_version("breast_cancer", get_settings()).hash
+    assert version["hash"] == data.recorded_version("breast_cancer", get_settings()).hash
     assert Path(version["train_path"]).is_file()
     assert any((home / "dvc-remote").rglob("*")), "the flow pushes to the remote"
     (passed,) = _artifacts(state.state_details.flow_run_id)

@@ -62,10 +62,10 @@ def bare_settings(
 
 
 def test_train_flow_registers_a_challenger(flow_settings: Settings) -> None:
-    from aipaas.datasets.ingest import load_version
+    from aipaas.datasets.ingest import recorded_version
     from flows.train import train_flow
 
-    version = load_version("breast_cancer", flow_settings)
+    version = recorded_version("breast_cancer", flow_settings)
     out = train_flow("diagnosis")
     assert out["version"] == "1" and out["data_hash"] == version.hash
     assert out["trials_ok"] == 2 and out["metrics"]["holdout_roc_auc"] > 0.95

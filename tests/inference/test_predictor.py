@@ -10,7 +10,7 @@ from tests.support.models import FEATURES, log_lgbm, log_text
 def test_lightgbm_version_loads_natively_with_signature_fields(settings):
     version = log_lgbm(settings)
     assert predictor.champion_version(settings, "diagnosis") == version
-    model = predictor.load_version(settings, "diagnosis", version)
+    model = predictor.load_model(settings, "diagnosis", version)
     assert model.flavor == "lightgbm"
     assert [f.name for f in model.fields] == FEATURES
     assert {f.type for f in model.fields} == {"float"}
@@ -23,7 +23,7 @@ def test_lightgbm_version_loads_natively_with_signature_fields(settings):
 
 def test_text_model_takes_one_string_column(settings):
     version = log_text(settings)
-    model = predictor.load_version(settings, "sentiment", version)
+    model = predictor.load_model(settings, "sentiment", version)
     assert model.is_text
     assert model.fields[0].type == "str"
     assert model.predict([["great product"]]).outputs == ["pos"]
@@ -33,7 +33,7 @@ def test_unknown_version_and_alias(settings):
     log_lgbm(settings, champion=False)
     assert predictor.champion_version(settings, "diagnosis") is None
     with pytest.raises(ModelNotFoundError, match="no registered version 7"):
-        predictor.load_version(settings, "diagnosis", "7")
+        predictor.load_model(settings, "diagnosis", "7")
 
 
 def test_an_unreachable_registry_is_reported_as_such(settings, monkeypatch):
