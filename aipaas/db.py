@@ -68,6 +68,7 @@ audit_log = Table(
 Index("ix_audit_key_ts", audit_log.c.key_id, audit_log.c.ts)
 Index("ix_audit_ts", audit_log.c.ts)
 
+# One row per answered row: aipaas.inference.audit.PredictionRecord, field for column.
 predictions = Table(
     "predictions",
     metadata,
@@ -76,7 +77,7 @@ predictions = Table(
     Column("model", String(200), nullable=False),
     Column("version", String(32), nullable=False),
     Column("output", Text, nullable=False),  # JSON
-    Column("input", Text, nullable=True),  # JSON, only when the definition logs inputs
+    Column("input", Text, nullable=True),  # JSON, only when the version may log inputs
     Column("created_at", String(40), nullable=False),
 )
 Index("ix_predictions_model", predictions.c.model, predictions.c.created_at)

@@ -51,7 +51,7 @@ def _data(scale: int) -> pd.DataFrame:
 def _plain_search(
     definition: Any, df: pd.DataFrame, configs: list[dict[str, Any]], folds: int, seed: int
 ) -> float:
-    from aipaas.training.evaluate import cross_validate
+    from aipaas.training.metrics import cross_validate
 
     X, y = df[list(definition.features)], df[definition.target]
     best = -np.inf
@@ -77,7 +77,7 @@ def _prefect_search(
     from prefect import flow, task
     from prefect.cache_policies import NO_CACHE
 
-    from aipaas.training.evaluate import cross_validate
+    from aipaas.training.metrics import cross_validate
 
     X, y = df[list(definition.features)], df[definition.target]
 

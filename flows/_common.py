@@ -1,11 +1,20 @@
-"""What every flow module shares: transient-error retry conditions and artifact keys."""
+"""What every flow module shares: retry conditions, artifact keys, starting a deployment.
+
+Importing this module does not import Prefect (the CLI imports it for
+:func:`run_deployment_at`, and ``aipaas --help`` stays fast).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from aipaas.exceptions import RegistryUnavailableError, RemoteError
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+
+TAGS = ("aipaas",)
 
 
 def retry_only_on(*transient: type[BaseException]) -> Callable[[Any, Any, Any], bool]:
@@ -34,3 +43,52 @@ remote_unreachable = retry_only_on(RemoteError)
 def artifact_key(prefix: str, name: str) -> str:
     """Prefect artifact keys allow lowercase letters, digits and dashes only."""
     return f"{prefix}-" + "".join(c if c.isalnum() else "-" for c in name.lower())
+
+
+def run_deployment_at(
+    api_url: str | None,
+    name: str,
+    parameters: Mapping[str, Any],
+    *,
+    wait_s: float = 0.0,
+    poll_s: float = 2.0,
+    tags: Sequence[str] = TAGS,
+    idempotency_key: str | None = None,
+) -> FlowRun:
+    """Ask the Prefect API at ``api_url`` for a run of deployment ``name``.
+
+    The run is executed by the runner ``aipaas up`` serves (``python -m
+    flows.deployments``), never in this process and never as a subflow, so it
+    shows in the UI as a run of its own.
+
+    Args:
+        api_url: The platform's Prefect API (``settings.prefect_api_url``);
+            None for the API this process is configured with (``PREFECT_API_URL``).
+        name: ``"<flow>/<deployment>"``; deployment names equal flow names.
+        parameters: The flow's parameters.
+        wait_s: 0 creates the run and returns at once; otherwise the run is
+            followed until it ends or ``wait_s`` passes (its state then says which).
+        poll_s: How often a followed run's state is read.
+        tags: Tags on the run, to find it in the UI.
+        idempotency_key: The same key never creates a second run (a retried
+            request whose answer was lost).
+
+    Returns:
+        The flow run as last read (``.state`` tells whether it completed).
+    """
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: api_url} if api_url else None):
+        flow_run = run_deployment(
+            name,
+            parameters=dict(parameters),
+            timeout=wait_s,
+            poll_interval=poll_s,
+            tags=list(tags),
+            idempotency_key=idempotency_key,
+            as_subflow=False,
+        )
+    assert isinstance(flow_run, FlowRun)  # run_deployment is sync outside async code
+    return flow_run

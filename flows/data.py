@@ -3,8 +3,9 @@
 DVC owns the DAG (ingest -> validate -> split, in dvc.yaml); this flow owns
 when it runs, retries and the report people read in the Prefect UI. A failed
 suite fails the run with the validation report attached as a markdown
-artifact; only the push to the DVC remote is retried, and only for errors
-that may pass (:class:`aipaas.exceptions.RemoteError`).
+artifact (published by the reproduce task's failure hook); only the push to
+the DVC remote is retried, and only for errors that may pass
+(:class:`aipaas.exceptions.RemoteError`).
 """
 
 from __future__ import annotations
@@ -14,22 +15,38 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from aipaas.datasets import ingest as data
+from aipaas.datasets import ingest
 from aipaas.datasets.validation import render_markdown
 from aipaas.exceptions import DataValidationError
-from aipaas.schemas import ValidationReport
+from aipaas.schemas import DatasetVersion, ValidationReport
 from aipaas.settings import get_settings
 from flows._common import artifact_key, remote_unreachable
 
 
-@task(name="reproduce stages")
+@flow(name="data")
+def data_flow(dataset: str = "breast_cancer") -> DatasetVersion:
+    """Ingest, validate and split ``dataset`` with DVC, push it, return its version."""
+    reproduce_stages(dataset)
+    publish_validation(dataset)
+    push_outputs(dataset)
+    return read_version(dataset)
+
+
+def publish_failed_suite(task: Any, task_run: Any, state: Any) -> None:
+    """Failure hook of the reproduce task: attach the report a failed suite carries."""
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, DataValidationError) and error.report is not None:
+        publish_report(error.report)
+
+
+@task(name="reproduce stages", on_failure=[publish_failed_suite])
 def reproduce_stages(dataset: str) -> None:
-    try:
-        data.reproduce(dataset, get_settings())
-    except DataValidationError as err:
-        if isinstance(err.report, ValidationReport):
-            publish_report(err.report)
-        raise
+    ingest.reproduce(dataset, get_settings())
+
+
+@task(name="publish validation report")
+def publish_validation(dataset: str) -> None:
+    publish_report(ingest.read_report(dataset, get_settings()))
 
 
 @task(
@@ -39,17 +56,12 @@ def reproduce_stages(dataset: str) -> None:
     retry_condition_fn=remote_unreachable,
 )
 def push_outputs(dataset: str) -> None:
-    data.push_dataset(dataset, get_settings())
+    ingest.push_dataset(dataset, get_settings())
 
 
 @task(name="read version")
-def read_version(dataset: str) -> dict[str, Any]:
-    return data.recorded_version(dataset, get_settings()).to_dict()
-
-
-@task(name="publish validation report")
-def publish_validation(dataset: str) -> None:
-    publish_report(data.read_report(dataset, get_settings()))
+def read_version(dataset: str) -> DatasetVersion:
+    return ingest.recorded_version(dataset, get_settings())
 
 
 def publish_report(report: ValidationReport) -> None:
@@ -58,12 +70,3 @@ def publish_report(report: ValidationReport) -> None:
         key=artifact_key("data-validation", report.dataset),
         description=f"Great Expectations suite result for {report.dataset}",
     )
-
-
-@flow(name="data")
-def data_flow(dataset: str = "breast_cancer") -> dict[str, Any]:
-    """Ingest, validate and split ``dataset`` with DVC, push it, return its version."""
-    reproduce_stages(dataset)
-    publish_validation(dataset)
-    push_outputs(dataset)
-    return read_version(dataset)

@@ -2,42 +2,44 @@
 
 Runs on a schedule and whenever the profiler closes a window (see
 :mod:`flows.triggers`). The comparison and the verdict are
-:func:`aipaas.monitoring.drift.check`; this flow publishes them where people look (a
-table artifact and a link to the HTML report in Prefect, a run with the scores
-in MLflow) and starts the ``retrain`` flow as a subflow when the model's drift
-policy is violated. Only MLflow I/O is retried, and only when the server did
-not answer.
+:func:`aipaas.monitoring.drift.check_model`; this flow publishes them where
+people look (a table artifact and a link to the HTML report in Prefect, a run
+with the scores in MLflow) and starts the ``retrain`` flow as a subflow when
+the model's drift policy is violated. Only MLflow I/O is retried, and only
+when the server did not answer.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
-from aipaas.monitoring import drift
-from aipaas.monitoring.drift import DriftReport
+from aipaas.modeldef import ModelDefinition, load_definition
+from aipaas.monitoring import drift, drift_report
+from aipaas.monitoring.drift import DriftOutcome
+from aipaas.monitoring.drift_stats import DriftReport
 from aipaas.settings import get_settings
 from flows._common import artifact_key, registry_unreachable
 
 
-@task(name="compare with reference", retries=2, retry_delay_seconds=5,
+@task(name="load model definition", cache_policy=NO_CACHE)
+def load_model_definition(model: str) -> ModelDefinition:
+    return load_definition(model, get_settings().models_dir)
+
+
+@task(name="compare with reference", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
       retry_condition_fn=registry_unreachable)  # fmt: skip
-def compare_with_reference(model: str) -> DriftReport:
-    return drift.check(get_settings(), model)
+def compare_with_reference(definition: ModelDefinition) -> DriftReport:
+    return drift.check_model(get_settings(), definition)
 
 
-@task(name="publish report")
+@task(name="publish report", cache_policy=NO_CACHE)
 def publish_report(report: DriftReport) -> None:
     key = artifact_key("drift", report.model)
-    verdict = (
-        "retrain" if report.decision.retrain
-        else "no retrain" if report.decision.decided else "no decision"
-    )  # fmt: skip
     description = (
-        f"Drift of {report.model} v{report.version} on {report.rows} served rows: {verdict}. "
-        + " ".join(report.decision.reasons)
+        f"Drift of {report.model} v{report.version} on {report.rows} served rows: "
+        f"{report.decision.verdict}. " + " ".join(report.decision.reasons)
     )
     if report.features:
         create_table_artifact(table=report.table(), key=key, description=description)
@@ -52,34 +54,22 @@ def publish_report(report: DriftReport) -> None:
         )
 
 
-@task(name="log to MLflow", retries=2, retry_delay_seconds=5,
+@task(name="log to MLflow", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
       retry_condition_fn=registry_unreachable)  # fmt: skip
 def log_to_mlflow(report: DriftReport) -> str:
-    return drift.log_to_mlflow(get_settings(), report)
+    return drift_report.log_to_mlflow(get_settings(), report)
 
 
 @flow(name="drift", persist_result=True, log_prints=True)
-def drift_flow(model: str = "diagnosis") -> dict[str, Any]:
+def drift_flow(model: str = "diagnosis") -> DriftOutcome:
     """Compare the traffic served since the last check with the champion's training data."""
-    report = compare_with_reference(model)
+    definition = load_model_definition(model)
+    report = compare_with_reference(definition)
     publish_report(report)
     mlflow_run = log_to_mlflow(report)
-    retrain: dict[str, Any] | None = None
-    if report.decision.retrain:
-        from flows.retrain import retrain_flow
+    if not report.decision.retrain:
+        return DriftOutcome(report, mlflow_run)
+    from flows.retrain import retrain_flow
 
-        get_run_logger().info("drift policy violated: %s", " ".join(report.decision.reasons))
-        retrain = retrain_flow(model, reason="drift: " + " ".join(report.decision.reasons))
-    return {
-        "model": model,
-        "version": report.version,
-        "rows": report.rows,
-        "windows": list(report.windows),
-        "decided": report.decision.decided,
-        "retrain": report.decision.retrain,
-        "reasons": list(report.decision.reasons),
-        "drifting": report.drifting,
-        "report": report.html_path,
-        "mlflow_run": mlflow_run,
-        "retrain_result": retrain,
-    }
+    get_run_logger().info("drift policy violated: %s", " ".join(report.decision.reasons))
+    return DriftOutcome(report, mlflow_run, retrain_flow(model, reason=report.retrain_reason))

@@ -1,25 +1,30 @@
 """Flow ``promote``: check the gates, ask a person if the definition says so, decide.
 
-The decision itself is :mod:`aipaas.training.promote`; this flow adds what Prefect is
-for: the gates as a table artifact on the run, the pause for approval in the
-UI, and a Failed run when a gate fails. Gate failures are never retried; only
-registry I/O is, and only when the server was unreachable.
+The decision itself is :mod:`aipaas.training.promote` (the policy,
+:mod:`aipaas.training.gates`); this flow adds what Prefect is for: the gates
+as a table artifact on the run, the pause for approval in the UI, and a
+Failed run when a gate fails. Gate failures are never retried; only registry
+I/O is, and only when the server was unreachable. The model definition is
+loaded once and passed down.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from prefect.runtime import flow_run
 
+from aipaas.modeldef import ModelDefinition
 from aipaas.settings import get_settings
 from aipaas.training import promote
-from aipaas.training.promote import Approval, Evaluation
+from aipaas.training.gates import Approval, format_gates, gates_table, with_approval
+from aipaas.training.promote import Assessment
+from aipaas.training.promotion_log import PromotionRecord
 from flows._common import artifact_key, registry_unreachable
+from flows.train import load_model_definition
 
 # How long a promotion waits for a person before the run fails (nothing changes).
 APPROVAL_TIMEOUT_S = 24 * 3600
@@ -34,48 +39,57 @@ class ApprovalInput(RunInput):
     comment: str = ""
 
 
-@task(name="check gates", retries=2, retry_delay_seconds=5, retry_condition_fn=registry_unreachable)
-def check_gates(model: str, version: str | None) -> Evaluation:
-    return promote.evaluate(get_settings(), model, version)
+@task(
+    name="check gates",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=registry_unreachable,
+)
+def check_gates(definition: ModelDefinition, version: str | None) -> Assessment:
+    return promote.assess(get_settings(), definition, version)
 
 
 @task(name="publish gates")
-def publish_gates(evaluation: Evaluation, gates: list[dict[str, Any]]) -> None:
-    outcome = "passed" if all(g["passed"] for g in gates) else "FAILED"
+def publish_gates(assessment: Assessment, approval: Approval | None) -> None:
+    if assessment.already_champion:  # nothing was checked: keep the last table
+        get_run_logger().info("%s v%s is already champion", assessment.model, assessment.version)
+        return
+    gates = with_approval(assessment.gates, assessment.requires_approval, approval)
+    outcome = "passed" if all(g.passed for g in gates) else "FAILED"
     create_table_artifact(
-        table=promote.gates_table(gates),
-        key=artifact_key("promotion-gates", evaluation.model),
+        table=gates_table(gates),
+        key=artifact_key("promotion-gates", assessment.model),
         description=(
-            f"Promotion gates of {evaluation.model} v{evaluation.version}: {outcome}. "
-            f"Champion before: {evaluation.champion or 'none'}. Compared on: {evaluation.basis}."
+            f"Promotion gates of {assessment.model} v{assessment.version}: {outcome}. "
+            f"Champion before: {assessment.champion or 'none'}. Compared on: {assessment.basis}."
         ),
     )
 
 
 @task(name="record decision")
-def record_decision(
-    evaluation: Evaluation, decided_by: str, approval: Approval | None
-) -> dict[str, Any]:
-    return promote.decide(
-        get_settings(), evaluation, decided_by=decided_by, approval=approval
-    ).to_dict()
+def record_decision(assessment: Assessment, approval: Approval | None) -> PromotionRecord:
+    decided_by = f"prefect flow run {flow_run.name}"
+    return promote.decide_promotion(
+        get_settings(), assessment, decided_by=decided_by, approval=approval
+    )
 
 
-def ask_approval(evaluation: Evaluation) -> Approval:
+def ask_approval(assessment: Assessment) -> Approval:
     """Pause the run until a reviewer answers in the Prefect UI."""
     logger = get_run_logger()
     logger.info(
         "%s v%s passed its automatic gates and needs a person's approval: "
         "resume this run in the Prefect UI with approve and your name.",
-        evaluation.model,
-        evaluation.version,
+        assessment.model,
+        assessment.version,
     )
     answer = pause_flow_run(
         wait_for_input=ApprovalInput.with_initial_data(
             description=(
-                f"Promote **{evaluation.model} v{evaluation.version}** to champion "
-                f"(current: {evaluation.champion or 'none'})? Every automatic gate passed.\n\n"
-                + promote.format_gates(list(evaluation.gates))
+                f"Promote **{assessment.model} v{assessment.version}** to champion "
+                f"(current: {assessment.champion or 'none'})? Every automatic gate passed.\n\n"
+                + format_gates(assessment.gates)
             ),
         ),
         timeout=APPROVAL_TIMEOUT_S,
@@ -86,17 +100,9 @@ def ask_approval(evaluation: Evaluation) -> Approval:
 
 
 @flow(name="promote", persist_result=True, log_prints=True)
-def promote_flow(model: str = "diagnosis", version: str | None = None) -> dict[str, Any]:
+def promote_flow(model: str = "diagnosis", version: str | None = None) -> PromotionRecord:
     """Promote ``version`` (default: the challenger) of ``model`` if it earns it."""
-    evaluation = check_gates(model, version)
-    if evaluation.already_champion:
-        get_run_logger().info("%s v%s is already champion; nothing changed", model, version)
-        return {"model": model, "version": evaluation.version, "result": "unchanged"}
-    approval = None
-    if evaluation.requires_approval and evaluation.auto_passed:
-        approval = ask_approval(evaluation)
-    gates = [g.to_dict() for g in evaluation.gates]
-    if approval is not None:
-        gates.append(promote.approval_gate(approval).to_dict())
-    publish_gates(evaluation, gates)
-    return record_decision(evaluation, f"prefect flow run {flow_run.name}", approval)
+    assessment = check_gates(load_model_definition(model), version)
+    approval = ask_approval(assessment) if assessment.awaits_approval else None
+    publish_gates(assessment, approval)
+    return record_decision(assessment, approval)

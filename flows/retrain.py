@@ -1,97 +1,70 @@
 """Flow ``retrain``: guardrails, new training rows, then data -> train -> promote.
 
 Started by the drift flow (as a subflow) when a drift policy is violated, or
-by hand. The guardrails (:mod:`aipaas.monitoring.retrain`: cooldown, daily cap,
-suggest-only) decide first; then labelled feedback goes to
+by hand. The guardrails (:mod:`aipaas.monitoring.retrain`: cooldown, daily
+cap, suggest-only) decide first; then labelled feedback goes to
 ``data/incoming/<dataset>/`` and the same data, train and promote flows as
 the lifecycle run, through the same suite and the same gates. Every
 decision and its outcome is recorded with reasons in
-``<home>/retrain/history.jsonl``; serving swaps to a promoted version by
-itself.
+``<home>/retrain/history.jsonl`` by the core (:func:`retrain.attempt`);
+serving swaps to a promoted version by itself.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
-from aipaas.exceptions import AipaasError, GateFailedError
-from aipaas.modeldef import load_definition
+from aipaas.modeldef import ModelDefinition, load_definition
 from aipaas.monitoring import retrain
+from aipaas.monitoring.retrain import FeedbackExport, GuardrailVerdict, RetrainOutcome
 from aipaas.settings import get_settings
 
 
-@task(name="check guardrails")
-def check_guardrails(model: str) -> retrain.GuardrailVerdict:
-    return retrain.check(get_settings(), model)
+@task(name="load model definition", cache_policy=NO_CACHE)
+def load_model_definition(model: str) -> ModelDefinition:
+    return load_definition(model, get_settings().models_dir)
 
 
-@task(name="count retrain")
+@task(name="check guardrails", cache_policy=NO_CACHE)
+def check_guardrails(model: str) -> GuardrailVerdict:
+    return retrain.guardrail_verdict(get_settings(), model)
+
+
+@task(name="record refusal", cache_policy=NO_CACHE)
+def record_refusal(model: str, reason: str, verdict: GuardrailVerdict) -> RetrainOutcome:
+    outcome = retrain.record_refusal(get_settings(), model, reason, verdict)
+    get_run_logger().info("retrain of %s %s: %s", model, outcome.action, " ".join(verdict.reasons))
+    return outcome
+
+
+@task(name="count retrain", cache_policy=NO_CACHE)
 def count_retrain(model: str) -> None:
     retrain.record_start(get_settings(), model)
 
 
-@task(name="export feedback")
-def export_feedback(model: str) -> dict[str, Any]:
-    settings = get_settings()
-    path, rows = retrain.export_feedback(settings, load_definition(model, settings.models_dir))
-    return {"file": str(path) if path else None, "rows": rows}
-
-
-@task(name="dataset of model")
-def dataset_of(model: str) -> str:
-    settings = get_settings()
-    return load_definition(model, settings.models_dir).dataset
-
-
-@task(name="record decision")
-def record_decision(model: str, decision: dict[str, Any]) -> dict[str, Any]:
-    retrain.record_decision(get_settings(), model, decision)
-    return decision
+@task(name="export feedback", cache_policy=NO_CACHE)
+def export_feedback(definition: ModelDefinition) -> FeedbackExport:
+    return retrain.export_feedback(get_settings(), definition)
 
 
 @flow(name="retrain", persist_result=True, log_prints=True)
-def retrain_flow(model: str = "diagnosis", reason: str = "requested") -> dict[str, Any]:
+def retrain_flow(model: str = "diagnosis", reason: str = "requested") -> RetrainOutcome:
     """Retrain ``model`` on its data plus labelled feedback, if the guardrails allow."""
-    logger = get_run_logger()
     verdict = check_guardrails(model)
-    base = {"model": model, "reason": reason, "guardrails": list(verdict.reasons)}
     if not verdict.allowed:
-        action = "suggested" if verdict.suggest_only else "skipped"
-        logger.info("retrain of %s %s: %s", model, action, " ".join(verdict.reasons))
-        return record_decision(model, {**base, "action": action})
+        return record_refusal(model, reason, verdict)
     # Imported here: a refused retrain needs none of the pipeline's flows.
     from flows.data import data_flow
     from flows.promote import promote_flow
     from flows.train import train_flow
 
+    definition = load_model_definition(model)
     count_retrain(model)
-    exported = export_feedback(model)
-    dataset = dataset_of(model)
-    try:
-        version = data_flow(dataset)
+    exported = export_feedback(definition)
+    with retrain.attempt(get_settings(), model, reason, verdict, exported) as run:
+        data_flow(definition.dataset)
         trained = train_flow(model)
-        promoted = promote_flow(model, str(trained["version"]))
-    except GateFailedError as err:
-        return record_decision(
-            model,
-            {**base, "action": "retrained", "outcome": "rejected", "feedback": exported,
-             "error": str(err)},
-        )  # fmt: skip
-    except AipaasError as err:
-        record_decision(
-            model, {**base, "action": "retrained", "outcome": "failed", "error": str(err)}
-        )
-        raise
-    return record_decision(
-        model,
-        {
-            **base,
-            "action": "retrained",
-            "outcome": promoted.get("result", "promoted"),
-            "feedback": exported,
-            "dataset": version,
-            "version": promoted.get("version"),
-        },
-    )
+        run.trained(trained.version, trained.data_hash)
+        run.decided(promote_flow(model, trained.version).result)
+    return run.outcome

@@ -1,45 +1,76 @@
 """Prefect flow ``train``: the model's recorded data -> Ray search -> MLflow -> challenger.
 
-A table of contents over ``aipaas.training.train``: find the data version, train and
-register, publish a summary people read in the Prefect UI. Nothing here is
-retried: a failed suite, an invalid search space or a search where every
-trial crashed would fail the same way again; the tracking server's
-unreachability is already retried (bounded) in ``aipaas.training.registry.connect``.
+A table of contents over :mod:`aipaas.training.train`: one task per named
+step (prepare data, search, refit, evaluate, log and register), so the
+Prefect UI shows where a training is and where it failed, then a summary
+people read in the UI. The model definition is loaded once and passed down.
+
+Nothing here is retried: a failed suite, an invalid search space or a search
+where every trial crashed would fail the same way again; the tracking
+server's unreachability is already retried (bounded) in
+``aipaas.training.registry.connect``. The steps pass DataFrames and a fitted
+model between them in this process: their results are never persisted.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from aipaas.datasets.ingest import recorded_version
 from aipaas.modeldef import ModelDefinition, load_definition
 from aipaas.schemas import DatasetVersion
 from aipaas.settings import get_settings
-from aipaas.training.train import TrainResult, train_model
+from aipaas.training import tags
+from aipaas.training import train as steps
+from aipaas.training.train import FittedModel, ModelEvaluation, PreparedData, TrainResult
+from aipaas.training.tune import SearchResult
 from flows._common import artifact_key
 
+SHOWN_METRICS = (tags.HOLDOUT_PREFIX, tags.LATENCY_PREFIX, tags.CV_PREFIX)
 
-@task(name="load model definition", cache_policy=NO_CACHE)
+
+@task(name="load model definition", cache_policy=NO_CACHE, persist_result=False)
 def load_model_definition(model: str) -> ModelDefinition:
     return load_definition(model, get_settings().models_dir)
 
 
-@task(name="read dataset version", cache_policy=NO_CACHE)
-def read_dataset_version(dataset: str) -> DatasetVersion:
-    from aipaas.datasets.ingest import recorded_version
-
-    return recorded_version(dataset, get_settings())
+@task(name="read dataset version", cache_policy=NO_CACHE, persist_result=False)
+def read_dataset_version(definition: ModelDefinition) -> DatasetVersion:
+    return recorded_version(definition.dataset, get_settings())
 
 
-@task(name="search, evaluate, register", cache_policy=NO_CACHE)
-def train_and_register(definition: ModelDefinition, version: DatasetVersion) -> TrainResult:
-    return train_model(definition, version, get_settings())
+@task(name="prepare data", cache_policy=NO_CACHE, persist_result=False)
+def prepare_data(definition: ModelDefinition, version: DatasetVersion) -> PreparedData:
+    return steps.prepare_data(definition, version, get_settings())
 
 
-@task(name="publish training summary", cache_policy=NO_CACHE)
+@task(name="search", cache_policy=NO_CACHE, persist_result=False)
+def search(definition: ModelDefinition, data: PreparedData) -> SearchResult:
+    return steps.search(definition, data, get_settings())
+
+
+@task(name="refit", cache_policy=NO_CACHE, persist_result=False)
+def refit(definition: ModelDefinition, data: PreparedData, result: SearchResult) -> FittedModel:
+    return steps.refit(definition, data, result)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE, persist_result=False)
+def evaluate(
+    definition: ModelDefinition, data: PreparedData, fitted: FittedModel
+) -> ModelEvaluation:
+    return steps.evaluate(definition, data, fitted, get_settings())
+
+
+@task(name="log and register", cache_policy=NO_CACHE, persist_result=False)
+def log_and_register(
+    definition: ModelDefinition, data: PreparedData, fitted: FittedModel
+) -> TrainResult:
+    return steps.log_and_register(definition, data, fitted)
+
+
+@task(name="publish training summary", cache_policy=NO_CACHE, persist_result=False)
 def publish_summary(result: TrainResult) -> None:
     create_markdown_artifact(
         markdown=summary_markdown(result), key=artifact_key("train", result.model)
@@ -48,7 +79,7 @@ def publish_summary(result: TrainResult) -> None:
 
 def summary_markdown(result: TrainResult) -> str:
     lines = [
-        f"# {result.model} v{result.version} (alias challenger)",
+        f"# {result.model} v{result.version} (alias {tags.CHALLENGER})",
         "",
         f"Data: `{result.dataset}` @ `{result.data_hash}`; MLflow run `{result.run_id}`.",
         f"Trials: {result.trials_ok} ok, {result.trials_failed} failed.",
@@ -59,16 +90,18 @@ def summary_markdown(result: TrainResult) -> str:
     lines += [
         f"| {k} | {v:.4f} |"
         for k, v in sorted(result.metrics.items())
-        if k.startswith(("holdout_", "latency_", "cv_"))
+        if k.startswith(SHOWN_METRICS)
     ]
     return "\n".join(lines) + "\n"
 
 
 @flow(name="train")
-def train_flow(model: str = "diagnosis") -> dict[str, Any]:
+def train_flow(model: str = "diagnosis") -> TrainResult:
     """Train ``model`` on its dataset's recorded version; register it as challenger."""
     definition = load_model_definition(model)
-    version = read_dataset_version(definition.dataset)
-    result = train_and_register(definition, version)
+    data = prepare_data(definition, read_dataset_version(definition))
+    fitted = refit(definition, data, search(definition, data))
+    evaluate(definition, data, fitted)
+    result = log_and_register(definition, data, fitted)
     publish_summary(result)
-    return result.to_dict()
+    return result

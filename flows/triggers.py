@@ -13,9 +13,7 @@ Whatever is still missed, the drift schedule catches.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,8 +21,10 @@ from typing import Any
 
 import httpx
 
+from aipaas.files import atomic_write_json, read_json
 from aipaas.monitoring.spool import WindowInfo
 from aipaas.settings import Settings
+from flows._common import TAGS, run_deployment_at
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +36,20 @@ Runner = Callable[[str, WindowInfo], None]
 
 
 def run_drift_deployment(model: str, window: WindowInfo) -> None:
-    """Create a run of the drift deployment and return without waiting for it."""
-    from prefect.deployments import run_deployment
+    """Create a run of the drift deployment and return without waiting for it.
 
-    run_deployment(
+    It goes to the Prefect API this process is configured with: the
+    profiler that ``aipaas up`` starts has ``PREFECT_API_URL`` set to the
+    platform's server.
+    """
+    run_deployment_at(
+        None,
         DRIFT_DEPLOYMENT,
-        parameters={"model": model},
-        timeout=0,
+        {"model": model},
+        tags=(*TAGS, "window-closed"),
         # The same window never starts two runs, even when a retry follows a
         # request whose answer was lost.
         idempotency_key=f"drift-{model}-{window.version}-{window.seq}",
-        tags=["aipaas", "window-closed"],
-        as_subflow=False,
     )
 
 
@@ -69,7 +71,7 @@ class DeploymentTrigger:
         clock: Callable[[], float] = time.time,
         base_backoff_s: float = 5.0,
     ) -> None:
-        self._path = settings.run_dir / "triggers" / "pending.json"
+        self._path = pending_path(settings)
         self._runner = runner or run_drift_deployment
         self._clock = clock
         self._base = base_backoff_s
@@ -125,16 +127,12 @@ class DeploymentTrigger:
     # -- file ----------------------------------------------------------------
 
     def _load(self) -> dict[str, Any]:
-        if not self._path.is_file():
-            return {}
-        return dict(json.loads(self._path.read_text()))
+        return dict(read_json(self._path, default={}))
 
     def _save(self, pending: dict[str, Any]) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(pending, indent=1))
-        tmp.replace(self._path)
+        atomic_write_json(self._path, pending, indent=1)
 
 
 def pending_path(settings: Settings) -> Path:
+    """Where drift runs still to be started wait (one entry per model)."""
     return settings.run_dir / "triggers" / "pending.json"

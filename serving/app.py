@@ -22,8 +22,15 @@ from aipaas.inference.audit import AuditRecord, AuditWriter
 from aipaas.inference.keys import KeyStore, RateLimiter
 from aipaas.monitoring.spool import SpoolWriter
 from aipaas.settings import Settings, get_settings
+from serving import errors
 from serving.deps import Components
-from serving.holder import ModelHolder, ModelSource, RegistrySource, follow_champions
+from serving.holder import (
+    AuditEvent,
+    ModelHolder,
+    ModelSource,
+    RegistrySource,
+    follow_champions,
+)
 from serving.metrics import Metrics
 from serving.middleware import AuditMiddleware
 from serving.routers import admin, feedback, health, predict
@@ -87,7 +94,7 @@ def create_app(
     follow: bool = True,
     key_cache_s: float = 2.0,
 ) -> FastAPI:
-    """Build the app.
+    """Build the app: the one composition root of serving.
 
     Args:
         settings: defaults to :func:`aipaas.settings.get_settings`.
@@ -102,11 +109,41 @@ def create_app(
     # LightGBM/OpenMP and BLAS pools would fight uvicorn for two cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     writer = AuditWriter(settings)
-    metrics = Metrics()
     if row_sink is None:
         row_sink = SpoolWriter(settings) if settings.serving.profiling_enabled else NoopSink()
-    sink = row_sink
-    source = model_source or RegistrySource(settings)
+    names = list(dict.fromkeys([settings.serving.default_model, *settings.serving.models]))
+    holder = ModelHolder(model_source or RegistrySource(settings), _admin_events(writer), names)
+    components = Components(
+        settings=settings,
+        keys=KeyStore(settings, ttl_s=key_cache_s),
+        limiter=RateLimiter(settings.serving.default_rate),
+        holder=holder,
+        executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="aipaas-model"),
+        sink=row_sink,
+        metrics=Metrics(),
+    )
+    app = FastAPI(
+        title="aipaas serving",
+        summary="Predictions from the registry's champion: keyed, rate-limited, audited.",
+        version="0.1.0",
+        lifespan=_lifespan(components, writer, follow=follow),
+    )
+    app.state.components = components
+    app.openapi = _openapi_with_signatures(app, holder)  # type: ignore[method-assign]
+    app.state.writer = writer
+    app.include_router(health.router)
+    app.include_router(predict.router)
+    app.include_router(feedback.router)
+    app.include_router(admin.router)
+    errors.install(app)
+    app.add_middleware(
+        AuditMiddleware, settings=settings, writer=writer, metrics=components.metrics
+    )
+    return app
+
+
+def _admin_events(writer: AuditWriter) -> AuditEvent:
+    """The holder's events (loaded, swapped, load failed) as admin records in the trail."""
 
     def on_event(event: str, model: str, version: str | None, detail: dict[str, Any]) -> None:
         writer.submit(
@@ -119,21 +156,16 @@ def create_app(
             )
         )
 
-    names = list(dict.fromkeys([settings.serving.default_model, *settings.serving.models]))
-    holder = ModelHolder(settings, source, on_event, names)
-    components = Components(
-        settings=settings,
-        keys=KeyStore(settings, ttl_s=key_cache_s),
-        limiter=RateLimiter(settings.serving.default_rate),
-        holder=holder,
-        executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="aipaas-model"),
-        sink=sink,
-        metrics=metrics,
-    )
+    return on_event
+
+
+def _lifespan(components: Components, writer: AuditWriter, *, follow: bool) -> Any:
+    """Load every champion, follow them while serving; on the way out, flush and close."""
+    holder, settings, sink = components.holder, components.settings, components.sink
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for name in names:
+        for name in holder.names:
             outcome = await asyncio.to_thread(holder.refresh, name)
             log.info("startup: %s -> %s", name, outcome)
         task = asyncio.create_task(follow_champions(holder, settings)) if follow else None
@@ -148,24 +180,8 @@ def create_app(
                     await task
             components.executor.shutdown(wait=True)
             close_sink = getattr(sink, "close", None)
-            if (
-                close_sink is not None
-            ):  # e.g. aipaas.monitoring.spool.SpoolWriter releases its segment
+            if close_sink is not None:  # e.g. the spool writer releases its segment
                 close_sink()
             await asyncio.to_thread(writer.close)
 
-    app = FastAPI(
-        title="aipaas serving",
-        summary="Predictions from the registry's champion: keyed, rate-limited, audited.",
-        version="0.1.0",
-        lifespan=lifespan,
-    )
-    app.state.components = components
-    app.openapi = _openapi_with_signatures(app, holder)  # type: ignore[method-assign]
-    app.state.writer = writer
-    app.include_router(health.router)
-    app.include_router(predict.router)
-    app.include_router(feedback.router)
-    app.include_router(admin.router)
-    app.add_middleware(AuditMiddleware, settings=settings, writer=writer, metrics=metrics)
-    return app
+    return lifespan

@@ -4,7 +4,8 @@ Every dependency is ``async`` and takes only the request: FastAPI runs a
 plain ``def`` dependency in its thread pool, a thread hop per dependency
 per request. Auth, scope and the rate limit are one :class:`Guard` so a
 request resolves two dependencies, not eight. Authentication hits the
-database only on a key-cache miss, in a worker thread.
+database only on a key-cache miss, in a worker thread. A refusal is a core
+exception; :mod:`serving.errors` turns it into the HTTP status.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import anyio
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Request
 
-from aipaas.inference.keys import ApiKey, KeyRejected, KeyStore, RateLimiter, retry_after_header
+from aipaas.exceptions import KeyRejectedError, ModelNotFoundError
+from aipaas.inference.keys import ApiKey, KeyStore, RateLimiter
 from aipaas.settings import Settings
+from aipaas.training.tags import CHAMPION
+from serving.errors import ModelNotReadyError
 from serving.holder import ModelHolder, ServedModel
 from serving.metrics import Metrics
 from serving.middleware import RequestContext
@@ -73,7 +77,7 @@ async def get_key(request: Request) -> ApiKey:
     """The key the router's :class:`Guard` accepted."""
     key = context(request).key
     if key is None:  # pragma: no cover - a route without a Guard
-        raise HTTPException(401, "this route needs an API key")
+        raise KeyRejectedError("this route needs an API key")
     return key
 
 
@@ -93,23 +97,26 @@ def model_name(request: Request, c: Components) -> str:
 
 
 async def authenticate(request: Request, c: Components) -> ApiKey:
-    """The caller's key; 401 if missing, malformed, unknown, revoked or expired."""
+    """The caller's key.
+
+    Raises:
+        KeyRejectedError: missing, malformed, unknown, revoked or expired.
+    """
     if not c.settings.serving.auth_enabled:
         return ANONYMOUS
     header = request.headers.get("authorization")
-    try:
-        key = c.keys.authenticate_cached(header)
-        if key is None:
-            key = await anyio.to_thread.run_sync(c.keys.authenticate, header)
-    except KeyRejected as err:
-        raise HTTPException(
-            err.status, err.message, headers={"WWW-Authenticate": "Bearer"}
-        ) from err
+    key = c.keys.authenticate_cached(header)
+    if key is None:
+        key = await anyio.to_thread.run_sync(c.keys.authenticate, header)
     return key
 
 
 class Guard:
-    """Router dependency: a valid key (401) holding ``scope`` (403), within its rate (429)."""
+    """Router dependency: a valid key holding ``scope``, within its rate.
+
+    Raises :class:`KeyRejectedError` (401), :class:`ScopeDeniedError` (403)
+    or :class:`RateLimitedError` (429) from the key store and limiter.
+    """
 
     def __init__(self, scope: str, *, per_model: bool = False, limited: bool = True) -> None:
         self.scope = scope
@@ -124,33 +131,29 @@ class Guard:
             ctx.model = model
         key = await authenticate(request, c)
         ctx.key, ctx.key_id, ctx.owner = key, key.id, key.name
-        if not key.allows(self.scope, model):
-            target = f" on model {model!r}" if model else ""
-            raise HTTPException(403, f"API key {key.id} lacks scope {self.scope!r}{target}")
+        key.require(self.scope, model)
         if self.limited and c.settings.serving.rate_limit_enabled and key is not ANONYMOUS:
-            wait = c.limiter.acquire(key.id, key.rate)
-            if wait > 0:
-                rate = key.rate or c.settings.serving.default_rate
-                raise HTTPException(
-                    429,
-                    f"rate limit of {rate} exceeded for key {key.id}",
-                    headers={"Retry-After": retry_after_header(wait)},
-                )
+            c.limiter.check(key)
         return key
 
 
 async def served_model(request: Request) -> ServedModel:
-    """The addressed model's current version (404 unknown model, 503 none loaded yet)."""
+    """The addressed model's current version.
+
+    Raises:
+        ModelNotFoundError: this process does not serve the model (404).
+        ModelNotReadyError: no version of it is loaded yet (503).
+    """
     c = components(request)
     ctx = context(request)
     name = model_name(request, c)
     ctx.model = name
     if name not in c.holder.names:
-        raise HTTPException(404, f"model {name!r} is not served here (served: {c.holder.names})")
+        raise ModelNotFoundError(f"model {name!r} is not served here (served: {c.holder.names})")
     served = c.holder.get(name)
     if served is None:
-        reason = c.holder.last_error.get(name) or "no version has the alias 'champion' yet"
-        raise HTTPException(503, f"model {name!r} has no champion loaded: {reason}")
+        reason = c.holder.last_error.get(name) or f"no version has the alias {CHAMPION!r} yet"
+        raise ModelNotReadyError(f"model {name!r} has no champion loaded: {reason}")
     ctx.version = served.version
     return served
 

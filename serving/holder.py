@@ -5,7 +5,9 @@ Each model name maps to one :class:`ServedModel`, replaced as a whole when
 version even if a swap happens meanwhile. A new version is loaded and warmed
 in a worker thread beside the old one; only then is the reference swapped.
 A version that fails to load leaves the old one serving and is audited; an
-unreachable registry only delays the next check.
+unreachable registry only delays the next check. What serving obeys of the
+model definition (may raw inputs be stored?) comes with the loaded version,
+from its registry tags: a serving host needs the registry, not ``models/``.
 """
 
 from __future__ import annotations
@@ -20,10 +22,9 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, TypeAdapter
 
-from aipaas.exceptions import AipaasError, ModelNotFoundError, RegistryUnavailableError
+from aipaas.exceptions import AipaasError, RegistryUnavailableError
 from aipaas.inference import predictor
 from aipaas.inference.predictor import LoadedModel
-from aipaas.modeldef import load_definition
 from aipaas.settings import Settings
 from aipaas.training import signals
 from serving.schemas import request_model
@@ -62,7 +63,6 @@ class ServedModel:
     record_model: type[BaseModel]
     attrs: tuple[str, ...]
     list_adapter: TypeAdapter[Any]
-    log_inputs: bool
     names: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -76,15 +76,19 @@ class ServedModel:
     def version(self) -> str:
         return self.loaded.version
 
+    @property
+    def log_inputs(self) -> bool:
+        """Whether raw inputs may be stored: the version's ``aipaas.log_inputs`` tag."""
+        return self.loaded.meta.log_inputs
 
-def serve_model(loaded: LoadedModel, log_inputs: bool) -> ServedModel:
+
+def serve_model(loaded: LoadedModel) -> ServedModel:
     record, attrs = request_model(loaded.name, loaded.fields)
     return ServedModel(
         loaded=loaded,
         record_model=record,
         attrs=attrs,
         list_adapter=TypeAdapter(list[record]),  # type: ignore[valid-type]
-        log_inputs=log_inputs,
     )
 
 
@@ -94,14 +98,7 @@ AuditEvent = Callable[[str, str, str | None, dict[str, Any]], None]
 class ModelHolder:
     """The models this process serves, swapped atomically."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        source: ModelSource,
-        on_event: AuditEvent,
-        names: list[str],
-    ) -> None:
-        self._settings = settings
+    def __init__(self, source: ModelSource, on_event: AuditEvent, names: list[str]) -> None:
         self._source = source
         self._on_event = on_event
         self.names = list(dict.fromkeys(names))
@@ -117,12 +114,6 @@ class ModelHolder:
 
     def all(self) -> dict[str, ServedModel]:
         return dict(self._models)
-
-    def _log_inputs(self, name: str) -> bool:
-        try:
-            return load_definition(name, self._settings.models_dir).log_inputs
-        except ModelNotFoundError:
-            return False
 
     def refresh(self, name: str) -> str:
         """Bring ``name`` to its champion; returns what happened (for logs and tests).
@@ -144,36 +135,35 @@ class ModelHolder:
                 return "unchanged"
             started = time.perf_counter()
             try:
-                served = serve_model(self._source.load(name, version), self._log_inputs(name))
+                served = serve_model(self._source.load(name, version))
             except AipaasError as err:
-                self.failures += 1
-                self.last_error[name] = str(err)
-                log.error("loading %s v%s failed; %s", name, version, err)
-                self._on_event(
-                    "model.load_failed",
-                    name,
-                    version,
-                    {
-                        "error": str(err),
-                        "serving": current.version if current else None,
-                    },
-                )
+                self._load_failed(name, version, current, err)
                 return "failed"
-            old = current.version if current else None
-            models = dict(self._models)
-            models[name] = served
-            self._models = models  # one reference assignment: the swap
-            self.loads += 1
-            self.last_error.pop(name, None)
-            event = "model.swapped" if old else "model.loaded"
-            self._on_event(
-                event,
-                name,
-                version,
-                {"previous": old, "load_s": round(time.perf_counter() - started, 3)},
-            )
-            log.info("%s %s v%s (was %s)", event, name, version, old)
-            return "swapped" if old else "loaded"
+            return self._swap_in(name, served, current, time.perf_counter() - started)
+
+    def _load_failed(
+        self, name: str, version: str, current: ServedModel | None, err: AipaasError
+    ) -> None:
+        self.failures += 1
+        self.last_error[name] = str(err)
+        log.error("loading %s v%s failed; %s", name, version, err)
+        serving = current.version if current else None
+        self._on_event("model.load_failed", name, version, {"error": str(err), "serving": serving})
+
+    def _swap_in(
+        self, name: str, served: ServedModel, current: ServedModel | None, load_s: float
+    ) -> str:
+        old = current.version if current else None
+        models = dict(self._models)
+        models[name] = served
+        self._models = models  # one reference assignment: the swap
+        self.loads += 1
+        self.last_error.pop(name, None)
+        event = "model.swapped" if old else "model.loaded"
+        detail = {"previous": old, "load_s": round(load_s, 3)}
+        self._on_event(event, name, served.version, detail)
+        log.info("%s %s v%s (was %s)", event, name, served.version, old)
+        return "swapped" if old else "loaded"
 
 
 async def follow_champions(holder: ModelHolder, settings: Settings, *, tick_s: float = 0.5) -> None:

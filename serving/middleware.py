@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aipaas.inference.audit import AuditRecord, AuditWriter, input_hmac
+from aipaas.inference.audit import AuditRecord, AuditWriter, PredictionRecord, input_hmac
 from aipaas.settings import Settings
 from serving.metrics import Metrics
 
@@ -46,7 +46,7 @@ class RequestContext:
     model: str | None = None
     version: str | None = None
     compute_s: float | None = None
-    predictions: list[dict[str, Any]] = field(default_factory=list)
+    predictions: list[PredictionRecord] = field(default_factory=list)
 
 
 def context(scope: Scope) -> RequestContext:
@@ -112,19 +112,8 @@ class AuditMiddleware:
             await send(message)
 
         if too_large:
-            await send_wrapper(
-                {
-                    "type": "http.response.start",
-                    "status": 413,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await send_wrapper(
-                {
-                    "type": "http.response.body",
-                    "body": orjson.dumps({"detail": f"request body exceeds {self.max_body} bytes"}),
-                }
-            )
+            detail = orjson.dumps({"detail": f"request body exceeds {self.max_body} bytes"})
+            await _send_plain(send_wrapper, 413, detail)
             return
         try:
             await self.app(scope, replay, send_wrapper)

@@ -1,8 +1,11 @@
 """``aipaas data ...``: ingest, validate, split, version.
 
 ``ingest``, ``validate`` and ``split`` are the DVC stages' commands (dvc.yaml
-calls them); ``run`` reproduces all three through DVC and pushes them;
-``version`` and ``list`` read what is recorded.
+calls them, and lists this module among their deps); ``run`` reproduces all
+three through DVC and pushes them; ``version`` and ``list`` read what is
+recorded. A stage command runs with its params as params.yaml holds them
+(:func:`aipaas.datasets.ingest.stage_settings`): an environment override of
+one is refused with exit code 2, since DVC would not see it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from typing import Annotated
 import typer
 
 from aipaas.cli._app import data_app, settings
-from aipaas.datasets import ingest as data
+from aipaas.datasets import ingest
 from aipaas.exceptions import DataValidationError
 from aipaas.schemas import DatasetVersion, ValidationReport
 
@@ -27,7 +30,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tex
 @data_app.command("ingest")
 def ingest_cmd(dataset: DatasetArg) -> None:
     """Write data/<dataset>/raw.csv from the source plus data/incoming/<dataset>/*.csv."""
-    path = data.ingest(dataset, settings())
+    path = ingest.ingest(dataset, ingest.stage_settings("ingest", dataset, settings()))
     typer.echo(f"ingested {dataset}: {path}")
 
 
@@ -45,7 +48,7 @@ def validate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Validate a file against expectations/<dataset>.json; exit non-zero if it fails."""
-    report = data.validate(dataset, settings(), path=path)
+    report = ingest.validate(dataset, ingest.stage_settings("validate", dataset, settings()), path)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2))
     else:
@@ -61,7 +64,7 @@ def validate_cmd(
 @data_app.command("split")
 def split_cmd(dataset: DatasetArg) -> None:
     """Write train.csv and holdout.csv; refuses (non-zero exit) unless validation passed."""
-    train, holdout = data.split(dataset, settings())
+    train, holdout = ingest.split(dataset, ingest.stage_settings("split", dataset, settings()))
     typer.echo(f"split {dataset}: {train}, {holdout}")
 
 
@@ -75,9 +78,9 @@ def run_cmd(
 ) -> None:
     """Reproduce ingest -> validate -> split with DVC, push, and print the version."""
     try:
-        version = data.run_data_pipeline(dataset, settings(), push=push)
+        version = ingest.run_data_pipeline(dataset, settings(), push=push)
     except DataValidationError as err:
-        if isinstance(err.report, ValidationReport):
+        if err.report is not None:
             _print_report(err.report)
         raise
     _print_version(version, as_json)
@@ -86,21 +89,21 @@ def run_cmd(
 @data_app.command("version")
 def version_cmd(dataset: DatasetArg, as_json: JsonOpt = False) -> None:
     """Print the recorded version of a dataset (hash, rows, suite, paths)."""
-    _print_version(data.recorded_version(dataset, settings()), as_json)
+    _print_version(ingest.recorded_version(dataset, settings()), as_json)
 
 
 @data_app.command("list")
 def list_cmd(as_json: JsonOpt = False) -> None:
     """List the declared datasets and their recorded versions."""
-    rows = data.list_datasets(settings())
+    rows = ingest.list_datasets(settings())
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return
     typer.echo(f"{'dataset':<20} {'source':<28} {'target':<14} {'suite':<8} {'rows':>7}  hash")
     for r in rows:
         typer.echo(
-            f"{r['name']:<20} {r['source']:<28} {r['target']:<14} {r['suite']:<8} "
-            f"{r['rows'] if r['rows'] is not None else '-':>7}  {r['hash'] or '-'}"
+            f"{r.name:<20} {r.source:<28} {r.target:<14} {r.suite:<8} "
+            f"{r.rows if r.rows is not None else '-':>7}  {r.hash or '-'}"
         )
 
 

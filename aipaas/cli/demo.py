@@ -12,7 +12,8 @@
    failed, and the audit chain verified.
 
 If ``aipaas up`` already runs on this home the demo uses it; otherwise it
-starts the same services and stops them at the end (``--stay`` keeps them).
+starts the same services, through the same start-up sequence
+(:func:`aipaas.ops.up.run`), and stops them at the end (``--stay`` keeps them).
 Everything it leaves (MLflow runs, Prefect flow runs, drift reports, the audit
 trail) stays under ``AIPAAS_HOME`` for a look in the UIs.
 """
@@ -22,36 +23,49 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
-from typing import Annotated, Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
 
 from aipaas.cli._app import app
 from aipaas.exceptions import AipaasError
-from aipaas.ops import up
+from aipaas.ops import simulate, up
 from aipaas.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from aipaas.modeldef import ModelDefinition
+    from aipaas.monitoring.drift_report import DriftCheckRecord
+    from aipaas.training.promotion_log import PromotionRecord
 
 # The demo's own defaults, used only when the environment does not set them:
 # small profile windows so drift checks come within seconds, a short search,
 # and a cooldown shorter than the production default (30 min), so that running
-# the demo again soon after retrains again.
+# the demo again soon after retrains again. The runner looks for new flow runs
+# (a closed window's drift check, the retrain) every 2 s rather than Prefect's
+# 10 s, so each step shows its effect at once.
 DEMO_ENV = {
     "AIPAAS_MONITORING__WINDOW_ROWS": "150",
     "AIPAAS_TUNE__NUM_SAMPLES": "4",
     "AIPAAS_RETRAIN__COOLDOWN_MINUTES": "5",
     "AIPAAS_RETRAIN__MAX_PER_DAY": "50",
+    "PREFECT_RUNNER_POLL_FREQUENCY": "2",
 }
 CLIENTS = ("clinic-north", "clinic-south", "research-app")
 # A recalibrated imaging device: every size measurement reads 45% larger.
 SHIFT = {f"{kind}_{m}": 1.45 for kind in ("mean", "worst") for m in ("radius", "perimeter", "area")}
 SHIFT |= {f"{m}_error": 1.45 for m in ("radius", "perimeter", "area")}
 RATE_PER_CLIENT = 30.0
+# How often the demo looks at files and endpoints while it waits.
+POLL_S = 1.0
 
 
 class DemoFailed(AipaasError):
-    exit_code = 12
+    exit_code = 20
 
 
 def say(msg: str) -> None:
@@ -69,261 +83,318 @@ def demo_cmd(
     ] = 8.0,
 ) -> None:
     """Run the whole loop: lifecycle, traffic, drift, retraining, hot swap, summary."""
-    for key, value in DEMO_ENV.items():
-        os.environ.setdefault(key, value)
-    get_settings.cache_clear()
-    s = get_settings()
+    s = demo_settings()
     base = f"http://{s.serving.host}:{s.serving.port}"
     if up.http_ok(f"{base}/healthz") and up.http_ok(f"{s.prefect_api_url}/health"):
         say(f"aipaas is already up on this home; using it ({base})")
-        _run(s, base, model, timeout_min * 60)
+        Demo(s, model, timeout_min * 60).run()
         return
-    from aipaas.cli.up import _has_command
 
-    services = up.plan(
-        s,
-        serving_argv=up.cli_argv("serve") if _has_command("serve") else None,
-        profiler_argv=up.cli_argv("profiler") if _has_command("profiler") else None,
-    )
-    sup = up.Supervisor(s, services, echo=say)
-    sup.acquire()
-    code = 0
-    try:
-        with sup.signals():
-            sup.check_ports()
-            say(f"starting aipaas (home {s.home}) ...")
-            try:
-                sup.start()
-                typer.echo(sup.summary())
-                _run(s, base, model, timeout_min * 60)
-                if stay:
-                    say("the demo is done; the platform keeps running. Ctrl-C stops it.")
-                    code = sup.watch()
-            finally:
-                say("stopping the platform ...")
-                sup.stop()
-    finally:
-        sup.release()
-    raise typer.Exit(code)
+    def on_ready(sup: up.Supervisor) -> None:
+        Demo(s, model, timeout_min * 60, stop=sup.stop_requested).run()
+        if stay:
+            say("the demo is done; the platform keeps running.")
+
+    raise typer.Exit(up.run(s, up.plan(s), on_ready=on_ready, echo=say, stay=stay))
 
 
-def _run(s: Settings, base: str, model: str, timeout_s: float) -> None:
-    from aipaas.datasets import ingest as data
-    from aipaas.inference import audit, keys
-    from aipaas.modeldef import load_definition
-    from aipaas.monitoring import drift
-    from aipaas.ops import simulate
-    from aipaas.training import promotion_log, registry, tags
+def demo_settings() -> Settings:
+    """The settings, with the demo's defaults (:data:`DEMO_ENV`) under the environment's."""
+    for key, value in DEMO_ENV.items():
+        os.environ.setdefault(key, value)
+    get_settings.cache_clear()
+    return get_settings()
 
-    definition = load_definition(model, s.models_dir)
-    registry.connect(s)
-    prefect_ui = s.prefect_api_url.removesuffix("/api")
-    started = time.time()
 
-    # 1. lifecycle -----------------------------------------------------------------
-    say(f"step 1/4: lifecycle for {model!r} (watch it in the Prefect UI: {prefect_ui})")
-    champion = registry.get_alias(model, tags.CHAMPION)
-    if champion is None:
-        flow_run = _run_deployment(s, "lifecycle/lifecycle", {"model": model}, timeout_s)
-        say(f"  lifecycle run {flow_run}: completed")
-    champion = registry.get_alias(model, tags.CHAMPION)
-    if champion is None:
-        raise DemoFailed("the lifecycle ended with no champion (see `aipaas models show`)")
-    v1 = _wait(lambda: _serving_version(base, model) == champion.version, timeout_s)
-    say(f"  champion v{champion.version} serving at {base}/predict ({v1:.0f} s to load)")
+class Demo:
+    """The loop, step by step, against a running platform; raises DemoFailed on a wrong turn."""
 
-    window = s.monitoring.window_rows
-    clients = []
-    for name in CLIENTS:
-        record, key = keys.create_key(s, f"demo-{name}", "predict,feedback", rate="60/s")
-        clients.append((name, key))
-    say(f"  created an API key per client: {', '.join(f'demo-{c}' for c in CLIENTS)}")
-    train = data.recorded_version(definition.dataset, s)
-    import pandas as pd
+    def __init__(
+        self,
+        settings: Settings,
+        model: str,
+        timeout_s: float,
+        *,
+        stop: threading.Event | None = None,
+    ) -> None:
+        from aipaas.modeldef import load_definition
+        from aipaas.training import registry
 
-    frame = pd.read_csv(train.train_path)
-    totals = simulate.ClientStats("all")
+        self.s = settings
+        self.model = model
+        self.timeout_s = timeout_s
+        self.stop = stop or threading.Event()  # set by Ctrl-C under `up.run`
+        self.base = f"http://{settings.serving.host}:{settings.serving.port}"
+        self.prefect_ui = settings.prefect_api_url.removesuffix("/api")
+        self.definition: ModelDefinition = load_definition(model, settings.models_dir)
+        self.started = time.time()
+        self.totals = simulate.ClientStats("all")
+        self.clients: list[tuple[str, str]] = []
+        registry.connect(settings)
 
-    # 2. ordinary traffic -----------------------------------------------------------
-    checks_before = len(drift.history(s, model))
-    n = 2 * window
-    say(f"step 2/4: {len(CLIENTS)} clients send {n} ordinary requests ({window}-row windows)")
-    traffic = simulate.sample_traffic(
-        frame, definition.features, definition.target, n, seed=int(started)
-    )
-    for st in simulate.run_clients(base, clients, traffic, rate_per_s=RATE_PER_CLIENT):
-        totals.add(st)
-    ordinary = _wait_checks(s, model, checks_before, n, timeout_s)
-    for check in (c for c in ordinary if c["rows"]):
-        _print_check(check)
-    if any(c["decision"]["retrain"] for c in ordinary):
-        say("  ! the ordinary traffic was reported as drift (a false alarm)")
-    else:
-        say("  no drift reported on ordinary traffic")
+    def run(self) -> None:
+        """The four steps; the summary says whether the loop closed."""
+        champion = self.lifecycle()
+        self.create_clients()
+        frame = self.training_frame()
+        self.ordinary_traffic(frame)
+        decisive = self.shifted_traffic(frame)
+        decision = self.retrain_and_swap(frame, champion)
+        self.summary(decisive, decision)
 
-    # 3. shifted traffic with labels -----------------------------------------------
-    checks_before = len(drift.history(s, model))
-    say(
-        f"step 3/4: shifted traffic ({len(SHIFT)} size measurements read 45% larger), "
-        "with each answer labelled through /feedback"
-    )
-    traffic = simulate.sample_traffic(
-        frame, definition.features, definition.target, n, seed=int(started) + 1, scale=SHIFT
-    )
-    for st in simulate.run_clients(
-        base, clients, traffic, rate_per_s=RATE_PER_CLIENT, feedback=True
-    ):
-        totals.add(st)
-    shifted = _wait_checks(s, model, checks_before, n, timeout_s)
-    for check in (c for c in shifted if c["rows"]):
-        _print_check(check)
-    if not any(c["decision"]["retrain"] for c in shifted):
-        raise DemoFailed("the shifted traffic was not reported as drift")
-    decisive = next(c for c in shifted if c["decision"]["retrain"])
-    say(f"  drift detected: {'; '.join(decisive['decision']['reasons'])}")
-    say(f"  report: {decisive.get('html')}")
-    say("  the drift flow started retraining (data -> train -> promote)")
+    # -- step 1 ------------------------------------------------------------------
 
-    # While retraining runs, one client keeps calling: the swap must fail no request.
-    stop = threading.Event()
-    background: dict[str, simulate.ClientStats] = {}
-    endless = simulate.sample_traffic(
-        frame, definition.features, definition.target, 100_000, seed=int(started) + 2
-    )
+    def lifecycle(self) -> str:
+        """Champion v1: the lifecycle deployment runs when no champion exists; its version."""
+        from aipaas.training import registry, tags
+        from flows._common import run_deployment_at
 
-    def keep_calling() -> None:
-        name, key = clients[0]
-        background["stats"] = simulate.run_client(
-            base, name, key, endless, rate_per_s=10.0, stop=stop
+        ui = self.prefect_ui
+        say(f"step 1/4: lifecycle for {self.model!r} (watch it in the Prefect UI: {ui})")
+        if registry.get_alias(self.model, tags.CHAMPION) is None:
+            flow_run = run_deployment_at(
+                self.s.prefect_api_url,
+                "lifecycle/lifecycle",
+                {"model": self.model},
+                wait_s=self.timeout_s,
+                poll_s=POLL_S,
+            )
+            state = flow_run.state
+            if state is None or not state.is_completed():
+                raise DemoFailed(
+                    f"the lifecycle ended {getattr(state, 'name', 'unknown')}: {state}"
+                )
+            say(f"  lifecycle run {flow_run.name}: completed")
+        champion = registry.get_alias(self.model, tags.CHAMPION)
+        if champion is None:
+            raise DemoFailed("the lifecycle ended with no champion (see `aipaas models show`)")
+        version = champion.version
+        loaded = self.wait(lambda: self.serving_version() == version)
+        say(f"  champion v{version} serving at {self.base}/predict ({loaded:.0f} s to load)")
+        return version
+
+    def create_clients(self) -> None:
+        """One API key per simulated client application."""
+        from aipaas.inference import keys
+
+        for name in CLIENTS:
+            _, key = keys.create_key(self.s, f"demo-{name}", "predict,feedback", rate="60/s")
+            self.clients.append((name, key))
+        say(f"  created an API key per client: {', '.join(f'demo-{c}' for c in CLIENTS)}")
+
+    def training_frame(self) -> pd.DataFrame:
+        """The training split the champion learnt from: traffic is sampled from it."""
+        import pandas as pd
+
+        from aipaas.datasets import ingest
+
+        version = ingest.recorded_version(self.definition.dataset, self.s)
+        return pd.read_csv(version.train_path)
+
+    # -- steps 2 and 3 -------------------------------------------------------------
+
+    def ordinary_traffic(self, frame: pd.DataFrame) -> None:
+        """Two windows of ordinary traffic; the drift checks they start should find nothing."""
+        n = 2 * self.s.monitoring.window_rows
+        say(
+            f"step 2/4: {len(CLIENTS)} clients send {n} ordinary requests "
+            f"({self.s.monitoring.window_rows}-row windows)"
         )
+        with self.new_checks(n) as checks:
+            traffic = self.traffic(frame, n, seed=int(self.started))
+            self.send(traffic, feedback=False)
+        if any(c.decision.retrain for c in checks):
+            say("  ! the ordinary traffic was reported as drift (a false alarm)")
+        else:
+            say("  no drift reported on ordinary traffic")
 
-    caller = threading.Thread(target=keep_calling, daemon=True)
-    caller.start()
-    try:
-        waited = _wait(
-            lambda: _promotion_after(s, model, started, champion.version) is not None,
-            timeout_s,
-            progress=lambda: _retrain_progress(s, model, started),
+    def shifted_traffic(self, frame: pd.DataFrame) -> DriftCheckRecord:
+        """Two windows of shifted, labelled traffic; the drift check that asked for a retrain."""
+        n = 2 * self.s.monitoring.window_rows
+        say(
+            f"step 3/4: shifted traffic ({len(SHIFT)} size measurements read 45% larger), "
+            "with each answer labelled through /feedback"
         )
-        decision = _promotion_after(s, model, started, champion.version)
-        assert decision is not None
+        with self.new_checks(n) as checks:
+            traffic = self.traffic(frame, n, seed=int(self.started) + 1, scale=SHIFT)
+            self.send(traffic, feedback=True)
+        decisive = next((c for c in checks if c.decision.retrain), None)
+        if decisive is None:
+            raise DemoFailed("the shifted traffic was not reported as drift")
+        say(f"  drift detected: {'; '.join(decisive.decision.reasons)}")
+        say(f"  report: {decisive.html}")
+        say("  the drift flow started retraining (data -> train -> promote)")
+        return decisive
+
+    def traffic(
+        self, frame: pd.DataFrame, n: int, *, seed: int, scale: dict[str, float] | None = None
+    ) -> list[tuple[dict[str, float], Any]]:
+        d = self.definition
+        return simulate.sample_traffic(frame, d.features, d.target, n, seed=seed, scale=scale)
+
+    def send(self, traffic: list[tuple[dict[str, float], Any]], *, feedback: bool) -> None:
+        for stats in simulate.run_clients(
+            self.base, self.clients, traffic, rate_per_s=RATE_PER_CLIENT, feedback=feedback
+        ):
+            self.totals.add(stats)
+
+    @contextmanager
+    def new_checks(self, rows: int) -> Iterator[list[DriftCheckRecord]]:
+        """The drift checks started by the traffic sent inside, once they cover its ``rows``."""
+        from aipaas.monitoring.drift_report import drift_history
+
+        before = len(drift_history(self.s, self.model))
+        checks: list[DriftCheckRecord] = []
+        yield checks
+
+        def covered() -> bool:
+            checks[:] = drift_history(self.s, self.model)[before:]
+            return sum(c.rows for c in checks) >= rows
+
+        self.wait(covered)
+        for check in (c for c in checks if c.rows):
+            say("  drift check: " + check_line(check))
+
+    # -- retraining ----------------------------------------------------------------
+
+    def retrain_and_swap(self, frame: pd.DataFrame, champion: str) -> PromotionRecord:
+        """Wait for the retrain's promotion decision while a client keeps calling the API.
+
+        The swap to the new champion must fail no request: one client sends
+        throughout, and its requests count in the summary.
+        """
+        stop = threading.Event()
+        background: list[simulate.ClientStats] = []
+        endless = self.traffic(frame, 100_000, seed=int(self.started) + 2)
+
+        def keep_calling() -> None:
+            name, key = self.clients[0]
+            background.append(
+                simulate.run_client(self.base, name, key, endless, rate_per_s=10.0, stop=stop)
+            )
+
+        caller = threading.Thread(target=keep_calling, daemon=True)
+        caller.start()
+        try:
+            decision = self.promotion_decision(champion)
+            time.sleep(2.0)  # a few requests on the new version
+        finally:
+            stop.set()
+            caller.join(timeout=30)
+        for stats in background:
+            self.totals.add(stats)
+        return decision
+
+    def promotion_decision(self, champion: str) -> PromotionRecord:
+        """The first decision on a version other than ``champion``; waits for serving to swap."""
+        found: list[PromotionRecord] = []
+
+        def decided() -> bool:
+            rec = promotion_after(self.s, self.model, self.started, champion)
+            found.extend([rec] if rec else [])
+            return rec is not None
+
+        def progress() -> str | None:
+            return retrain_progress(self.s, self.model, self.started)
+
+        waited = self.wait(decided, progress=progress)
+        decision = found[-1]
         if decision.result == "promoted":
-            _wait(lambda: _serving_version(base, model) == decision.version, timeout_s)
+            self.wait(lambda: self.serving_version() == decision.version)
             say(f"  v{decision.version} passed its gates; serving swapped to it ({waited:.0f} s)")
         else:
             say(f"  v{decision.version} was {decision.result}: {'; '.join(decision.reasons)}")
-        time.sleep(2.0)  # a few requests on the new version
-    finally:
-        stop.set()
-        caller.join(timeout=30)
-    totals.add(background.get("stats", simulate.ClientStats("none")))
+        return decision
 
-    # 4. summary ---------------------------------------------------------------------
-    say("step 4/4: summary")
-    typer.echo("\nmodel versions and their gates")
-    for rec in promotion_log.read(s, model):
-        gates = ", ".join(
-            f"{g.get('name')}={_fmt(g.get('value'))}{'' if g.get('passed') else ' FAIL'}"
-            for g in rec.gates
+    # -- step 4 ------------------------------------------------------------------
+
+    def summary(self, decisive: DriftCheckRecord, decision: PromotionRecord) -> None:
+        """Versions and gates, drift checks, requests and the audit chain; fails a wrong end."""
+        from aipaas.inference import audit
+        from aipaas.monitoring.drift_report import drift_history
+        from aipaas.training import promotion_log
+
+        say("step 4/4: summary")
+        typer.echo("\nmodel versions and their gates")
+        for rec in promotion_log.read(self.s, self.model):
+            typer.echo(f"  v{rec.version:<3} {rec.action:<9} {rec.result:<9} {gates_line(rec)}")
+        typer.echo("\ndrift checks")
+        for check in [c for c in drift_history(self.s, self.model) if c.rows][-6:]:
+            typer.echo("  " + check_line(check))
+        verdict = audit.verify(self.s)
+        t = self.totals
+        typer.echo("\nrequests")
+        typer.echo(
+            f"  sent {t.sent}, answered {t.ok}, failed {t.failed}, "
+            f"labelled {t.labelled}; by version {dict(t.versions)}"
         )
-        typer.echo(f"  v{rec.version:<3} {rec.action:<9} {rec.result:<9} {gates}")
-    typer.echo("\ndrift checks")
-    for check in [c for c in drift.history(s, model) if c["rows"]][-6:]:
-        typer.echo("  " + _check_line(check))
-    verdict = audit.verify(s)
-    typer.echo("\nrequests")
-    typer.echo(
-        f"  sent {totals.sent}, answered {totals.ok}, failed {totals.failed}, "
-        f"labelled {totals.labelled}; by version {dict(totals.versions)}"
-    )
-    for err in totals.errors[:5]:
-        typer.echo(f"    {err}")
-    typer.echo(
-        f"  audit chain: {verdict.records} records, "
-        + ("verified" if verdict.ok else "BROKEN: " + "; ".join(verdict.problems[:3]))
-    )
-    typer.echo(
-        f"\nlook: Prefect {prefect_ui}, MLflow http://{s.mlflow.host}:{s.mlflow.port}, "
-        f"the drift report that started retraining {decisive.get('html')}"
-    )
-    say(f"demo finished in {time.time() - started:.0f} s")
-    if totals.failed or not verdict.ok or decision.result != "promoted":
-        raise DemoFailed("the demo did not end as expected (see above)")
+        for err in t.errors[:5]:
+            typer.echo(f"    {err}")
+        typer.echo(
+            f"  audit chain: {verdict.records} records, "
+            + ("verified" if verdict.ok else "BROKEN: " + "; ".join(verdict.problems[:3]))
+        )
+        typer.echo(
+            f"\nlook: Prefect {self.prefect_ui}, MLflow http://{self.s.mlflow.host}:"
+            f"{self.s.mlflow.port}, the drift report that started retraining {decisive.html}"
+        )
+        say(f"demo finished in {time.time() - self.started:.0f} s")
+        if t.failed or not verdict.ok or decision.result != "promoted":
+            raise DemoFailed("the demo did not end as expected (see above)")
+
+    # -- waiting -----------------------------------------------------------------
+
+    def serving_version(self) -> str | None:
+        """The version serving reports for the model on /readyz; None until it has one."""
+        try:
+            resp = httpx.get(f"{self.base}/readyz", timeout=5)
+        except httpx.HTTPError:
+            return None
+        if resp.status_code != 200:
+            return None
+        return resp.json().get("models", {}).get(self.model)
+
+    def wait(
+        self, done: Callable[[], bool], *, progress: Callable[[], str | None] | None = None
+    ) -> float:
+        """Poll ``done`` until true; the seconds it took. Ctrl-C or the timeout ends the demo."""
+        start = time.monotonic()
+        last = None
+        while not done():
+            if self.stop.is_set():
+                raise DemoFailed("interrupted")
+            if time.monotonic() - start > self.timeout_s:
+                raise DemoFailed(
+                    f"gave up after {self.timeout_s:.0f} s (logs in the run/logs folder)"
+                )
+            if progress is not None:
+                note = progress()
+                if note and note != last:
+                    say(f"  {note}")
+                    last = note
+            time.sleep(POLL_S)
+        return time.monotonic() - start
 
 
-def _run_deployment(s: Settings, name: str, params: dict[str, Any], timeout_s: float) -> str:
-    from prefect.client.schemas.objects import FlowRun
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    with temporary_settings(updates={PREFECT_API_URL: s.prefect_api_url}):
-        flow_run = run_deployment(name, parameters=params, timeout=timeout_s, as_subflow=False)
-    assert isinstance(flow_run, FlowRun)  # run_deployment is sync outside async code
-    state = flow_run.state
-    if state is None or not state.is_completed():
-        raise DemoFailed(f"{name} ended {getattr(state, 'name', 'unknown')}: {state}")
-    return str(flow_run.name)
-
-
-def _serving_version(base: str, model: str) -> str | None:
-    try:
-        resp = httpx.get(f"{base}/readyz", timeout=5)
-    except httpx.HTTPError:
-        return None
-    if resp.status_code != 200:
-        return None
-    return resp.json().get("models", {}).get(model)
-
-
-def _wait(
-    done: Callable[[], bool],
-    timeout_s: float,
-    *,
-    progress: Callable[[], str | None] | None = None,
-) -> float:
-    start = time.monotonic()
-    last = None
-    while not done():
-        if time.monotonic() - start > timeout_s:
-            raise DemoFailed(f"gave up after {timeout_s:.0f} s (logs in the run/logs folder)")
-        if progress is not None:
-            note = progress()
-            if note and note != last:
-                say(f"  {note}")
-                last = note
-        time.sleep(2.0)
-    return time.monotonic() - start
-
-
-def _wait_checks(
-    s: Settings, model: str, before: int, rows: int, timeout_s: float
-) -> list[dict[str, Any]]:
-    """The drift checks that the windows of this step started, once they cover its rows."""
-    from aipaas.monitoring import drift
-
-    def covered() -> bool:
-        return sum(c["rows"] for c in drift.history(s, model)[before:]) >= rows
-
-    _wait(covered, timeout_s)
-    return drift.history(s, model)[before:]
-
-
-def _check_line(check: dict[str, Any]) -> str:
-    decision = check["decision"]
-    verdict = "retrain" if decision["retrain"] else ("no drift" if decision["decided"] else "—")
-    drifting = check.get("drifting") or []
+def check_line(check: DriftCheckRecord) -> str:
+    """One drift check as a line: windows, rows, drifting features, verdict."""
+    decision = check.decision
+    verdict = "retrain" if decision.retrain else ("no drift" if decision.decided else "—")
+    drifting = check.drifting
     names = ", ".join(drifting[:4]) + (" ..." if len(drifting) > 4 else "")
     return (
-        f"v{check['version']} windows {check['windows']}: {check['rows']} rows, "
+        f"v{check.version} windows {list(check.windows)}: {check.rows} rows, "
         f"{len(drifting)} features drifting{f' ({names})' if names else ''} -> {verdict}"
     )
 
 
-def _print_check(check: dict[str, Any]) -> None:
-    say("  drift check: " + _check_line(check))
+def gates_line(rec: PromotionRecord) -> str:
+    """A decision's gates as ``name=value``, failed ones marked."""
+    return ", ".join(f"{g.name}={_fmt(g.value)}{'' if g.passed else ' FAIL'}" for g in rec.gates)
 
 
-def _promotion_after(s: Settings, model: str, since: float, champion: str) -> Any:
+def promotion_after(s: Settings, model: str, since: float, champion: str) -> PromotionRecord | None:
+    """The newest promote decision since ``since`` about a version other than ``champion``."""
     from datetime import datetime
 
     from aipaas.training import promotion_log
@@ -335,7 +406,7 @@ def _promotion_after(s: Settings, model: str, since: float, champion: str) -> An
     return None
 
 
-def _retrain_progress(s: Settings, model: str, since: float) -> str | None:
+def retrain_progress(s: Settings, model: str, since: float) -> str | None:
     """What retraining is doing; raises when it ended, or was refused, with no decision.
 
     Later drift checks may ask again while the retrain runs; the cooldown
@@ -344,14 +415,14 @@ def _retrain_progress(s: Settings, model: str, since: float) -> str | None:
     from aipaas.monitoring import retrain
     from aipaas.training import registry
 
-    entries = [e for e in retrain.history(s, model) if e.get("at", 0) >= since]
-    failed = [e for e in entries if e.get("outcome") == "failed"]
+    entries = [e for e in retrain.retrain_history(s, model) if e.at >= since]
+    failed = [e for e in entries if e.outcome == "failed"]
     if failed:
-        raise DemoFailed(f"retraining failed: {failed[-1].get('error')}")
+        raise DemoFailed(f"retraining failed: {failed[-1].error}")
     if not any(t >= since for t in retrain.started_at(s, model)):
-        refused = [e for e in entries if e.get("action") in ("skipped", "suggested")]
+        refused = [e for e in entries if e.action in ("skipped", "suggested")]
         if refused:
-            raise DemoFailed(f"retraining was not started: {refused[-1].get('guardrails')}")
+            raise DemoFailed(f"retraining was not started: {list(refused[-1].guardrails)}")
         return "waiting for the retrain flow to start"
     versions = registry.list_versions(model)
     newest = versions[0].version if versions else "?"

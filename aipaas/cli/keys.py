@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Annotated
 
 import typer
@@ -44,7 +45,7 @@ def list_cmd(
 
     rows = keys.list_keys(settings())
     if as_json:
-        typer.echo(json.dumps([r.__dict__ for r in rows], indent=2))
+        typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
         return
     if not rows:
         typer.echo("no keys; create one with `aipaas keys create --name APP --scopes predict`")

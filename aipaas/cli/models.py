@@ -10,6 +10,7 @@ import typer
 from aipaas.cli._app import models_app, settings
 from aipaas.modeldef import list_definitions
 from aipaas.training import promote, promotion_log, registry, tags
+from aipaas.training.gates import format_gates
 
 ModelArg = Annotated[str, typer.Argument(help="Model name: a definition in models/.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -52,29 +53,28 @@ def show_cmd(model: ModelArg, as_json: JsonOpt = False) -> None:
     """Versions, aliases, gate results, data versions and the promotion history of a model."""
     status = promote.model_status(settings(), model)
     if as_json:
-        typer.echo(json.dumps(status, indent=2, default=str))
+        typer.echo(json.dumps(status.to_dict(), indent=2, default=str))
         return
-    aliases = ", ".join(f"{a}=v{v}" for a, v in status["aliases"].items()) or "none"
+    aliases = ", ".join(f"{a}=v{v}" for a, v in status.aliases.items()) or "none"
     typer.echo(f"model {model}   aliases: {aliases}\n")
     typer.echo(f"{'ver':>4}  {'aliases':<28} {'status':<12} {'suite':<6} {'data':<14} created")
-    for v in status["versions"]:
+    for v in status.versions:
         typer.echo(
-            f"{v['version']:>4}  {','.join(v['aliases']) or '-':<28} {v['status'] or '-':<12} "
-            f"{v['suite_passed'] or '-':<6} {(v['data_hash'] or '-')[:12]:<14} {v['created']}"
+            f"{v.version:>4}  {','.join(v.aliases) or '-':<28} {v.status or '-':<12} "
+            f"{v.suite_passed or '-':<6} {(v.data_hash or '-')[:12]:<14} {v.created}"
         )
-        if v["reasons"]:
-            typer.echo(f"      reasons: {v['reasons']}")
-    latest = next((v for v in status["versions"] if v["gates"]), None)
+        if v.reasons:
+            typer.echo(f"      reasons: {v.reasons}")
+    latest = next((v for v in status.versions if v.gates), None)
     if latest:
-        typer.echo(f"\ngates of v{latest['version']} ({latest['status']}, {latest['decided_by']}):")
-        typer.echo(promote.format_gates(latest["gates"]))
-    if status["history"]:
+        typer.echo(f"\ngates of v{latest.version} ({latest.status}, {latest.decided_by}):")
+        typer.echo(format_gates(latest.gates))
+    if status.history:
         typer.echo("\nhistory:")
-        for h in status["history"]:
+        for h in status.history:
             typer.echo(
-                f"  {h['at']}  {h['action']:<8} v{h['version']:<4} {h['result']:<12} "
-                f"by {h['decided_by']}"
-                + (f", approved by {h['approved_by']}" if h.get("approved_by") else "")
+                f"  {h.at}  {h.action:<8} v{h.version:<4} {h.result:<12} by {h.decided_by}"
+                + (f", approved by {h.approved_by}" if h.approved_by else "")
             )
 
 

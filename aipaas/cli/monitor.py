@@ -12,11 +12,14 @@ import json
 import os
 import signal
 import threading
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from aipaas.cli._app import app, settings
+
+if TYPE_CHECKING:
+    from aipaas.monitoring.drift_stats import DriftReport
 
 
 @app.command("profiler")
@@ -84,18 +87,25 @@ def drift_cmd(
     Prints the decision, its reasons and the HTML report's path. It does not
     retrain: `aipaas run drift` does, through the flows.
     """
-    from aipaas.monitoring import drift
+    from aipaas.modeldef import load_definition
+    from aipaas.monitoring import drift, drift_report
 
     s = settings()
-    report = drift.check(s, model)
-    run_id = drift.log_to_mlflow(s, report) if mlflow else None
+    report = drift.check_model(s, load_definition(model, s.models_dir))
+    run_id = drift_report.log_to_mlflow(s, report) if mlflow else None
     if as_json:
         typer.echo(json.dumps({**report.to_dict(), "mlflow_run": run_id}, indent=2, default=str))
         return
+    _print_report(report)
+    if run_id:
+        typer.echo(f"mlflow run: {run_id}")
+
+
+def _print_report(report: DriftReport) -> None:
     d = report.decision
-    verdict = "RETRAIN" if d.retrain else "no retrain" if d.decided else "no decision"
+    verdict = "RETRAIN" if d.retrain else d.verdict
     typer.echo(
-        f"{model} v{report.version}: {report.rows} served rows "
+        f"{report.model} v{report.version}: {report.rows} served rows "
         f"(windows {', '.join(map(str, report.windows)) or 'none'})"
     )
     for f in sorted(report.features, key=lambda f: -f.score)[:10]:
@@ -115,5 +125,3 @@ def drift_cmd(
     for reason in d.reasons:
         typer.echo(f"  - {reason}")
     typer.echo(f"report: {report.html_path}")
-    if run_id:
-        typer.echo(f"mlflow run: {run_id}")

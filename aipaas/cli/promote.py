@@ -8,12 +8,12 @@ from typing import Annotated
 import typer
 
 from aipaas.cli._app import app, settings
-from aipaas.training import promote, tags
-from aipaas.training.promote import Approval
+from aipaas.modeldef import load_definition
+from aipaas.training import promote
+from aipaas.training.gates import Approval, format_gates
 
 ModelArg = Annotated[str, typer.Argument(help="Model name: a definition in models/.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-ALIASES = (tags.CHAMPION, tags.CHALLENGER, tags.PREVIOUS_CHAMPION)
 
 
 @app.command("promote")
@@ -33,15 +33,17 @@ def promote_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Check the gates and promote the version to champion; exit non-zero if a gate fails."""
+    s = settings()
     approval = Approval(approved=True, reviewer=approve_as) if approve_as else None
-    record = promote.promote(settings(), model, version, approval=approval)
+    definition = load_definition(model, s.models_dir)
+    record = promote.promote(s, definition, version, approval=approval)
     if as_json:
-        typer.echo(json.dumps(record.to_dict(), indent=2))
+        typer.echo(json.dumps(record.to_dict(), indent=2, default=str))
         return
     if record.result == "unchanged":
         typer.echo(f"{model} v{record.version} is already champion; nothing changed")
         return
-    typer.echo(promote.format_gates(record.gates))
+    typer.echo(format_gates(record.gates))
     before = f"v{record.champion_before}" if record.champion_before else "none"
     typer.secho(
         f"promoted {model} v{record.version} to champion (previous: {before})",
@@ -54,7 +56,7 @@ def rollback_cmd(model: ModelArg, as_json: JsonOpt = False) -> None:
     """Move champion back to previous-champion in one step; serving reloads at once."""
     record = promote.rollback(settings(), model)
     if as_json:
-        typer.echo(json.dumps(record.to_dict(), indent=2))
+        typer.echo(json.dumps(record.to_dict(), indent=2, default=str))
         return
     typer.secho(
         f"rolled back {model}: champion is v{record.champion_after} "

@@ -6,7 +6,9 @@ The run reports to the Prefect server ``aipaas up`` started when one answers
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,8 +26,6 @@ ModelArg = Annotated[str, typer.Argument(help="Model name: a definition in model
 @contextmanager
 def prefect_api(s: Settings) -> Iterator[str | None]:
     """Report flow runs to the running platform's Prefect server when it answers."""
-    import os
-
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return
@@ -44,21 +44,27 @@ def prefect_api(s: Settings) -> Iterator[str | None]:
         yield url
 
 
-def _run(flow_module: str, flow_name: str, **params: Any) -> None:
-    import importlib
-
-    module = importlib.import_module(flow_module)
-    flow: Callable[..., Any] = getattr(module, flow_name)
+def _run(flow: Callable[..., Any], **params: Any) -> None:
+    """Run ``flow`` here (on the platform's Prefect server if it answers); print its result."""
     with prefect_api(settings()) as url:
-        typer.echo(f"running {flow_module} on {url or 'a temporary Prefect server'} ...")
+        typer.echo(f"running {flow.__name__} on {url or 'a temporary Prefect server'} ...")
         result = flow(**params)
-    typer.echo(json.dumps(result, indent=2, default=str))
+    typer.echo(json.dumps(_plain(result), indent=2, default=str))
+
+
+def _plain(result: Any) -> Any:
+    """A flow's result as JSON-ready values (flows return dataclasses)."""
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        return dataclasses.asdict(result)
+    return result
 
 
 @run_app.command("lifecycle")
 def run_lifecycle(model: ModelArg = "diagnosis") -> None:
     """Data, then train, then promote, now."""
-    _run("flows.lifecycle", "lifecycle_flow", model=model)
+    from flows.lifecycle import lifecycle_flow
+
+    _run(lifecycle_flow, model=model)
 
 
 @run_app.command("promote")
@@ -67,7 +73,9 @@ def run_promote(
     version: Annotated[str | None, typer.Option("--version", "-v")] = None,
 ) -> None:
     """The promote flow (gates table artifact; pauses when approval is required)."""
-    _run("flows.promote", "promote_flow", model=model, version=version)
+    from flows.promote import promote_flow
+
+    _run(promote_flow, model=model, version=version)
 
 
 @run_app.command("data")
@@ -75,22 +83,30 @@ def run_data(
     dataset: Annotated[str, typer.Argument(help="Dataset name.")] = "breast_cancer",
 ) -> None:
     """The data flow: ingest, validate, split, version, push."""
-    _run("flows.data", "data_flow", dataset=dataset)
+    from flows.data import data_flow
+
+    _run(data_flow, dataset=dataset)
 
 
 @run_app.command("train")
 def run_train(model: ModelArg = "diagnosis") -> None:
     """The train flow: Ray Tune search, holdout evaluation, register the challenger."""
-    _run("flows.train", "train_flow", model=model)
+    from flows.train import train_flow
+
+    _run(train_flow, model=model)
 
 
 @run_app.command("drift")
 def run_drift(model: ModelArg = "diagnosis") -> None:
     """The drift flow: compare served profiles with the champion's reference."""
-    _run("flows.drift", "drift_flow", model=model)
+    from flows.drift import drift_flow
+
+    _run(drift_flow, model=model)
 
 
 @run_app.command("retrain")
 def run_retrain(model: ModelArg = "diagnosis") -> None:
     """The retrain flow: new training data, then data, train, promote."""
-    _run("flows.retrain", "retrain_flow", model=model)
+    from flows.retrain import retrain_flow
+
+    _run(retrain_flow, model=model)

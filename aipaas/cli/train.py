@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from aipaas.cli._app import app, settings
+from aipaas.training import tags
 
+SHOWN_METRICS = (tags.HOLDOUT_PREFIX, tags.LATENCY_PREFIX, tags.CV_PREFIX)
 ModelArg = Annotated[str, typer.Argument(help="Model name: a definition in models/<name>.py.")]
 
 
@@ -30,6 +32,7 @@ def train_cmd(
     The new version gets alias `challenger`; `aipaas promote MODEL` decides
     whether it becomes champion.
     """
+    from aipaas.modeldef import load_definition
     from aipaas.training.train import train
 
     s = settings()
@@ -40,14 +43,14 @@ def train_cmd(
         updates["max_concurrent"] = concurrency
     if updates:
         s = s.model_copy(update={"tune": s.tune.model_copy(update=updates)})
-    result = train(model, s)
+    result = train(load_definition(model, s.models_dir), s)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
         return
-    typer.echo(f"registered {result.model_uri} (alias challenger), run {result.run_id}")
+    typer.echo(f"registered {result.model_uri} (alias {tags.CHALLENGER}), run {result.run_id}")
     typer.echo(f"data: {result.dataset}@{result.data_hash}")
     typer.echo(f"trials: {result.trials_ok} ok, {result.trials_failed} failed")
     for key, value in sorted(result.metrics.items()):
-        if key.startswith(("holdout_", "latency_", "cv_")):
+        if key.startswith(SHOWN_METRICS):
             typer.echo(f"  {key:24} {value:.4f}")
     typer.echo(f"best params: {json.dumps(result.best_params, default=str)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from datetime import datetime
 from typing import Annotated
 
@@ -23,7 +24,7 @@ def usage_cmd(
 
     rows = usage.usage(settings(), key_id=key, since=since, until=until)
     if as_json:
-        typer.echo(json.dumps([r.__dict__ for r in rows], indent=2))
+        typer.echo(json.dumps([asdict(r) for r in rows], indent=2))
         return
     typer.echo(
         f"{'key':14} {'owner':16} {'model':14} {'ver':>4} {'requests':>9} {'errors':>7} "

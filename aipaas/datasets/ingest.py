@@ -15,6 +15,12 @@ and push their outputs, rather than calling the stage functions itself, so a
 run from Prefect, from ``aipaas data run`` and a plain ``dvc repro`` are the
 same run. The version training records is read back from ``dvc.lock`` by
 :func:`recorded_version`.
+
+Every setting that changes a stage's output is a DVC param of that stage
+(:data:`STAGE_PARAMS`, listed the same way in ``dvc.yaml``), so DVC reruns
+the stage when it changes in ``params.yaml``. The same setting changed any
+other way (an ``AIPAAS_*`` variable, ``.env``) would change the data while
+DVC sees nothing: :func:`stage_settings` refuses it.
 """
 
 from __future__ import annotations
@@ -24,11 +30,12 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import ValidationError
 
 from aipaas.datasets import validation, versioning
 from aipaas.exceptions import (
@@ -37,11 +44,21 @@ from aipaas.exceptions import (
     DataValidationError,
     VersioningError,
 )
+from aipaas.files import atomic_write, atomic_write_json
 from aipaas.schemas import DatasetVersion, ValidationReport
-from aipaas.settings import DatasetSpec, Settings
+from aipaas.settings import DatasetSpec, DataSettings, Settings
 
 # The stages dvc.yaml declares for each dataset, in order.
 STAGES = ("ingest", "validate", "split")
+
+# Every setting a stage's output depends on, as its params.yaml key (``{dataset}``
+# is the stage's dataset). dvc.yaml lists exactly these under each stage's
+# ``params:``. validate reads none: its output follows from raw.csv and the suite.
+STAGE_PARAMS: dict[str, tuple[str, ...]] = {
+    "ingest": ("datasets.{dataset}",),
+    "validate": (),
+    "split": ("data.holdout_fraction", "data.seed", "datasets.{dataset}"),
+}
 
 
 @dataclass(frozen=True)
@@ -55,6 +72,306 @@ class DatasetPaths:
     holdout: Path
     incoming: Path
     suite: Path
+
+
+@dataclass(frozen=True)
+class DatasetStatus:
+    """One row of ``aipaas data list``: a declared dataset and what is recorded of it."""
+
+    name: str
+    source: str
+    target: str
+    suite: str  # "passed", "FAILED" or "not run"
+    hash: str | None = None
+    rows: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- stages
+
+
+def ingest(dataset: str, settings: Settings) -> Path:
+    """Write ``raw.csv``: the source rows, then every CSV in ``data/incoming/<dataset>/``.
+
+    Incoming files (new labelled rows, e.g. feedback the retrain flow exports)
+    are appended in name order. Their columns are not checked here: the
+    validate stage does that, with a readable report.
+
+    Raises:
+        DataValidationError: a source or incoming file cannot be read as CSV.
+    """
+    ds = spec(dataset, settings)
+    p = paths(dataset, settings)
+    frames = [load_source(ds, settings, dataset=dataset)]
+    frames += [
+        _read_table(file, dataset, f"incoming file for {dataset}", "; fix or remove it and rerun")
+        for file in incoming_files(dataset, settings)
+    ]
+    raw = pd.concat(frames, ignore_index=True, sort=False)
+    _write_csv(raw, p.raw)
+    return p.raw
+
+
+def validate(
+    dataset: str,
+    settings: Settings,
+    path: Path | None = None,
+) -> ValidationReport:
+    """Validate a file (default: the dataset's ``raw.csv``) against its suite.
+
+    Validating ``raw.csv`` is the validate stage: the report is also written to
+    ``validation.json``, which the split stage and :func:`recorded_version` read.
+    Another ``path`` is an ad-hoc check and records nothing. Data Docs go to
+    ``<home>/data_docs``. Returns the report whether or not it passed; callers
+    decide how loud to be.
+    """
+    spec(dataset, settings)
+    p = paths(dataset, settings)
+    target = Path(path) if path is not None else p.raw
+    report = validation.validate_file(
+        target, p.suite, dataset, docs_dir=Path(settings.home) / "data_docs"
+    )
+    if path is None or _same_file(target, p.raw):
+        atomic_write_json(p.validation, report.to_dict())
+    return report
+
+
+def split(dataset: str, settings: Settings) -> tuple[Path, Path]:
+    """Write ``train.csv`` and ``holdout.csv``; refuse unless the suite passed.
+
+    The split is stratified on the target for classification, with the seed
+    and holdout fraction of ``settings.data``, so the same raw data always
+    gives the same files (and the same DVC hash).
+
+    Raises:
+        DataValidationError: validation failed, or ran on another raw file.
+    """
+    from sklearn.model_selection import train_test_split
+
+    ds = spec(dataset, settings)
+    p = paths(dataset, settings)
+    report = _passed_report(dataset, settings, "refusing to split")
+    raw = pd.read_csv(p.raw)
+    if len(raw) != report.rows:
+        raise DataValidationError(
+            f"{p.raw} has {len(raw)} rows but was validated with {report.rows}; "
+            f"run `aipaas data validate {dataset}` again",
+            report=report,
+        )
+    stratify = raw[ds.target] if ds.task == "classification" else None
+    try:
+        train, holdout = train_test_split(
+            raw,
+            test_size=settings.data.holdout_fraction,
+            random_state=settings.data.seed,
+            stratify=stratify,
+        )
+    except ValueError as err:
+        raise DataValidationError(
+            f"cannot split {dataset} stratified on {ds.target!r}: {err}", report=report
+        ) from err
+    _write_csv(train, p.train)
+    _write_csv(holdout, p.holdout)
+    return p.train, p.holdout
+
+
+# ---------------------------------------------------------------- the DVC pipeline
+
+
+def run_data_pipeline(dataset: str, settings: Settings, push: bool = True) -> DatasetVersion:
+    """Reproduce the dataset's stages with DVC, push them, and return the version.
+
+    What ``aipaas data run`` calls; the Prefect flow calls the same three
+    steps as separate tasks so that only the push is retried.
+
+    Raises:
+        ConfigurationError: a stage param is overridden outside params.yaml.
+        DataValidationError: the suite failed; nothing is split, locked or pushed.
+        VersioningError: DVC failed for another reason (its output is in the message).
+    """
+    reproduce(dataset, settings)
+    if push:
+        push_dataset(dataset, settings)
+    return recorded_version(dataset, settings)
+
+
+def reproduce(dataset: str, settings: Settings) -> None:
+    """``dvc repro split@<dataset>``: rerun what changed, record it in dvc.lock.
+
+    DVC decides what to rerun (changed code, params, suite or incoming files).
+    The stages run in the same Python environment as this process and read
+    their params from the repository's ``params.yaml``; a setting of theirs
+    that this process overrides is refused first, since the stages would
+    either ignore it or change the data behind DVC's back.
+
+    Raises:
+        ConfigurationError: a stage param differs from params.yaml.
+        DataValidationError: the suite failed (carries the report); DVC stopped
+            before split, so the failed data is neither split nor locked as good.
+        VersioningError: DVC failed for another reason (its output is in the message).
+    """
+    for stage in STAGES:
+        stage_settings(stage, dataset, settings)
+    p = paths(dataset, settings)
+    # DVC refuses a missing dependency: these directories exist even when empty.
+    p.incoming.mkdir(parents=True, exist_ok=True)
+    sources_dir(settings).mkdir(parents=True, exist_ok=True)
+    repo = Path(settings.versioning.repo)
+    try:
+        versioning.repro(repo, [f"split@{dataset}"], env=stage_environment(settings))
+    except VersioningError as err:
+        # Only a failure of the validate stage is a suite failure; an older
+        # failed report must not be blamed for, say, a broken ingest.
+        report = _failed_report(dataset, settings) if f"validate@{dataset}" in str(err) else None
+        if report is None:
+            raise
+        raise DataValidationError(
+            f"{dataset} failed its suite: "
+            + (report.error or f"{len(report.failed)} expectations failed")
+            + "; nothing was split or pushed",
+            report=report,
+        ) from err
+
+
+def push_dataset(dataset: str, settings: Settings) -> None:
+    """Send the dataset's stage outputs to the DVC remote (default: under home).
+
+    Raises:
+        RemoteError: the remote did not take the push (worth a retry).
+        VersioningError: anything else.
+    """
+    repo = Path(settings.versioning.repo)
+    versioning.configure_remote(repo, settings.versioning.remote_name, settings.dvc_remote_url)
+    versioning.push(
+        repo,
+        [f"{stage}@{dataset}" for stage in STAGES],
+        remote=settings.versioning.remote_name,
+        env=stage_environment(settings),
+    )
+
+
+def recorded_version(dataset: str, settings: Settings) -> DatasetVersion:
+    """The recorded version of the prepared data: what training uses and records.
+
+    The hash combines the md5s that ``dvc.lock`` records for ``train.csv`` and
+    ``holdout.csv``; the files on disk must still match them.
+
+    Raises:
+        DatasetNotFoundError: the dataset was never produced, or the files on
+            disk are not the ones dvc.lock records (run ``dvc checkout`` or
+            ``aipaas data run``).
+        DataValidationError: the latest validation of this dataset failed.
+    """
+    ds = spec(dataset, settings)
+    p = paths(dataset, settings)
+    train_md5, holdout_md5 = _locked_md5s(dataset, settings)
+    report = _passed_report(dataset, settings, "training on it is refused")
+    repo = Path(settings.versioning.repo)
+    return DatasetVersion(
+        name=dataset,
+        hash=dataset_hash(train_md5, holdout_md5),
+        rows=_count_rows(p.train) + _count_rows(p.holdout),
+        suite_passed=report.success,
+        train_path=p.train,
+        holdout_path=p.holdout,
+        target=ds.target,
+        git_commit=versioning.git_commit(repo),
+    )
+
+
+def list_datasets(settings: Settings) -> list[DatasetStatus]:
+    """Every declared dataset with its recorded version, if any (for ``aipaas data list``)."""
+    return [dataset_status(name, settings) for name in sorted(settings.datasets)]
+
+
+def dataset_status(dataset: str, settings: Settings) -> DatasetStatus:
+    """A declared dataset and whether a version that passed its suite is recorded."""
+    ds = spec(dataset, settings)
+    try:
+        v = recorded_version(dataset, settings)
+    except DataValidationError:
+        return DatasetStatus(dataset, ds.source, ds.target, suite="FAILED")
+    except DatasetNotFoundError:
+        return DatasetStatus(dataset, ds.source, ds.target, suite="not run")
+    return DatasetStatus(dataset, ds.source, ds.target, suite="passed", hash=v.hash, rows=v.rows)
+
+
+# ---------------------------------------------------------------- stage params
+
+
+def stage_settings(stage: str, dataset: str, settings: Settings) -> Settings:
+    """The settings a DVC stage runs with: its params exactly as ``params.yaml`` holds them.
+
+    ``params.yaml`` beside dvc.yaml is the file DVC tracks, and the stages'
+    own process reads it (:func:`stage_environment` points ``AIPAAS_PARAMS``
+    at it). A stage param (:data:`STAGE_PARAMS`) that these settings hold
+    differently, from an ``AIPAAS_*`` variable, ``.env`` or another params
+    file, is refused rather than used: DVC would record a new version of the
+    data without knowing why it changed.
+
+    Returns:
+        ``settings`` itself, once each of the stage's params is checked to
+        equal the value in params.yaml.
+
+    Raises:
+        DatasetNotFoundError: the dataset is not declared.
+        ConfigurationError: params.yaml is missing or invalid, or a stage param differs.
+    """
+    spec(dataset, settings)
+    keys = [key.format(dataset=dataset) for key in STAGE_PARAMS[stage]]
+    if not keys:
+        return settings
+    file = versioning.params_file(Path(settings.versioning.repo))
+    tracked = tracked_params(dataset, file)
+    current = current_params(dataset, settings)
+    for key in keys:
+        if tracked[key] != current[key]:
+            raise ConfigurationError(_override_message(key, current[key], tracked[key], file))
+    return settings
+
+
+def tracked_params(dataset: str, params_file: Path) -> dict[str, Any]:
+    """The dataset's stage params as ``params_file`` holds them (defaults filled in).
+
+    Raises:
+        ConfigurationError: the file is missing or its values are invalid.
+    """
+    params = versioning.read_params(params_file)
+    try:
+        data = DataSettings(**(params.get("data") or {}))
+        entry = (params.get("datasets") or {}).get(dataset)
+        ds = DatasetSpec(**entry) if entry is not None else None
+    except (ValidationError, TypeError) as err:
+        raise ConfigurationError(f"{params_file}: invalid data settings: {err}") from err
+    return _params(dataset, data, ds)
+
+
+def current_params(dataset: str, settings: Settings) -> dict[str, Any]:
+    """The dataset's stage params as ``settings`` hold them."""
+    return _params(dataset, settings.data, settings.datasets.get(dataset))
+
+
+def stage_environment(settings: Settings) -> dict[str, str]:
+    """Environment for ``dvc repro``/``push``: this Python, this project's locations.
+
+    Locations (home, data and suite directories, the repository) point the
+    stages at the same project; params are not passed: the stages read them
+    from the repository's ``params.yaml``, the file DVC tracks.
+    """
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["AIPAAS_HOME"] = str(settings.home)
+    env["AIPAAS_DATA__DIR"] = str(settings.data.dir)
+    env["AIPAAS_DATA__EXPECTATIONS_DIR"] = str(settings.data.expectations_dir)
+    env["AIPAAS_VERSIONING__REPO"] = str(settings.versioning.repo)
+    env["AIPAAS_PARAMS"] = str(versioning.params_file(Path(settings.versioning.repo)))
+    env.update(versioning.DVC_ENV)
+    return env
+
+
+# ---------------------------------------------------------------- declarations and paths
 
 
 def spec(dataset: str, settings: Settings) -> DatasetSpec:
@@ -86,6 +403,36 @@ def paths(dataset: str, settings: Settings) -> DatasetPaths:
     )
 
 
+def incoming_files(dataset: str, settings: Settings) -> list[Path]:
+    """The CSV files waiting in the dataset's incoming directory, in name order."""
+    incoming = paths(dataset, settings).incoming
+    return sorted(incoming.glob("*.csv")) if incoming.is_dir() else []
+
+
+def read_report(dataset: str, settings: Settings) -> ValidationReport:
+    """The validate stage's last report.
+
+    Raises:
+        DatasetNotFoundError: validation never ran for this dataset.
+    """
+    file = paths(dataset, settings).validation
+    if not file.is_file():
+        raise DatasetNotFoundError(
+            f"{dataset} has not been validated ({file} is missing); run `aipaas data run {dataset}`"
+        )
+    try:
+        return validation.report_from_dict(json.loads(file.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise DatasetNotFoundError(
+            f"{file} is not a validation report ({err}); rerun `aipaas data run {dataset}`"
+        ) from err
+
+
+def dataset_hash(train_md5: str, holdout_md5: str) -> str:
+    """One hash for the prepared dataset, from DVC's md5s of its two files."""
+    return hashlib.md5(f"{train_md5}\n{holdout_md5}\n".encode()).hexdigest()  # noqa: S324
+
+
 # ---------------------------------------------------------------- sources
 
 
@@ -97,6 +444,29 @@ def sources_dir(settings: Settings) -> Path:
 def snake_case(name: str) -> str:
     """``"mean radius"`` -> ``"mean_radius"``: column names safe for every tool."""
     return re.sub(r"[^0-9a-zA-Z]+", "_", name.strip()).strip("_").lower()
+
+
+def load_source(spec: DatasetSpec, settings: Settings, dataset: str = "") -> pd.DataFrame:
+    """The rows a dataset's ``source`` names.
+
+    Args:
+        spec: The dataset's declaration.
+        settings: Where ``csv:`` sources live.
+        dataset: The dataset's name, for the report of an unreadable source.
+
+    Raises:
+        ConfigurationError: the source kind is unknown.
+        DataValidationError: a ``csv:`` source cannot be read.
+    """
+    kind, _, arg = spec.source.partition(":")
+    if kind == "sklearn" and arg:
+        return _load_sklearn(arg, spec.target)
+    if kind == "csv" and arg:
+        file = _source_file(arg, Path(settings.versioning.repo), sources_dir(settings))
+        return _read_table(file, dataset or spec.source, f"source csv:{arg}")
+    raise ConfigurationError(
+        f"unknown dataset source {spec.source!r}: use 'sklearn:<name>' or 'csv:<path>'"
+    )
 
 
 def _load_sklearn(name: str, target: str) -> pd.DataFrame:
@@ -119,7 +489,7 @@ def _load_sklearn(name: str, target: str) -> pd.DataFrame:
     return frame
 
 
-def _load_csv(path: str, repo: Path, sources: Path) -> pd.DataFrame:
+def _source_file(path: str, repo: Path, sources: Path) -> Path:
     """A team's own file. It must live under ``data/sources/``, a dependency of
     every ingest stage, so that DVC reruns ingest when the file changes."""
     file = Path(path)
@@ -131,199 +501,65 @@ def _load_csv(path: str, repo: Path, sources: Path) -> pd.DataFrame:
             "repository, e.g. csv:data/sources/<file>.csv) so that DVC tracks it as a "
             "dependency of ingest"
         )
+    return file
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _read_table(file: Path, dataset: str, what: str, hint: str = "") -> pd.DataFrame:
+    """A CSV a stage reads, or a DataValidationError whose report says why it cannot be read."""
     frame, error = validation.read_csv(file)
     if frame is None:
-        raise DataValidationError(f"source csv:{path}: {error}")
+        report = validation.unreadable_report(dataset, file, error or "unreadable")
+        raise DataValidationError(f"{what}: {error}{hint}", report=report)
     return frame
 
 
-def load_source(spec: DatasetSpec, settings: Settings) -> pd.DataFrame:
-    """The rows a dataset's ``source`` names.
+def _passed_report(dataset: str, settings: Settings, consequence: str) -> ValidationReport:
+    """The recorded report, which must have passed.
 
     Raises:
-        ConfigurationError: the source kind is unknown.
-        DataValidationError: a ``csv:`` source cannot be read.
+        DatasetNotFoundError: validation never ran.
+        DataValidationError: it failed.
     """
-    kind, _, arg = spec.source.partition(":")
-    if kind == "sklearn" and arg:
-        return _load_sklearn(arg, spec.target)
-    if kind == "csv" and arg:
-        return _load_csv(arg, Path(settings.versioning.repo), sources_dir(settings))
-    raise ConfigurationError(
-        f"unknown dataset source {spec.source!r}: use 'sklearn:<name>' or 'csv:<path>'"
-    )
-
-
-# ---------------------------------------------------------------- stages
-
-
-def ingest(dataset: str, settings: Settings) -> Path:
-    """Write ``raw.csv``: the source rows, then every CSV in ``data/incoming/<dataset>/``.
-
-    Incoming files (new labelled rows, e.g. feedback the retrain flow exports)
-    are appended in name order. Their columns are not checked here: the
-    validate stage does that, with a readable report.
-
-    Raises:
-        DataValidationError: an incoming file cannot be read as CSV.
-    """
-    ds = spec(dataset, settings)
-    p = paths(dataset, settings)
-    frames = [load_source(ds, settings)]
-    for file in incoming_files(dataset, settings):
-        frame, error = validation.read_csv(file)
-        if frame is None:
-            raise DataValidationError(
-                f"incoming file for {dataset}: {error}; fix or remove it and rerun"
-            )
-        frames.append(frame)
-    raw = pd.concat(frames, ignore_index=True, sort=False)
-    p.dir.mkdir(parents=True, exist_ok=True)
-    _write_csv(raw, p.raw)
-    return p.raw
-
-
-def incoming_files(dataset: str, settings: Settings) -> list[Path]:
-    incoming = paths(dataset, settings).incoming
-    return sorted(incoming.glob("*.csv")) if incoming.is_dir() else []
-
-
-def validate(
-    dataset: str,
-    settings: Settings,
-    path: Path | None = None,
-) -> ValidationReport:
-    """Validate a file (default: the dataset's ``raw.csv``) against its suite.
-
-    Validating ``raw.csv`` is the validate stage: the report is also written to
-    ``validation.json``, which the split stage and :func:`recorded_version` read.
-    Another ``path`` is an ad-hoc check and records nothing. Data Docs go to
-    ``<home>/data_docs``. Returns the report whether or not it passed; callers
-    decide how loud to be.
-    """
-    spec(dataset, settings)
-    p = paths(dataset, settings)
-    target = Path(path) if path is not None else p.raw
-    report = validation.validate_file(
-        target, p.suite, dataset, docs_dir=Path(settings.home) / "data_docs"
-    )
-    if path is None or _same_file(target, p.raw):
-        p.dir.mkdir(parents=True, exist_ok=True)
-        p.validation.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    report = read_report(dataset, settings)
+    if not report.success:
+        docs = f" and {report.data_docs}" if report.data_docs else ""
+        raise DataValidationError(
+            f"{dataset} failed its suite ({len(report.failed)} expectations); {consequence}. "
+            f"See `aipaas data validate {dataset}`{docs}; fix the data and run "
+            f"`aipaas data run {dataset}`",
+            report=report,
+        )
     return report
 
 
-def read_report(dataset: str, settings: Settings) -> ValidationReport:
-    """The validate stage's last report.
+def _failed_report(dataset: str, settings: Settings) -> ValidationReport | None:
+    try:
+        report = read_report(dataset, settings)
+    except DatasetNotFoundError:
+        return None
+    return None if report.success else report
+
+
+def _locked_md5s(dataset: str, settings: Settings) -> tuple[str, str]:
+    """The md5s dvc.lock records for train.csv and holdout.csv, checked against the files.
 
     Raises:
-        DatasetNotFoundError: validation never ran for this dataset.
+        DatasetNotFoundError: nothing is recorded, or the files are missing or differ.
     """
-    file = paths(dataset, settings).validation
-    if not file.is_file():
-        raise DatasetNotFoundError(
-            f"{dataset} has not been validated ({file} is missing); run `aipaas data run {dataset}`"
-        )
-    try:
-        return validation.report_from_dict(json.loads(file.read_text()))
-    except (json.JSONDecodeError, TypeError) as err:
-        raise DatasetNotFoundError(
-            f"{file} is not a validation report ({err}); rerun `aipaas data run {dataset}`"
-        ) from err
-
-
-def split(dataset: str, settings: Settings) -> tuple[Path, Path]:
-    """Write ``train.csv`` and ``holdout.csv``; refuse unless the suite passed.
-
-    The split is stratified on the target for classification, with the seed
-    and holdout fraction of ``settings.data``, so the same raw data always
-    gives the same files (and the same DVC hash).
-
-    Raises:
-        DataValidationError: validation failed, or ran on another raw file.
-    """
-    from sklearn.model_selection import train_test_split
-
-    ds = spec(dataset, settings)
-    p = paths(dataset, settings)
-    report = read_report(dataset, settings)
-    if not report.success:
-        raise DataValidationError(
-            f"{dataset} failed its suite ({len(report.failed)} expectations); "
-            "refusing to split. See `aipaas data validate "
-            f"{dataset}`" + (f" and {report.data_docs}" if report.data_docs else ""),
-            report=report,
-        )
-    raw = pd.read_csv(p.raw)
-    if len(raw) != report.rows:
-        raise DataValidationError(
-            f"{p.raw} has {len(raw)} rows but was validated with {report.rows}; "
-            f"run `aipaas data validate {dataset}` again",
-            report=report,
-        )
-    stratify = raw[ds.target] if ds.task == "classification" else None
-    try:
-        train, holdout = train_test_split(
-            raw,
-            test_size=settings.data.holdout_fraction,
-            random_state=settings.data.seed,
-            stratify=stratify,
-        )
-    except ValueError as err:
-        raise DataValidationError(
-            f"cannot split {dataset} stratified on {ds.target!r}: {err}", report=report
-        ) from err
-    _write_csv(train, p.train)
-    _write_csv(holdout, p.holdout)
-    return p.train, p.holdout
-
-
-def _write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Write atomically: a crash never leaves a half-written file that DVC would hash."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve()
-    except OSError:
-        return False
-
-
-# ---------------------------------------------------------------- versions
-
-
-def dataset_hash(train_md5: str, holdout_md5: str) -> str:
-    """One hash for the prepared dataset, from DVC's md5s of its two files."""
-    return hashlib.md5(f"{train_md5}\n{holdout_md5}\n".encode()).hexdigest()  # noqa: S324
-
-
-def recorded_version(dataset: str, settings: Settings) -> DatasetVersion:
-    """The recorded version of the prepared data: what training uses and records.
-
-    The hash combines the md5s that ``dvc.lock`` records for ``train.csv`` and
-    ``holdout.csv``; the files on disk must still match them.
-
-    Raises:
-        DatasetNotFoundError: the dataset was never produced, or the files on
-            disk are not the ones dvc.lock records (run ``dvc checkout`` or
-            ``aipaas data run``).
-        DataValidationError: the latest validation of this dataset failed.
-    """
-    ds = spec(dataset, settings)
     p = paths(dataset, settings)
     repo = Path(settings.versioning.repo)
     outs = versioning.locked_outs(repo, f"split@{dataset}")
-    rel = {name: versioning.relpath(repo, getattr(p, name)) for name in ("train", "holdout")}
-    if not outs or any(r not in outs for r in rel.values()):
+    files = (p.train, p.holdout)
+    rel = [versioning.relpath(repo, file) for file in files]
+    if any(r not in outs for r in rel):
         raise DatasetNotFoundError(
             f"no recorded version of {dataset} in {repo / 'dvc.lock'}; "
             f"run `aipaas data run {dataset}`"
         )
-    for name, r in rel.items():
-        file = getattr(p, name)
+    for file, r in zip(files, rel, strict=True):
         if not file.is_file():
             raise DatasetNotFoundError(
                 f"{file} is missing; run `dvc pull` (or `aipaas data run {dataset}`)"
@@ -333,133 +569,42 @@ def recorded_version(dataset: str, settings: Settings) -> DatasetVersion:
                 f"{file} differs from the version dvc.lock records; run `dvc checkout` "
                 f"to restore it or `aipaas data run {dataset}` to record a new one"
             )
-    report = read_report(dataset, settings)
-    if not report.success:
-        raise DataValidationError(
-            f"the latest data for {dataset} failed its suite; fix it and run "
-            f"`aipaas data run {dataset}`",
-            report=report,
-        )
-    return DatasetVersion(
-        name=dataset,
-        hash=dataset_hash(outs[rel["train"]], outs[rel["holdout"]]),
-        rows=_count_rows(p.train) + _count_rows(p.holdout),
-        suite_passed=report.success,
-        train_path=p.train,
-        holdout_path=p.holdout,
-        target=ds.target,
-        git_commit=versioning.git_commit(repo),
+    return outs[rel[0]], outs[rel[1]]
+
+
+def _params(dataset: str, data: DataSettings, ds: DatasetSpec | None) -> dict[str, Any]:
+    """Every stage param of the dataset by its params.yaml key (None: not declared)."""
+    return {
+        "data.holdout_fraction": data.holdout_fraction,
+        "data.seed": data.seed,
+        f"datasets.{dataset}": ds.model_dump() if ds is not None else None,
+    }
+
+
+def _override_message(key: str, current: Any, tracked: Any, file: Path) -> str:
+    variable = "AIPAAS_" + key.upper().replace(".", "__")
+    shown = "not declared" if tracked is None else repr(tracked)
+    return (
+        f"{key} is {current!r} in this process's settings but {shown} in {file}, the params "
+        f"file DVC tracks. An override from the environment or .env (e.g. {variable}) "
+        "would change the data without DVC seeing a params change, so it is refused: "
+        f"remove the override and set {key} in {file} instead (AIPAAS_PARAMS, if set, "
+        "must point at that file)"
     )
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Write atomically: a crash never leaves a half-written file that DVC would hash."""
+    atomic_write(path, frame.to_csv(index=False))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def _count_rows(path: Path) -> int:
     # Parsed, not line-counted: a quoted text field may hold newlines.
     return len(pd.read_csv(path, usecols=[0]))
-
-
-def run_data_pipeline(dataset: str, settings: Settings, push: bool = True) -> DatasetVersion:
-    """Reproduce the dataset's stages with DVC, push them, and return the version.
-
-    What ``aipaas data run`` calls; the Prefect flow calls the same three
-    steps as separate tasks so that only the push is retried.
-
-    Raises:
-        DataValidationError: the suite failed; nothing is split, locked or pushed.
-        VersioningError: DVC failed for another reason (its output is in the message).
-    """
-    reproduce(dataset, settings)
-    if push:
-        push_dataset(dataset, settings)
-    return recorded_version(dataset, settings)
-
-
-def reproduce(dataset: str, settings: Settings) -> None:
-    """``dvc repro split@<dataset>``: rerun what changed, record it in dvc.lock.
-
-    DVC decides what to rerun (changed source code, params, suite or incoming
-    files). The stages run in the same Python environment as this process,
-    with this process's settings.
-
-    Raises:
-        DataValidationError: the suite failed (carries the report); DVC stopped
-            before split, so the failed data is neither split nor locked as good.
-        VersioningError: DVC failed for another reason (its output is in the message).
-    """
-    spec(dataset, settings)
-    p = paths(dataset, settings)
-    repo = Path(settings.versioning.repo)
-    # DVC refuses a missing dependency: these directories exist even when empty.
-    p.incoming.mkdir(parents=True, exist_ok=True)
-    sources_dir(settings).mkdir(parents=True, exist_ok=True)
-    try:
-        versioning.repro(repo, [f"split@{dataset}"], env=stage_environment(settings))
-    except VersioningError as err:
-        # Only a failure of the validate stage is a suite failure; an older
-        # failed report must not be blamed for, say, a broken ingest.
-        failed_stage = f"validate@{dataset}" in str(err)
-        report = _report_if_failed(dataset, settings) if failed_stage else None
-        if report is not None:
-            raise DataValidationError(
-                f"{dataset} failed its suite: "
-                + (report.error or f"{len(report.failed)} expectations failed")
-                + "; nothing was split or pushed",
-                report=report,
-            ) from err
-        raise
-
-
-def push_dataset(dataset: str, settings: Settings) -> None:
-    """Send the dataset's stage outputs to the DVC remote (default: under home)."""
-    repo = Path(settings.versioning.repo)
-    versioning.configure_remote(repo, settings.versioning.remote_name, settings.dvc_remote_url)
-    versioning.push(
-        repo,
-        [f"{stage}@{dataset}" for stage in STAGES],
-        remote=settings.versioning.remote_name,
-        env=stage_environment(settings),
-    )
-
-
-def _report_if_failed(dataset: str, settings: Settings) -> ValidationReport | None:
-    try:
-        report = read_report(dataset, settings)
-    except DatasetNotFoundError:
-        return None
-    return None if report.success else report
-
-
-def stage_environment(settings: Settings) -> dict[str, str]:
-    """Environment for ``dvc repro``: its stages see this process's settings and Python."""
-    env = dict(os.environ)
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = os.pathsep.join([bin_dir, env.get("PATH", "")])
-    env["AIPAAS_HOME"] = str(settings.home)
-    env["AIPAAS_DATA__DIR"] = str(settings.data.dir)
-    env["AIPAAS_DATA__EXPECTATIONS_DIR"] = str(settings.data.expectations_dir)
-    env["AIPAAS_DATA__HOLDOUT_FRACTION"] = str(settings.data.holdout_fraction)
-    env["AIPAAS_DATA__SEED"] = str(settings.data.seed)
-    env["AIPAAS_VERSIONING__REPO"] = str(settings.versioning.repo)
-    env["AIPAAS_DATASETS"] = json.dumps(
-        {name: s.model_dump() for name, s in settings.datasets.items()}
-    )
-    params = Path(settings.versioning.repo) / "params.yaml"
-    if params.is_file():
-        env["AIPAAS_PARAMS"] = str(params)
-    env.update(versioning.DVC_ENV)
-    return env
-
-
-def list_datasets(settings: Settings) -> list[dict[str, Any]]:
-    """Every declared dataset with its recorded version, if any (for ``aipaas data list``)."""
-    rows = []
-    for name, ds in sorted(settings.datasets.items()):
-        row: dict[str, Any] = {"name": name, "source": ds.source, "target": ds.target}
-        try:
-            v = recorded_version(name, settings)
-            row.update(hash=v.hash, rows=v.rows, suite="passed")
-        except DataValidationError:
-            row.update(hash=None, rows=None, suite="FAILED")
-        except DatasetNotFoundError:
-            row.update(hash=None, rows=None, suite="not run")
-        rows.append(row)
-    return rows

@@ -27,6 +27,7 @@ os.environ.setdefault("WHYLOGS_NO_ANALYTICS", "True")
 import pandas as pd  # noqa: E402
 
 from aipaas.exceptions import ConfigurationError  # noqa: E402
+from aipaas.files import atomic_write  # noqa: E402
 
 ColumnKind = Literal["numeric", "categorical"]
 
@@ -200,12 +201,7 @@ def write_profile(df: pd.DataFrame, path: Path) -> Path:
 
 def save_profile(profile: Profile, path: Path) -> Path:
     """Write atomically: a reader never sees half a profile."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(profile.to_bytes())
-    os.replace(tmp, path)
-    return path
+    return atomic_write(Path(path), profile.to_bytes())
 
 
 def read_profile(path: Path) -> Profile:

@@ -102,10 +102,15 @@ def validate_file(
     """Validate a CSV file; an unreadable file is a failed report, not an exception."""
     frame, error = read_csv(path)
     if frame is None:
-        return ValidationReport(
-            dataset=dataset, path=str(path), success=False, rows=0, evaluated=0, error=error
-        )
+        return unreadable_report(dataset, path, error or "unreadable")
     return validate_frame(frame, suite_file, dataset, docs_dir=docs_dir, path=str(path))
+
+
+def unreadable_report(dataset: str, path: Path, error: str) -> ValidationReport:
+    """The failed report of a file that never reached the suite: ``error`` says why."""
+    return ValidationReport(
+        dataset=dataset, path=str(path), success=False, rows=0, evaluated=0, error=error
+    )
 
 
 def validate_frame(
@@ -117,39 +122,8 @@ def validate_frame(
 ) -> ValidationReport:
     """Run the suite on a DataFrame and build the report (and Data Docs, if asked)."""
     suite_json = load_suite(suite_file)
-    import great_expectations as gx
-
     with _GX_LOCK:
-        context = _context(docs_dir)
-        suite = context.suites.add(gx.ExpectationSuite(**{**suite_json, "name": dataset}))
-        batch_def = (
-            context.data_sources.add_pandas(f"{dataset}_source")
-            .add_dataframe_asset(dataset)
-            .add_batch_definition_whole_dataframe("whole")
-        )
-        definition = context.validation_definitions.add(
-            gx.ValidationDefinition(name=dataset, data=batch_def, suite=suite)
-        )
-        actions: list[Any] = []
-        if docs_dir is not None:
-            actions.append(gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[_SITE]))
-        checkpoint = context.checkpoints.add(
-            gx.Checkpoint(
-                name=dataset,
-                validation_definitions=[definition],
-                actions=actions,
-                result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20},
-            )
-        )
-        result = checkpoint.run(batch_parameters={"dataframe": frame})
-        docs_page = None
-        (key, suite_result), *_ = result.run_results.items()
-        if docs_dir is not None:
-            urls = context.get_docs_sites_urls(resource_identifier=key, site_names=[_SITE])
-            docs_page = _url_to_path(urls[0]["site_url"]) if urls else None
-            if not docs_page or not Path(docs_page).exists():
-                docs_page = str(Path(docs_dir) / "index.html")
-
+        suite_result, docs_page = _run_suite(frame, suite_json, dataset, docs_dir)
     failures = [_explain_types(_failure(r), frame) for r in suite_result.results if not r.success]
     failed = _tidy(failures)
     failed.sort(key=lambda f: (f.column is not None, f.column or "", f.expectation))
@@ -162,6 +136,54 @@ def validate_frame(
         failed=failed,
         data_docs=docs_page,
     )
+
+
+def _run_suite(
+    frame: pd.DataFrame, suite_json: dict[str, Any], dataset: str, docs_dir: Path | None
+) -> tuple[Any, str | None]:
+    """One checkpoint run on a fresh ephemeral context: GX's suite result and the docs page."""
+    context = _context(docs_dir)
+    checkpoint = _checkpoint(context, suite_json, dataset, with_docs=docs_dir is not None)
+    result = checkpoint.run(batch_parameters={"dataframe": frame})
+    (key, suite_result), *_ = result.run_results.items()
+    return suite_result, _docs_page(context, key, docs_dir)
+
+
+def _checkpoint(context: Any, suite_json: dict[str, Any], dataset: str, with_docs: bool) -> Any:
+    """The suite, a whole-dataframe batch and a checkpoint over them, added to ``context``."""
+    import great_expectations as gx
+
+    suite = context.suites.add(gx.ExpectationSuite(**{**suite_json, "name": dataset}))
+    batch_def = (
+        context.data_sources.add_pandas(f"{dataset}_source")
+        .add_dataframe_asset(dataset)
+        .add_batch_definition_whole_dataframe("whole")
+    )
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=dataset, data=batch_def, suite=suite)
+    )
+    actions: list[Any] = []
+    if with_docs:
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="docs", site_names=[_SITE]))
+    return context.checkpoints.add(
+        gx.Checkpoint(
+            name=dataset,
+            validation_definitions=[definition],
+            actions=actions,
+            result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20},
+        )
+    )
+
+
+def _docs_page(context: Any, key: Any, docs_dir: Path | None) -> str | None:
+    """The Data Docs page of this run (the site index when GX names none that exists)."""
+    if docs_dir is None:
+        return None
+    urls = context.get_docs_sites_urls(resource_identifier=key, site_names=[_SITE])
+    page = _url_to_path(urls[0]["site_url"]) if urls else None
+    if not page or not Path(page).exists():
+        page = str(Path(docs_dir) / "index.html")
+    return page
 
 
 def _context(docs_dir: Path | None) -> Any:

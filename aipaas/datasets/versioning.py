@@ -4,8 +4,8 @@ The only module that runs DVC. It runs DVC as a subprocess of this Python
 (``python -m dvc``) rather than through DVC's Python API: every call gets its
 own environment (the settings the stages must see) without touching this
 process's ``os.environ``, and DVC's repository lock, logging and caches stay
-out of long-lived processes such as the Prefect runner. ``dvc.lock`` is read
-directly: it is a documented YAML file.
+out of long-lived processes such as the Prefect runner. ``dvc.lock`` and
+``params.yaml`` are read directly: they are documented YAML files.
 
 Analytics and update checks are off for every call (no network at run time).
 """
@@ -13,6 +13,7 @@ Analytics and update checks are off for every call (no network at run time).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from aipaas.exceptions import RemoteError, VersioningError
+from aipaas.exceptions import ConfigurationError, RemoteError, VersioningError
 
 DVC_ENV = {"DVC_NO_ANALYTICS": "1", "DVC_NO_UPDATER": "1"}
 # DVC locks the repository; serialise this process's calls instead of failing on it.
@@ -44,7 +45,7 @@ _TRANSIENT = (
 def _run(
     args: list[str], repo: Path, env: dict[str, str] | None = None, timeout: float = 1800
 ) -> str:
-    """Run ``dvc <args>`` in ``repo`` and return its output, or raise with its tail."""
+    """Run ``dvc <args>`` in ``repo`` and return its standard output, or raise with its tail."""
     repo = Path(repo)
     if not repo.is_dir():
         raise VersioningError(f"DVC repository {repo} does not exist")
@@ -64,17 +65,18 @@ def _run(
             )
         except subprocess.TimeoutExpired as err:
             raise RemoteError(f"`dvc {' '.join(args)}` timed out after {timeout:.0f} s") from err
-    output = (proc.stdout or "") + (proc.stderr or "")
     if proc.returncode != 0:
+        output = (proc.stdout or "") + (proc.stderr or "")
         tail = "\n".join(output.strip().splitlines()[-_TAIL:])
         message = f"`dvc {' '.join(args)}` failed in {repo} (exit {proc.returncode}):\n{tail}"
-        if args and args[0] == "push" and _looks_transient(output):
+        if args and args[0] == "push" and is_transient(output):
             raise RemoteError(message)
         raise VersioningError(message)
-    return output
+    return proc.stdout or ""
 
 
-def _looks_transient(output: str) -> bool:
+def is_transient(output: str) -> bool:
+    """Whether DVC's output says "try again later" (a lock, a timeout, the network)."""
     low = output.lower()
     return any(word in low for word in _TRANSIENT)
 
@@ -126,6 +128,25 @@ def push(
     return _run(args, repo, env=env)
 
 
+def status(repo: Path, targets: list[str]) -> dict[str, Any]:
+    """``dvc status --json``: what changed for each stage that would rerun (empty: none).
+
+    A stage maps to what changed, e.g. ``[{"changed deps": {"params.yaml":
+    {"data.seed": "modified"}}}]``.
+    """
+    output = _run(["status", "--json", *targets], repo)
+    try:
+        data = json.loads(output or "{}")
+    except json.JSONDecodeError as err:
+        raise VersioningError(f"`dvc status` printed no JSON: {output[:200]!r}") from err
+    return data if isinstance(data, dict) else {}
+
+
+def checkout(repo: Path, targets: list[str]) -> str:
+    """``dvc checkout``: put back the outputs dvc.lock records, from the local cache."""
+    return _run(["checkout", *targets], repo)
+
+
 def pull(repo: Path, targets: list[str], remote: str | None = None) -> str:
     args = ["pull", *targets]
     if remote:
@@ -143,6 +164,32 @@ def read_lock(repo: Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise VersioningError(f"{lock} is not valid YAML: {err}") from err
     return data if isinstance(data, dict) else {}
+
+
+def params_file(repo: Path) -> Path:
+    """The params file DVC tracks for the stages in ``repo/dvc.yaml``."""
+    return Path(repo) / "params.yaml"
+
+
+def read_params(path: Path) -> dict[str, Any]:
+    """A params file as a dict.
+
+    Raises:
+        ConfigurationError: the file is missing or is not a YAML mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigurationError(
+            f"no params file at {path}: the data stages read their params from the "
+            "params.yaml beside dvc.yaml (check versioning.repo)"
+        )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigurationError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"{path} is not a YAML mapping of settings")
+    return data
 
 
 def locked_outs(repo: Path, stage: str) -> dict[str, str]:

@@ -14,8 +14,9 @@ when the request is answered (it survives the server dying, not a power
 cut); ``audit.fsync`` adds an fsync per group commit and then waits up to
 ``audit.commit_window_ms`` to gather each group. Inputs are not stored, only their HMAC under
 ``settings.audit.hmac_key`` (so a leaked trail does not let anyone confirm a
-guessed input without the key); the model definition's ``log_inputs``
-decides whether the raw rows go to the predictions table.
+guessed input without the key). Each answered row becomes a
+:class:`PredictionRecord` in the same transaction; its raw input is kept only
+when the served version's ``aipaas.log_inputs`` tag allows it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import operator
 import os
 import queue
 import threading
@@ -96,6 +98,48 @@ class AuditRecord:
     hash: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class PredictionRecord:
+    """One answered row as the ``predictions`` table stores it: what ``/feedback`` joins.
+
+    ``output`` and ``input`` are JSON text; ``input`` is None unless the
+    version may log raw inputs. The fields are the table's columns.
+    """
+
+    request_id: str
+    row: int  # position in a batch
+    model: str
+    version: str
+    output: str
+    input: str | None
+    created_at: str
+
+
+def prediction_records(
+    request_id: str,
+    model: str,
+    version: str,
+    rows: list[dict[str, Any]],
+    outputs: list[Any],
+    *,
+    log_inputs: bool,
+) -> list[PredictionRecord]:
+    """The records of one answered request: one per row, inputs only if ``log_inputs``."""
+    now = utc_now()
+    return [
+        PredictionRecord(
+            request_id=request_id,
+            row=i,
+            model=model,
+            version=version,
+            output=orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
+            input=orjson.dumps(row).decode() if log_inputs else None,
+            created_at=now,
+        )
+        for i, (row, out) in enumerate(zip(rows, outputs, strict=True))
+    ]
+
+
 def record_hash(key: bytes, row: dict[str, Any]) -> str:
     """HMAC-SHA256 over the hashed fields in a fixed order (floats as stored).
 
@@ -150,6 +194,8 @@ def _tail(conn: Connection) -> tuple[int, str]:
 _REC_FIELDS = tuple(f.name for f in fields(AuditRecord))
 _AUDIT_COLS = tuple(c.name for c in db.audit_log.columns)
 _PRED_COLS = tuple(c.name for c in db.predictions.columns)
+# A record's values in the table's column order, in one C call.
+_pred_values = operator.attrgetter(*_PRED_COLS)
 
 
 class _Chain:
@@ -185,7 +231,7 @@ class _Chain:
         self._head_fd: int | None = None
         self._noted = -1
 
-    def append(self, records: list[AuditRecord], predictions: list[dict[str, Any]]) -> None:
+    def append(self, records: list[AuditRecord], predictions: list[PredictionRecord]) -> None:
         for attempt in range(20):
             if self._conn is None:
                 self._conn = self._connect()
@@ -212,9 +258,7 @@ class _Chain:
                 if rows:
                     cur.executemany(self._audit_sql, rows)
                 if predictions:
-                    cur.executemany(
-                        self._pred_sql, [tuple(p[c] for c in _PRED_COLS) for p in predictions]
-                    )
+                    cur.executemany(self._pred_sql, [_pred_values(p) for p in predictions])
                 conn.commit()
                 cur.close()
             except self._retryable as err:
@@ -272,7 +316,7 @@ class _Chain:
 def _append(
     settings: Settings,
     records: list[AuditRecord],
-    predictions: list[dict[str, Any]],
+    predictions: list[PredictionRecord],
 ) -> None:
     """Chain and insert ``records`` (and prediction rows) in one transaction."""
     chain = _Chain(settings)
@@ -352,14 +396,14 @@ class AuditWriter:
                 log.debug("audit checkpoint skipped: %s", err)
 
     def submit(
-        self, record: AuditRecord | None, predictions: list[dict[str, Any]] | None = None
+        self, record: AuditRecord | None, predictions: list[PredictionRecord] | None = None
     ) -> Future[None]:
         fut: Future[None] = Future()
         self._q.put((record, predictions or [], fut, None))
         return fut
 
     def submit_async(
-        self, record: AuditRecord | None, predictions: list[dict[str, Any]] | None = None
+        self, record: AuditRecord | None, predictions: list[PredictionRecord] | None = None
     ) -> asyncio.Future[None]:
         """Like :meth:`submit`, for a caller on an event loop.
 
@@ -531,12 +575,13 @@ def where_key_and_time(
     if key_id:
         stmt = stmt.where(t.c.key_id == key_id)
     if since:
-        stmt = stmt.where(t.c.ts >= _iso(since))
+        stmt = stmt.where(t.c.ts >= iso_utc(since))
     if until:
-        stmt = stmt.where(t.c.ts < _iso(until))
+        stmt = stmt.where(t.c.ts < iso_utc(until))
     return stmt
 
 
-def _iso(when: datetime) -> str:
+def iso_utc(when: datetime) -> str:
+    """``when`` as the ISO UTC text the tables store (a naive datetime is taken as UTC)."""
     when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
     return when.isoformat(timespec="microseconds")

@@ -1,13 +1,16 @@
 """Ground truth for served predictions, joined back to what was predicted.
 
 Serving stores every prediction (request id, model, version, output, and the
-raw input only when the model definition sets ``log_inputs``); ``/feedback``
-adds a label to a request id, once. :func:`labelled_rows` is what drift
-monitoring (accuracy) and retraining (new training rows) read.
+raw input only when the version's ``aipaas.log_inputs`` tag allows it, see
+:class:`aipaas.inference.audit.PredictionRecord`); ``/feedback`` adds a label
+to a request id, once. :func:`labelled_rows` is what drift monitoring
+(accuracy) and retraining (new training rows) read; they hold the model
+definition and pass its target name, so nothing here reads ``models/``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,14 +21,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from aipaas import db
-from aipaas.exceptions import (
-    AlreadyLabelledError,
-    ModelNotFoundError,
-    UnknownRequestError,
-)
-from aipaas.inference.audit import _iso, utc_now
-from aipaas.modeldef import load_definition
+from aipaas.exceptions import AlreadyLabelledError, UnknownRequestError
+from aipaas.inference.audit import iso_utc, utc_now
 from aipaas.settings import Settings
+
+# The label's column when the caller names no target.
+LABEL = "label"
+# The columns every frame of :func:`labelled_rows` has besides the label.
+META_COLUMNS = ("request_id", "model_version", "prediction", "labelled_at")
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,12 @@ class Feedback:
 def record_feedback(
     settings: Settings, request_id: str, label: Any, *, key_id: str | None = None
 ) -> Feedback:
-    """Attach ``label`` to an earlier prediction."""
+    """Attach ``label`` to an earlier prediction.
+
+    Raises:
+        UnknownRequestError: no prediction has this request id.
+        AlreadyLabelledError: the request was labelled before; a label is final.
+    """
     eng = db.engine(settings)
     p = db.predictions
     with eng.begin() as conn:
@@ -64,19 +72,22 @@ def record_feedback(
     return Feedback(request_id, pred.model, pred.version, label, now)
 
 
-def labelled_rows(settings: Settings, model: str, since: datetime | None = None) -> pd.DataFrame:
+def labelled_rows(
+    settings: Settings,
+    model: str,
+    since: datetime | None = None,
+    *,
+    target: str = LABEL,
+) -> pd.DataFrame:
     """Labelled predictions of ``model`` as a frame, oldest label first.
 
     Columns: the feature columns (only when inputs were logged), the label
-    under the definition's target name (``label`` if the definition is not
-    found), ``request_id``, ``model_version``, ``prediction`` (the served
-    output) and ``labelled_at`` (UTC timestamp). One row per predicted row,
-    so a labelled batch of n rows gives n rows with the same label.
+    under ``target`` (the definition's target: callers that hold the
+    definition pass it), ``request_id``, ``model_version``, ``prediction``
+    (the served output) and ``labelled_at`` (UTC timestamp). One row per
+    predicted row, so a labelled batch of n rows gives n rows with the same
+    label, or each its own when the label is a list of n.
     """
-    try:
-        target = load_definition(model, settings.models_dir).target
-    except ModelNotFoundError:
-        target = "label"
     p, f = db.predictions, db.feedback
     stmt = (
         select(
@@ -87,9 +98,18 @@ def labelled_rows(settings: Settings, model: str, since: datetime | None = None)
         .order_by(f.c.labelled_at, p.c.request_id, p.c.row)
     )
     if since is not None:
-        stmt = stmt.where(f.c.labelled_at >= _iso(since))
+        stmt = stmt.where(f.c.labelled_at >= iso_utc(since))
     with db.engine(settings).connect() as conn:
         rows = conn.execute(stmt).all()
+    records = _records(rows, target)
+    frame = pd.DataFrame.from_records(records, columns=None if records else [target, *META_COLUMNS])
+    if len(frame):
+        frame["labelled_at"] = pd.to_datetime(frame["labelled_at"], utc=True)
+    return frame
+
+
+def _records(rows: Sequence[Any], target: str) -> list[dict[str, Any]]:
+    """Joined rows -> frame records; a batch's list label is split over its rows."""
     sizes: dict[str, int] = {}
     for r in rows:
         sizes[r.request_id] = sizes.get(r.request_id, 0) + 1
@@ -105,12 +125,4 @@ def labelled_rows(settings: Settings, model: str, since: datetime | None = None)
         rec["prediction"] = orjson.loads(r.output)
         rec["labelled_at"] = r.labelled_at
         records.append(rec)
-    frame = pd.DataFrame.from_records(
-        records,
-        columns=None
-        if records
-        else [target, "request_id", "model_version", "prediction", "labelled_at"],
-    )
-    if len(frame):
-        frame["labelled_at"] = pd.to_datetime(frame["labelled_at"], utc=True)
-    return frame
+    return records

@@ -8,13 +8,18 @@ Comparison is constant-time.
 
 Scopes: ``predict`` (every model) or ``predict:<model>``, ``feedback``
 (or ``feedback:<model>``), and ``admin`` (usage, admin routes; implies all).
+
+A refusal is an exception from :mod:`aipaas.exceptions`: who is calling is
+not established (:class:`KeyRejectedError`), the key lacks the scope
+(:class:`ScopeDeniedError`), or it is over its rate
+(:class:`RateLimitedError`). Nothing here knows about HTTP; the serving tier
+maps them to 401, 403 and 429.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 import re
 import secrets
 import threading
@@ -27,7 +32,12 @@ from functools import lru_cache
 from sqlalchemy import select, update
 
 from aipaas import db
-from aipaas.exceptions import ConfigurationError
+from aipaas.exceptions import (
+    ConfigurationError,
+    KeyRejectedError,
+    RateLimitedError,
+    ScopeDeniedError,
+)
 from aipaas.inference import audit
 from aipaas.settings import Settings
 
@@ -36,15 +46,6 @@ KNOWN_SCOPES = ("predict", "feedback", "admin")
 _KEY_RE = re.compile(rf"^{PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_\-]{{20,}})$")
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
-
-
-class KeyRejected(Exception):  # noqa: N818 - a verdict, mapped to HTTP at the edge
-    """Authentication failed; ``status`` is 401 (who are you) or 403 (not allowed)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,16 @@ class ApiKey:
         if scope in self.scopes:
             return True
         return model is not None and f"{scope}:{model}" in self.scopes
+
+    def require(self, scope: str, model: str | None = None) -> None:
+        """Refuse unless :meth:`allows`.
+
+        Raises:
+            ScopeDeniedError: the key does not hold ``scope`` (for ``model``).
+        """
+        if not self.allows(scope, model):
+            target = f" on model {model!r}" if model else ""
+            raise ScopeDeniedError(f"API key {self.id} lacks scope {scope!r}{target}")
 
 
 def _now_iso() -> str:
@@ -256,14 +267,14 @@ class KeyStore:
     @staticmethod
     def _parse(authorization: str | None) -> tuple[str, str]:
         if not authorization:
-            raise KeyRejected(401, "missing API key: send 'Authorization: Bearer <key>'")
+            raise KeyRejectedError("missing API key: send 'Authorization: Bearer <key>'")
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise KeyRejected(401, "send the key as 'Authorization: Bearer <key>'")
+            raise KeyRejectedError("send the key as 'Authorization: Bearer <key>'")
         m = _KEY_RE.match(token)
         if not m:
-            raise KeyRejected(401, "malformed API key")
+            raise KeyRejectedError("malformed API key")
         return token, m.group(1)
 
     @staticmethod
@@ -271,11 +282,11 @@ class KeyStore:
         given = _hash(token)
         # Compare even when the id is unknown, so timing does not tell ids apart.
         if not hmac.compare_digest(given, key_hash or "0" * 64) or key is None:
-            raise KeyRejected(401, "unknown API key")
+            raise KeyRejectedError("unknown API key")
         if key.revoked_at is not None:
-            raise KeyRejected(401, f"API key {key.id} was revoked")
+            raise KeyRejectedError(f"API key {key.id} was revoked")
         if key.expired:
-            raise KeyRejected(401, f"API key {key.id} expired at {key.expires_at}")
+            raise KeyRejectedError(f"API key {key.id} expired at {key.expires_at}")
         return key
 
     def authenticate_cached(self, authorization: str | None) -> ApiKey | None:
@@ -287,7 +298,12 @@ class KeyStore:
         return self._check(token, hit[1], hit[2])
 
     def authenticate(self, authorization: str | None) -> ApiKey:
-        """The key behind an ``Authorization: Bearer`` header, or :class:`KeyRejected` (401)."""
+        """The key behind an ``Authorization: Bearer`` header.
+
+        Raises:
+            KeyRejectedError: the header is missing or malformed, or the key is
+                unknown, revoked or expired.
+        """
         token, key_id = self._parse(authorization)
         key_hash, key = self._lookup(key_id)
         return self._check(token, key_hash, key)
@@ -297,6 +313,7 @@ class RateLimiter:
     """Token buckets per key, in process memory (one serving process per home)."""
 
     def __init__(self, default_rate: str) -> None:
+        self.default_rate = default_rate
         self._default = parse_rate(default_rate)
         self._buckets: dict[str, list[float]] = {}
         self._lock = threading.Lock()
@@ -317,6 +334,13 @@ class RateLimiter:
             bucket[0] = tokens
             return (cost - tokens) / per_s
 
+    def check(self, key: ApiKey, cost: float = 1.0) -> None:
+        """Take ``cost`` tokens from ``key``'s bucket (its own rate, else the default).
 
-def retry_after_header(wait_s: float) -> str:
-    return str(max(1, math.ceil(wait_s)))
+        Raises:
+            RateLimitedError: the bucket is empty; ``retry_after_s`` says for how long.
+        """
+        wait = self.acquire(key.id, key.rate, cost)
+        if wait > 0:
+            rate = key.rate or self.default_rate
+            raise RateLimitedError(f"rate limit of {rate} exceeded for key {key.id}", wait)

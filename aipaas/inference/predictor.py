@@ -1,13 +1,17 @@
-"""The MLflow model-loading adapter for serving: a registered version -> a fast predictor.
+"""A registered version -> a fast predictor, for serving.
 
 ``mlflow models serve`` goes through pyfunc and a pandas DataFrame for every
 request, which costs milliseconds for one row. Here a version is loaded
-through its native flavour where possible (LightGBM, scikit-learn) and
-called with a plain list of rows: a LightGBM model goes straight to its
-booster with one thread, a scikit-learn model to ``predict_proba`` on a
-NumPy array (or a list of strings for a text model). Any other flavour falls
-back to pyfunc. Its MLflow signature becomes :class:`FieldSpec` s, from which
-serving generates its request schema. No MLflow type leaves this module.
+through its native flavour where possible (:func:`aipaas.training.registry.load_native`
+chooses it) and called with a plain list of rows: a LightGBM model goes
+straight to its booster with one thread, a scikit-learn model to
+``predict_proba`` on a NumPy array (or a list of strings for a text model).
+Any other flavour goes through pyfunc. Its MLflow signature becomes
+:class:`FieldSpec` s, from which serving generates its request schema.
+
+What serving needs of the model definition comes from the version's tags,
+written at training time (:class:`VersionMeta`), so a serving host needs the
+registry, not the ``models/`` folder. No MLflow type leaves this module.
 """
 
 from __future__ import annotations
@@ -22,12 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from aipaas.exceptions import (
-    AipaasError,
-    ConfigurationError,
-    ModelNotFoundError,
-    RegistryUnavailableError,
-)
+from aipaas.exceptions import AipaasError, ConfigurationError, RegistryUnavailableError
 from aipaas.settings import Settings
 from aipaas.training import registry, tags
 
@@ -59,6 +58,39 @@ class Prediction:
     probabilities: list[dict[str, float]] | None
 
 
+@dataclass(frozen=True)
+class VersionMeta:
+    """What serving shows and obeys of a registered version: its run, data and tags.
+
+    ``log_inputs`` is the version's ``aipaas.log_inputs`` tag (the model
+    definition's choice, written at training time); a version without it
+    never has its raw inputs stored.
+    """
+
+    run_id: str | None = None
+    source: str | None = None
+    dataset: str | None = None
+    data_version: str | None = None
+    promoted_at: str | None = None
+    aliases: tuple[str, ...] = ()
+    log_inputs: bool = False
+
+    @classmethod
+    def from_version(cls, info: registry.ModelVersionInfo) -> VersionMeta:
+        return cls(
+            run_id=info.run_id,
+            source=info.source,
+            dataset=info.tags.get(tags.DATASET),
+            data_version=info.tags.get(tags.DATA_HASH),
+            promoted_at=info.tags.get(tags.PROMOTED_AT),
+            aliases=tuple(info.aliases),
+            log_inputs=info.tags.get(tags.LOG_INPUTS, "").strip().lower() == "true",
+        )
+
+
+PredictFn = Callable[[list[list[Any]]], Prediction]
+
+
 @dataclass
 class LoadedModel:
     """A version ready to answer: call :meth:`predict` with rows in ``fields`` order."""
@@ -68,8 +100,8 @@ class LoadedModel:
     fields: tuple[FieldSpec, ...]
     flavor: str
     classes: tuple[Any, ...] | None
-    metadata: dict[str, Any]
-    _predict: Callable[[list[list[Any]]], Prediction] = field(repr=False)
+    meta: VersionMeta
+    predict_fn: PredictFn = field(repr=False)
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -77,13 +109,13 @@ class LoadedModel:
         return tuple(f.name for f in self.fields) == ("text",)
 
     def predict(self, rows: list[list[Any]]) -> Prediction:
-        return self._predict(rows)
+        return self.predict_fn(rows)
 
     def warm(self, times: int = 20) -> None:
         """Run a few predictions so first requests do not pay lazy initialisation."""
         row = [_placeholder(f) for f in self.fields]
         for _ in range(times):
-            self._predict([row])
+            self.predict_fn([row])
 
 
 def _placeholder(spec: FieldSpec) -> Any:
@@ -198,30 +230,8 @@ def load_model(settings: Settings, name: str, version: str) -> LoadedModel:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     registry.connect(settings, check=False)
     info = _call(lambda: registry.get_version(name, version))
-    uri = info.uri
-    try:
-        import mlflow
-        from mlflow.models import get_model_info
-
-        minfo = get_model_info(uri)
-        fields = fields_from_signature(minfo.signature)
-        flavors = minfo.flavors or {}
-        if "lightgbm" in flavors:
-            import mlflow.lightgbm
-
-            flavor, model = "lightgbm", mlflow.lightgbm.load_model(uri)
-        elif "sklearn" in flavors:
-            import mlflow.sklearn
-
-            flavor, model = "sklearn", mlflow.sklearn.load_model(uri)
-        else:
-            flavor, model = "pyfunc", mlflow.pyfunc.load_model(uri)
-    except AipaasError:
-        raise
-    except Exception as err:  # noqa: BLE001 - any load failure becomes one actionable error
-        if _is_unreachable(err):
-            raise RegistryUnavailableError(f"cannot reach MLflow to load {uri}: {err}") from err
-        raise ModelNotFoundError(f"cannot load {uri}: {type(err).__name__}: {err}") from err
+    flavor, model = registry.load_native(info.uri)
+    fields = fields_from_signature(_call(lambda: _signature(info.uri)))
     predict, classes = _build(model, flavor, fields)
     loaded = LoadedModel(
         name=name,
@@ -229,18 +239,17 @@ def load_model(settings: Settings, name: str, version: str) -> LoadedModel:
         fields=fields,
         flavor=flavor,
         classes=tuple(_to_py(np.asarray(classes))) if classes is not None else None,
-        metadata={
-            "run_id": info.run_id,
-            "source": info.source,
-            "dataset": info.tags.get(tags.DATASET),
-            "data_version": info.tags.get(tags.DATA_HASH),
-            "promoted_at": info.tags.get(tags.PROMOTED_AT),
-            "aliases": list(info.aliases),
-        },
-        _predict=predict,
+        meta=VersionMeta.from_version(info),
+        predict_fn=predict,
     )
     loaded.warm()
     return loaded
+
+
+def _signature(uri: str) -> Any:
+    from mlflow.models import get_model_info
+
+    return get_model_info(uri).signature
 
 
 def champion_version(settings: Settings, name: str, alias: str = tags.CHAMPION) -> str | None:
@@ -259,8 +268,3 @@ def _call(fn: Callable[[], Any]) -> Any:
         raise RegistryUnavailableError(
             f"MLflow registry error: {type(err).__name__}: {err}"
         ) from err
-
-
-def _is_unreachable(err: Exception) -> bool:
-    text = f"{type(err).__name__} {err}".lower()
-    return any(s in text for s in ("connection", "timed out", "timeout", "max retries"))

@@ -46,7 +46,8 @@ from typing import Any, Protocol
 import orjson
 import pandas as pd
 
-from aipaas.datasets import profiles as monitoring
+from aipaas import files
+from aipaas.datasets import profiles
 from aipaas.exceptions import AlreadyRunningError, ConfigurationError
 from aipaas.settings import Settings
 
@@ -69,13 +70,6 @@ def _safe(part: str) -> str:
     if not _SAFE.match(part) or ".." in part:
         raise ConfigurationError(f"{part!r} cannot name a profile directory")
     return part
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _json_default(obj: Any) -> Any:
@@ -185,8 +179,8 @@ def list_windows(
     return sorted(out, key=lambda w: w.seq)
 
 
-def load_window(window: WindowInfo) -> monitoring.Profile:
-    return monitoring.read_profile(Path(window.path))
+def load_window(window: WindowInfo) -> profiles.Profile:
+    return profiles.read_profile(Path(window.path))
 
 
 def records_to_frame(records: list[tuple[dict, Any]]) -> pd.DataFrame:
@@ -218,14 +212,16 @@ class _OpenWindow:
     seq: int
     rows: int
     started_at: float
-    profile: monitoring.Profile | None
+    profile: profiles.Profile | None
 
 
 class Profiler:
     """The profiler process: spool -> whylogs -> windows, exactly once.
 
     Call :meth:`step` repeatedly (or :meth:`run`). Only one profiler may run
-    per home: it holds ``spool/profiler.lock``.
+    per home: it holds ``spool/profiler.lock``. ``write`` publishes a closed
+    window's files (atomically; a test passes one that crashes, to check
+    that the checkpoint's outbox survives it).
     """
 
     def __init__(
@@ -235,11 +231,13 @@ class Profiler:
         *,
         batch_bytes: int = 8 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
+        write: Callable[[Path, bytes], object] = files.atomic_write,
     ) -> None:
         self._settings = settings
         self._trigger = trigger
         self._batch_bytes = batch_bytes
         self._clock = clock
+        self._write = write
         self._dir = spool_dir(settings)
         self._dir.mkdir(parents=True, exist_ok=True)
         self._checkpoint = self._dir / "checkpoint.json"
@@ -268,7 +266,7 @@ class Profiler:
         state = json.loads(self._checkpoint.read_text())
         self._offsets = {k: int(v) for k, v in state.get("offsets", {}).items()}
         for w in state.get("windows", []):
-            prof = monitoring.Profile.from_bytes(base64.b64decode(w["profile"]))
+            prof = profiles.Profile.from_bytes(base64.b64decode(w["profile"]))
             self._windows[(w["model"], w["version"])] = _OpenWindow(
                 w["model"], w["version"], int(w["seq"]), int(w["rows"]), w["started_at"], prof
             )
@@ -294,12 +292,7 @@ class Profiler:
             for info, data in self._pending
         ]
         state = {"offsets": self._offsets, "windows": windows, "pending": pending}
-        tmp = self._checkpoint.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(orjson.dumps(state))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._checkpoint)
+        files.atomic_write(self._checkpoint, orjson.dumps(state), fsync=True)
 
     def open_windows(self) -> dict[tuple[str, str], int]:
         """Rows in each model version's window that has not closed yet."""
@@ -398,7 +391,7 @@ class Profiler:
             w = self._windows.get((model, version)) or self._open(model, version)
             take = min(self._window_rows - w.rows, len(recs) - i)
             frame = records_to_frame(recs[i : i + take])
-            prof = monitoring.profile_frame(frame)
+            prof = profiles.profile_frame(frame)
             w.profile = prof if w.profile is None else w.profile.merge(prof)
             w.rows += take
             i += take
@@ -436,9 +429,9 @@ class Profiler:
         published = []
         for info, data in self._pending:
             path = Path(info.path)
-            _atomic_write(path, data)
+            self._write(path, data)
             # The metadata last: a window is listed only once its profile is whole.
-            _atomic_write(path.with_suffix(".json"), json.dumps(info.to_dict(), indent=1).encode())
+            self._write(path.with_suffix(".json"), json.dumps(info.to_dict(), indent=1).encode())
             published.append(info)
         self._pending = []
         self._save()

@@ -75,12 +75,18 @@ def run_client(
     rate_per_s: float,
     feedback: bool = False,
     stop: threading.Event | None = None,
+    transport: httpx.BaseTransport | None = None,
 ) -> ClientStats:
-    """Send ``traffic`` one row per request, at most ``rate_per_s``; label each answer if asked."""
+    """Send ``traffic`` one row per request, at most ``rate_per_s``; label each answer if asked.
+
+    ``transport`` replaces the network (``httpx.MockTransport`` in tests).
+    """
     stats = ClientStats(name)
     headers = {"Authorization": f"Bearer {key}"}
     interval = 1.0 / rate_per_s
-    with httpx.Client(base_url=base_url, headers=headers, timeout=30.0) as http:
+    with httpx.Client(
+        base_url=base_url, headers=headers, timeout=30.0, transport=transport
+    ) as http:
         next_at = time.monotonic()
         for row, label in traffic:
             if stop is not None and stop.is_set():

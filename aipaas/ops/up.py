@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import socket
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from aipaas.exceptions import AipaasError, AlreadyRunningError, ConfigurationError
+from aipaas.files import atomic_write_json, read_json
 from aipaas.settings import PROJECT_ROOT, Settings
 
 STOP_GRACE_S = 15.0
@@ -109,88 +109,105 @@ def plan(
     profiler_argv: list[str] | None = None,
     mlflow_argv: list[str] | None = None,
 ) -> list[Service]:
-    """What ``aipaas up`` starts for these settings.
+    """What ``aipaas up`` (and ``aipaas demo``) start for these settings.
 
     The Prefect and MLflow servers are started only when the settings point
     at the local default (no ``prefect.api_url`` / ``mlflow.tracking_uri``
-    given); otherwise the platform uses the servers named there.
+    given); otherwise the platform uses the servers named there. The
+    deployments runner, the serving API and the profiler always run here.
 
     Args:
         settings: Ports, hosts and home.
-        serving_argv: The serving API's command, None when it is not installed.
-        profiler_argv: The profiler's command, None when it is not installed.
+        serving_argv: The serving API's command; default ``aipaas serve``.
+        profiler_argv: The profiler's command; default ``aipaas profiler``.
         mlflow_argv: The MLflow server's command; default ``mlflow server`` on
             the SQLite file and artifact directory under home.
     """
     services: list[Service] = []
     if not settings.prefect.api_url:
-        host, port = settings.prefect.host, settings.prefect.port
-        services.append(
-            Service(
-                name="prefect",
-                argv=[sys.executable, "-m", "prefect", "server", "start"]
-                + ["--host", host, "--port", str(port)],
-                description="Prefect UI and API: flow runs, deployments, schedules",
-                url=f"http://{host}:{port}",
-                health_url=f"http://{host}:{port}/api/health",
-                host=host,
-                port=port,
-                port_setting="AIPAAS_PREFECT__PORT",
-            )
-        )
+        services.append(prefect_service(settings))
     if not settings.mlflow.tracking_uri:
-        host, port = settings.mlflow.host, settings.mlflow.port
-        services.append(
-            Service(
-                name="mlflow",
-                argv=mlflow_argv or _mlflow_argv(settings),
-                description="MLflow UI, tracking and model registry",
-                # MLflow 3's job runner (GenAI jobs, about seven huey processes) is
-                # unused here, costs memory on a small machine and slows shutdown.
-                env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                url=f"http://{host}:{port}",
-                health_url=f"http://{host}:{port}/health",
-                host=host,
-                port=port,
-                port_setting="AIPAAS_MLFLOW__PORT",
-            )
-        )
-    services.append(
-        Service(
-            name="runner",
-            argv=[sys.executable, "-m", "flows.deployments"],
-            description="Prefect runner serving the deployments and their schedules",
-            # Ready when the last deployment it registers is visible in the API.
-            health_url=f"{settings.prefect_api_url}/deployments/name/lifecycle/lifecycle",
-            stage=1,
-        )
-    )
-    if serving_argv is not None:
-        host, port = settings.serving.host, settings.serving.port
-        services.append(
-            Service(
-                name="serving",
-                argv=serving_argv,
-                description="inference API (POST /predict, /docs)",
-                url=f"http://{host}:{port}/docs",
-                health_url=f"http://{host}:{port}/healthz",
-                host=host,
-                port=port,
-                port_setting="AIPAAS_SERVING__PORT",
-                stage=1,
-            )
-        )
-    if profiler_argv is not None:
-        services.append(
-            Service(
-                name="profiler",
-                argv=profiler_argv,
-                description="profiles served traffic in windows; closes trigger drift",
-                stage=1,
-                ready_timeout_s=5.0,
-            )
-        )
+        services.append(mlflow_service(settings, mlflow_argv or _mlflow_argv(settings)))
+    services.append(runner_service(settings))
+    services.append(serving_service(settings, serving_argv or cli_argv("serve")))
+    services.append(profiler_service(profiler_argv or cli_argv("profiler")))
     return services
+
+
+def prefect_service(settings: Settings) -> Service:
+    """``prefect server``: the UI, the API, the schedules (stage 0)."""
+    host, port = settings.prefect.host, settings.prefect.port
+    return Service(
+        name="prefect",
+        argv=[sys.executable, "-m", "prefect", "server", "start"]
+        + ["--host", host, "--port", str(port)],
+        description="Prefect UI and API: flow runs, deployments, schedules",
+        url=f"http://{host}:{port}",
+        health_url=f"http://{host}:{port}/api/health",
+        host=host,
+        port=port,
+        port_setting="AIPAAS_PREFECT__PORT",
+    )
+
+
+def mlflow_service(settings: Settings, argv: list[str]) -> Service:
+    """``mlflow server``: tracking and the model registry (stage 0)."""
+    host, port = settings.mlflow.host, settings.mlflow.port
+    return Service(
+        name="mlflow",
+        argv=argv,
+        description="MLflow UI, tracking and model registry",
+        # MLflow 3's job runner (GenAI jobs, about seven huey processes) is
+        # unused here, costs memory on a small machine and slows shutdown.
+        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        url=f"http://{host}:{port}",
+        health_url=f"http://{host}:{port}/health",
+        host=host,
+        port=port,
+        port_setting="AIPAAS_MLFLOW__PORT",
+    )
+
+
+def runner_service(settings: Settings) -> Service:
+    """The Prefect runner serving every deployment (stage 1: needs the Prefect API)."""
+    return Service(
+        name="runner",
+        argv=[sys.executable, "-m", "flows.deployments"],
+        description="Prefect runner serving the deployments and their schedules",
+        # Ready when the deployment `up` starts runs of is visible in the API.
+        health_url=f"{settings.prefect_api_url}/deployments/name/lifecycle/lifecycle",
+        stage=1,
+    )
+
+
+def serving_service(settings: Settings, argv: list[str]) -> Service:
+    """The inference API (stage 1: loads champions from the registry)."""
+    host, port = settings.serving.host, settings.serving.port
+    return Service(
+        name="serving",
+        argv=argv,
+        description="inference API (POST /predict, /docs)",
+        url=f"http://{host}:{port}/docs",
+        health_url=f"http://{host}:{port}/healthz",
+        host=host,
+        port=port,
+        port_setting="AIPAAS_SERVING__PORT",
+        stage=1,
+    )
+
+
+def profiler_service(argv: list[str]) -> Service:
+    """The profiler (stage 1: a closed window asks the Prefect API for a drift run).
+
+    It has no health URL: alive for a few seconds counts as started.
+    """
+    return Service(
+        name="profiler",
+        argv=argv,
+        description="profiles served traffic in windows; closes trigger drift",
+        stage=1,
+        ready_timeout_s=5.0,
+    )
 
 
 def _mlflow_argv(settings: Settings) -> list[str]:
@@ -238,8 +255,8 @@ class Supervisor:
 
     def _already_running_message(self) -> str:
         try:
-            state = json.loads(self.state_path.read_text())
-        except (OSError, json.JSONDecodeError):
+            state = read_json(self.state_path, default={})
+        except (OSError, ValueError):  # unreadable: the message names less
             state = {}
         pid = state.get("pid", "?")
         urls = ", ".join(f"{s['name']} {s['url']}" for s in state.get("services", []) if s["url"])
@@ -342,9 +359,7 @@ class Supervisor:
                 for r in self.running
             ],
         }
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        tmp.replace(self.state_path)
+        atomic_write_json(self.state_path, state)
 
     # -- run and stop -----------------------------------------------------------
 
@@ -415,16 +430,24 @@ def run(
     *,
     on_ready: Callable[[Supervisor], None] | None = None,
     echo: Callable[[str], None] = print,
+    stay: bool = True,
 ) -> int:
-    """Start everything, call ``on_ready``, wait for Ctrl-C, stop everything.
+    """The one start-up sequence of ``aipaas up`` and ``aipaas demo``.
+
+    Take the home's lock, refuse taken ports, start everything stage by
+    stage, call ``on_ready``, then (``stay``) wait for Ctrl-C or a child's
+    death; whatever happens, stop everything and release the lock. Ctrl-C
+    sets ``Supervisor.stop_requested``, which a long ``on_ready`` may watch.
 
     Returns:
-        0 after a requested stop, 1 when a child died on its own.
+        0 after a requested stop (or after ``on_ready`` when not ``stay``),
+        1 when a child died on its own.
 
     Raises:
         AlreadyRunningError: another ``aipaas up`` holds this home.
         ConfigurationError: a port is taken.
-        AipaasError: a service failed to start (everything started is stopped).
+        AipaasError: a service failed to start (everything started is stopped),
+            or whatever ``on_ready`` raised.
     """
     sup = Supervisor(settings, services, echo=echo)
     sup.acquire()
@@ -439,6 +462,8 @@ def run(
                 echo(sup.summary())
                 if on_ready is not None:
                     on_ready(sup)
+                if not stay or sup.stop_requested.is_set():
+                    return 0
                 echo("Ctrl-C stops everything.")
                 return sup.watch()
             finally:

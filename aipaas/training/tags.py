@@ -51,11 +51,29 @@ LATENCY_P99_MS = "latency_p99_ms"  # one-row predict p99: the latency gate reads
 LATENCY_BATCH_P50_MS = "latency_batch_p50_ms"
 LATENCY_BATCH_P99_MS = "latency_batch_p99_ms"
 LATENCY_BATCH_ROWS = "latency_batch_rows"
+TRIALS_OK = "trials_ok"
+TRIALS_FAILED = "trials_failed"
+TIME_PREFIX = "time_"  # time_<step>_s: seconds a training step took
+STD_SUFFIX = "_std"  # cv_<metric>_std on a trial's run
+TRIAL_DURATION_S = "duration_s"
+
+# --- params on a training run ----------------------------------------------------
+SETTING_PREFIX = "setting."  # setting.tune.num_samples, setting.ray.nodes, ...
 
 
 def holdout_metric(metric: str) -> str:
     """The logged name of a holdout metric: ``roc_auc`` -> ``holdout_roc_auc``."""
     return f"{HOLDOUT_PREFIX}{metric}"
+
+
+def cv_metric(metric: str) -> str:
+    """The logged name of a cross-validated metric: ``roc_auc`` -> ``cv_roc_auc``."""
+    return f"{CV_PREFIX}{metric}"
+
+
+def step_seconds(step: str) -> str:
+    """The logged name of a training step's duration: ``search`` -> ``time_search_s``."""
+    return f"{TIME_PREFIX}{step}_s"
 
 
 # --- artifacts -----------------------------------------------------------------
@@ -64,3 +82,8 @@ EVALUATION_ARTIFACT = "evaluation"  # report, plots, per-class table
 REFERENCE_PROFILE_DIR = "reference_profile"
 REFERENCE_PROFILE = "reference_profile/profile.bin"  # whylogs profile of the training data
 DRIFT_ARTIFACT = "drift"  # a drift check's HTML report
+DATASET_VERSION_ARTIFACT = "dataset_version.json"  # the DatasetVersion trained on
+
+# --- run names -----------------------------------------------------------------
+TRAIN_RUN_PREFIX = "train-"  # train-<model>: a training's parent run
+TRIAL_RUN_PREFIX = "trial-"  # trial-007: one trial's nested run

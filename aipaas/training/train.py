@@ -1,26 +1,38 @@
-"""The train pipeline: data version -> search -> refit -> evaluate -> MLflow -> registry.
+"""The train pipeline as named steps: prepare data -> search -> refit -> evaluate -> register.
 
-``train(model, settings)`` is what ``aipaas train`` and the Prefect flow call;
-``train_model(definition, version, settings)`` does the work on a given
-dataset version. Everything that can refuse (a failed suite, a missing file,
-an invalid search space, an unreachable tracking server) refuses before the
-search starts, and nothing is registered unless every step succeeded: the
-model is logged last.
+Each step is a function of a few lines at the top of this module; what passes
+between them is a dataclass (:class:`PreparedData`, the search's
+:class:`~aipaas.training.tune.SearchResult`, :class:`FittedModel`,
+:class:`ModelEvaluation`, and :class:`TrainResult` at the end). The Prefect
+flow ``train`` calls them one task each, so the UI shows where a run is and
+where it failed; :func:`train_model` calls the same steps in this process for
+``aipaas train``.
 
-MLflow layout, read by promotion, serving and drift:
+Everything that can refuse (a failed suite, a missing file, an invalid search
+space, an unreachable tracking server) refuses in :func:`prepare_data`,
+before the MLflow run opens. The parent run spans the steps: opened by
+:func:`prepare_data`, re-entered by run id in each later step, and marked
+FAILED by the step that raises. Nothing is registered unless every step
+succeeded: the model is logged last.
+
+MLflow layout (every name in :mod:`aipaas.training.tags`), read by
+promotion, serving and drift:
 
 * one parent run per training, the trials as nested runs (failed ones with
   status FAILED and their error);
 * params: the best configuration, plus the settings used (``setting.*``);
 * metrics: ``holdout_<metric>`` for each of the definition's metrics,
   ``cv_<metric>`` (best trial), ``latency_{p50,p99}_ms`` (one-row predict),
-  ``latency_batch_{p50,p99}_ms``, ``trials_ok``, ``trials_failed``;
-* tags (run and registered version): ``aipaas.training.tags`` DATASET, DATA_HASH,
-  DATA_ROWS, SUITE_PASSED, GIT_COMMIT, MODEL_DEFINITION;
+  ``latency_batch_{p50,p99}_ms``, ``trials_ok``, ``trials_failed``,
+  ``time_<step>_s``;
+* tags (run and registered version): DATASET, DATA_HASH, DATA_ROWS,
+  SUITE_PASSED, GIT_COMMIT, CODE_COMMIT, RAY_NODES, MODEL_DEFINITION; on the
+  version also what serving needs of the definition (TARGET, LOG_INPUTS), so
+  a serving host needs the registry, not ``models/``;
 * artifacts: ``evaluation/`` (report.md/html, ROC/PR/confusion PNGs,
   per_class.csv, metrics.json), ``reference_profile/profile.bin`` (whylogs
-  profile of the training data, the drift baseline) and ``model/`` (MLflow
-  flavour format with signature and input example).
+  profile of the training data, the drift baseline), ``dataset_version.json``
+  and ``model/`` (MLflow flavour format with signature and input example).
 
 The registered version gets alias ``challenger``.
 """
@@ -30,6 +42,8 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,15 +56,52 @@ from aipaas.exceptions import (
     DataValidationError,
     TrainingError,
 )
-from aipaas.modeldef import ModelDefinition, load_definition
+from aipaas.modeldef import ModelDefinition
 from aipaas.schemas import DatasetVersion
 from aipaas.settings import PROJECT_ROOT, Settings
-from aipaas.training import tags
+from aipaas.training import registry, tags
+from aipaas.training.evaluate import HoldoutEvaluation, evaluate_holdout, write_report
+from aipaas.training.latency import Latency, measure_latency
+from aipaas.training.metrics import check_metrics, prepare_features
+from aipaas.training.raycluster import RayInfo, ensure_ray
+from aipaas.training.tune import SearchResult, run_search, validate_search_space
+
+LATENCY_BATCH = 100  # rows in the batch whose predict latency is measured
+EXAMPLE_ROWS = 5  # training rows the signature is inferred from
+INPUT_EXAMPLE_ROWS = 2  # rows stored with the model as its input example
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The checked inputs of a training, with its MLflow parent run open."""
+
+    version: DatasetVersion
+    train: pd.DataFrame
+    holdout: pd.DataFrame
+    run_id: str
+    tags: dict[str, str]  # lineage: on the run, and on the registered version
+
+
+@dataclass(frozen=True)
+class FittedModel:
+    """The best configuration refitted on the whole training split."""
+
+    model: Any
+    search: SearchResult
+    example: pd.DataFrame  # typed training rows: the signature and input example
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """The refitted model on the holdout, and its predict latency."""
+
+    holdout: HoldoutEvaluation
+    latency: Latency
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What a training produced; ``to_dict()`` is the flow's return value."""
+    """What a training produced: the ``train`` flow's return value."""
 
     model: str
     version: str
@@ -68,30 +119,102 @@ class TrainResult:
         return asdict(self)
 
 
-def train(model_name: str, settings: Settings) -> TrainResult:
-    """Train ``models/<model_name>.py`` on its dataset's recorded version.
+# --- the steps -------------------------------------------------------------------
 
-    Raises:
-        ModelNotFoundError: no such definition.
-        DatasetNotFoundError: the dataset has no recorded version.
-        DataValidationError: the recorded version failed its suite.
-    """
-    definition = load_definition(model_name, settings.models_dir)
-    from aipaas.datasets.ingest import recorded_version
 
-    version = recorded_version(definition.dataset, settings)
-    return train_model(definition, version, settings)
+def prepare_data(
+    definition: ModelDefinition, version: DatasetVersion, settings: Settings
+) -> PreparedData:
+    """Refuse early, read the splits, reach MLflow and Ray, open the parent run."""
+    check_inputs(definition, version)
+    train_df = read_split(version.train_path, definition)
+    holdout_df = read_split(version.holdout_path, definition)
+    registry.connect(settings)
+    registry.ensure_experiment(settings)
+    t0 = time.perf_counter()
+    ray = ensure_ray(settings.ray)
+    ray_s = time.perf_counter() - t0
+    lineage_tags = run_tags(definition, version, ray, _git_commit(settings))
+    run_id = open_run(definition, lineage_tags, settings_params(settings, ray))
+    with parent_run(run_id):
+        _log_seconds("ray_init", ray_s)
+    return PreparedData(version, train_df, holdout_df, run_id, lineage_tags)
+
+
+def search(definition: ModelDefinition, data: PreparedData, settings: Settings) -> SearchResult:
+    """Ray Tune trials on the training split, each logged as a nested run."""
+    with parent_run(data.run_id), _timed("search"):
+        result = run_search(
+            definition, data.train, settings.tune, storage_dir=settings.home / "ray_results"
+        )
+        log_trials(result, definition)
+        log_search_metrics(result, definition)
+    return result
+
+
+def refit(definition: ModelDefinition, data: PreparedData, result: SearchResult) -> FittedModel:
+    """The best configuration, fitted on the whole training split."""
+    X = prepare_features(definition, data.train)
+    with parent_run(data.run_id), _timed("refit"):
+        model = fit(definition, result.best_config, X, data.train[definition.target])
+        _log_params(result.best_config)
+    return FittedModel(model, result, X.head(EXAMPLE_ROWS))
+
+
+def evaluate(
+    definition: ModelDefinition, data: PreparedData, fitted: FittedModel, settings: Settings
+) -> ModelEvaluation:
+    """Score the holdout in parallel Ray tasks, time predictions, log the report."""
+    import mlflow
+
+    with parent_run(data.run_id), _timed("evaluate"):
+        evaluation = score_holdout(definition, data, fitted, shards=settings.tune.eval_shards)
+        metrics = {tags.holdout_metric(k): v for k, v in evaluation.holdout.metrics.items()}
+        mlflow.log_metrics(metrics | evaluation.latency.metrics())
+        log_report(evaluation, definition, data, fitted.search)
+    return evaluation
+
+
+def log_and_register(
+    definition: ModelDefinition, data: PreparedData, fitted: FittedModel
+) -> TrainResult:
+    """Log the reference profile and the model (last), register it as challenger."""
+    with parent_run(data.run_id):
+        log_reference(data)
+        info = log_model(fitted.model, definition, fitted.example)
+    version = str(info.registered_model_version)
+    registry.set_tags(definition.name, version, data.tags | serving_tags(definition))
+    registry.set_alias(definition.name, tags.CHALLENGER, version)
+    return train_result(definition, data, fitted, version)
 
 
 def train_model(
     definition: ModelDefinition, version: DatasetVersion, settings: Settings
 ) -> TrainResult:
-    """Search, refit, evaluate, log and register ``definition`` on ``version``."""
-    from aipaas.training import evaluate, registry
-    from aipaas.training.raycluster import ensure_ray
-    from aipaas.training.tune import run_search, validate_search_space
+    """Every step in order, in this process: what ``aipaas train`` runs."""
+    data = prepare_data(definition, version, settings)
+    fitted = refit(definition, data, search(definition, data, settings))
+    evaluate(definition, data, fitted, settings)
+    return log_and_register(definition, data, fitted)
 
-    # 1. Refuse early: nothing runs and nothing is registered.
+
+def train(definition: ModelDefinition, settings: Settings) -> TrainResult:
+    """Train ``definition`` on its dataset's recorded version.
+
+    Raises:
+        DatasetNotFoundError: the dataset has no recorded version.
+        DataValidationError: the recorded version failed its suite.
+    """
+    from aipaas.datasets.ingest import recorded_version
+
+    return train_model(definition, recorded_version(definition.dataset, settings), settings)
+
+
+# --- prepare ---------------------------------------------------------------------
+
+
+def check_inputs(definition: ModelDefinition, version: DatasetVersion) -> None:
+    """Refuse what would fail later: nothing runs and nothing is registered."""
     if not version.suite_passed:
         raise DataValidationError(
             f"dataset {version.name!r} version {version.hash} failed its validation suite; "
@@ -110,115 +233,11 @@ def train_model(
                 f"`aipaas data run {version.name}` (or `dvc pull`) to restore it"
             )
     validate_search_space(definition)
-    evaluate.check_metrics(definition)
-    train_df = _read(version.train_path, definition)
-    holdout_df = _read(version.holdout_path, definition)
-    registry.connect(settings)
-    registry.ensure_experiment(settings)
-
-    # 2. Search on Ray, 3. refit the best configuration on the whole training split.
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    ray_info = ensure_ray(settings.ray)
-    timings["ray_init_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    search = run_search(
-        definition,
-        train_df,
-        settings.tune,
-        storage_dir=settings.home / "ray_results",
-    )
-    timings["search_s"] = time.perf_counter() - t0
-    X_train = evaluate.prepare_features(definition, train_df)
-    y_train = train_df[definition.target]
-    t0 = time.perf_counter()
-    try:
-        model = definition.build_estimator(dict(search.best_config))
-        model.fit(X_train, y_train)
-    except (ValueError, TypeError, RuntimeError) as err:
-        raise TrainingError(
-            f"refit of the best configuration {search.best_config} failed: {err}"
-        ) from err
-    timings["refit_s"] = time.perf_counter() - t0
-
-    # 4. Evaluate on the holdout (parallel Ray tasks) and time predictions.
-    t0 = time.perf_counter()
-    X_hold = evaluate.prepare_features(definition, holdout_df)
-    holdout_typed = pd.concat([X_hold, holdout_df[[definition.target]]], axis=1)
-    ev = evaluate.evaluate_holdout(
-        model, definition, holdout_typed, shards=settings.tune.eval_shards
-    )
-    predict = model.predict_proba if hasattr(model, "predict_proba") else model.predict
-    latency = evaluate.measure_latency(predict, X_hold.iloc[:1], X_hold.iloc[:100])
-    timings["evaluate_s"] = time.perf_counter() - t0
-
-    # 5. Log everything to one parent run, the model last, then register.
-    import mlflow
-
-    code_commit = _git_commit(settings)
-    run_tags = {
-        tags.DATASET: version.name,
-        tags.DATA_HASH: version.hash,
-        tags.DATA_ROWS: str(version.rows),
-        tags.SUITE_PASSED: str(version.suite_passed).lower(),
-        tags.GIT_COMMIT: version.git_commit or code_commit or "unknown",
-        tags.MODEL_DEFINITION: definition.name,
-        "aipaas.code_commit": code_commit or "unknown",
-        "aipaas.ray_nodes": str(ray_info.nodes),
-    }
-    with (
-        tempfile.TemporaryDirectory(prefix="aipaas-train-") as tmp,
-        mlflow.start_run(run_name=f"train-{definition.name}", tags=run_tags) as run,
-    ):
-        run_id = run.info.run_id
-        mlflow.log_params({k: _param(v) for k, v in search.best_config.items()})
-        mlflow.log_params(_settings_params(settings, ray_info))
-        _log_trials(search, definition)
-        metrics = {f"holdout_{k}": v for k, v in ev.metrics.items()}
-        metrics[f"cv_{definition.metric}"] = search.best_score
-        metrics.update({k: v for k, v in latency.items() if k != "latency_batch_rows"})
-        metrics["trials_ok"] = float(search.ok)
-        metrics["trials_failed"] = float(search.failed)
-        metrics.update({f"time_{k}": v for k, v in timings.items()})
-        mlflow.log_metrics(metrics)
-
-        report_dir = Path(tmp) / "evaluation"
-        evaluate.write_report(
-            ev,
-            latency,
-            report_dir,
-            title=f"{definition.name} on {version.name}@{version.hash[:12]}",
-            extra={"best_params": search.best_config, "trials": _trial_table(search)},
-        )
-        mlflow.log_artifacts(str(report_dir), artifact_path="evaluation")
-
-        from aipaas.datasets.profiles import write_profile
-
-        profile = write_profile(train_df, Path(tmp) / "profile.bin")
-        mlflow.log_artifact(str(profile), artifact_path="reference_profile")
-        mlflow.log_dict(version.to_dict(), "dataset_version.json")
-
-        info = _log_model(model, definition, X_train)
-        registered = str(info.registered_model_version)
-        timings_total = dict(timings)
-    registry.set_tags(definition.name, registered, {k: v for k, v in run_tags.items()})
-    registry.set_alias(definition.name, tags.CHALLENGER, registered)
-    return TrainResult(
-        model=definition.name,
-        version=registered,
-        run_id=run_id,
-        model_uri=f"models:/{definition.name}/{registered}",
-        metrics=metrics,
-        best_params=dict(search.best_config),
-        dataset=version.name,
-        data_hash=version.hash,
-        trials_ok=search.ok,
-        trials_failed=search.failed,
-        seconds=timings_total,
-    )
+    check_metrics(definition)
 
 
-def _read(path: Path, definition: ModelDefinition) -> pd.DataFrame:
+def read_split(path: Path, definition: ModelDefinition) -> pd.DataFrame:
+    """One split, refused if it lacks a column the definition needs, or any row."""
     df = pd.read_csv(path)
     needed = [*definition.features, definition.target]
     missing = [c for c in needed if c not in df.columns]
@@ -232,59 +251,188 @@ def _read(path: Path, definition: ModelDefinition) -> pd.DataFrame:
     return df
 
 
-def _log_trials(search: Any, definition: ModelDefinition) -> None:
+def run_tags(
+    definition: ModelDefinition, version: DatasetVersion, ray: RayInfo, code_commit: str | None
+) -> dict[str, str]:
+    """The lineage of a training: its data version, code and cluster."""
+    return {
+        tags.DATASET: version.name,
+        tags.DATA_HASH: version.hash,
+        tags.DATA_ROWS: str(version.rows),
+        tags.SUITE_PASSED: str(version.suite_passed).lower(),
+        tags.GIT_COMMIT: version.git_commit or code_commit or "unknown",
+        tags.MODEL_DEFINITION: definition.name,
+        tags.CODE_COMMIT: code_commit or "unknown",
+        tags.RAY_NODES: str(ray.nodes),
+    }
+
+
+def serving_tags(definition: ModelDefinition) -> dict[str, str]:
+    """What serving needs of the definition, read from the registered version."""
+    return {
+        tags.TARGET: definition.target,
+        tags.LOG_INPUTS: str(definition.log_inputs).lower(),
+    }
+
+
+def settings_params(settings: Settings, ray: RayInfo) -> dict[str, Any]:
+    """The settings a training ran with, as MLflow params (``setting.*``)."""
+    prefix = tags.SETTING_PREFIX
+    out = {f"{prefix}tune.{k}": v for k, v in settings.tune.model_dump().items()}
+    out[f"{prefix}ray.address"] = settings.ray.address or "local"
+    out[f"{prefix}ray.object_store_memory_mb"] = settings.ray.object_store_memory_mb
+    out[f"{prefix}ray.nodes"] = ray.nodes
+    out[f"{prefix}ray.cpus"] = ray.cpus
+    return out
+
+
+def open_run(definition: ModelDefinition, run_tags: dict[str, str], params: dict[str, Any]) -> str:
+    """Start the training's parent run with its lineage; the later steps re-enter it."""
+    import mlflow
+
+    name = f"{tags.TRAIN_RUN_PREFIX}{definition.name}"
+    with mlflow.start_run(run_name=name, tags=run_tags) as run:
+        mlflow.log_params(params)
+        return str(run.info.run_id)
+
+
+@contextmanager
+def parent_run(run_id: str) -> Iterator[None]:
+    """Re-enter the training's parent run for one step; a step that raises marks it FAILED."""
+    import mlflow
+
+    with mlflow.start_run(run_id=run_id):
+        yield
+
+
+def _git_commit(settings: Settings) -> str | None:
+    """HEAD of the project checkout, when there is one (a wheel install has none)."""
+    from aipaas.datasets.versioning import git_commit
+
+    for root in (settings.versioning.repo, PROJECT_ROOT):
+        commit = git_commit(root)
+        if commit:
+            return commit
+    return None
+
+
+# --- search and refit ------------------------------------------------------------
+
+
+def log_trials(result: SearchResult, definition: ModelDefinition) -> None:
     """One nested run per trial; a crashed trial is a FAILED run carrying its error."""
     import mlflow
 
-    for i, trial in enumerate(search.trials):
-        with mlflow.start_run(run_name=f"trial-{i:03d}", nested=True) as child:
-            mlflow.log_params({k: _param(v) for k, v in trial.config.items()})
+    cv = tags.cv_metric(definition.metric)
+    for i, trial in enumerate(result.trials):
+        with mlflow.start_run(run_name=f"{tags.TRIAL_RUN_PREFIX}{i:03d}", nested=True) as child:
+            _log_params(trial.config)
             mlflow.set_tags(
                 {
-                    "aipaas.trial_id": trial.trial_id,
-                    "aipaas.node_id": trial.node_id or "unknown",
+                    tags.TRIAL_ID: trial.trial_id,
+                    tags.NODE_ID: trial.node_id or "unknown",
                     tags.MODEL_DEFINITION: definition.name,
                 }
             )
             if trial.ok:
                 mlflow.log_metrics(
                     {
-                        f"cv_{definition.metric}": trial.score or 0.0,
-                        f"cv_{definition.metric}_std": trial.score_std or 0.0,
-                        "duration_s": trial.duration_s or 0.0,
+                        cv: trial.score or 0.0,
+                        f"{cv}{tags.STD_SUFFIX}": trial.score_std or 0.0,
+                        tags.TRIAL_DURATION_S: trial.duration_s or 0.0,
                     }
                 )
             else:
-                mlflow.set_tag("aipaas.error", (trial.error or "")[:5000])
+                mlflow.set_tag(tags.ERROR, (trial.error or "")[:5000])
         if not trial.ok:
             mlflow.MlflowClient().set_terminated(child.info.run_id, status="FAILED")
 
 
-def _trial_table(search: Any) -> list[dict[str, Any]]:
-    return [
+def log_search_metrics(result: SearchResult, definition: ModelDefinition) -> None:
+    import mlflow
+
+    mlflow.log_metrics(
         {
-            "trial": t.trial_id,
-            "ok": t.ok,
-            "score": t.score,
-            "node": (t.node_id or "")[:12],
-            "error": t.error,
+            tags.cv_metric(definition.metric): result.best_score,
+            tags.TRIALS_OK: float(result.ok),
+            tags.TRIALS_FAILED: float(result.failed),
         }
-        for t in search.trials
-    ]
+    )
 
 
-def _log_model(model: Any, definition: ModelDefinition, X_train: pd.DataFrame) -> Any:
+def fit(definition: ModelDefinition, config: dict[str, Any], X: pd.DataFrame, y: pd.Series) -> Any:
+    """The definition's estimator built from ``config`` and fitted on ``X``, ``y``."""
+    try:
+        model = definition.build_estimator(dict(config))
+        model.fit(X, y)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise TrainingError(f"refit of the best configuration {config} failed: {err}") from err
+    return model
+
+
+# --- evaluate --------------------------------------------------------------------
+
+
+def score_holdout(
+    definition: ModelDefinition, data: PreparedData, fitted: FittedModel, *, shards: int
+) -> ModelEvaluation:
+    """The holdout metrics (parallel Ray tasks) and the predict latency."""
+    X = prepare_features(definition, data.holdout)
+    typed = pd.concat([X, data.holdout[[definition.target]]], axis=1)
+    model = fitted.model
+    holdout = evaluate_holdout(model, definition, typed, shards=shards)
+    predict = model.predict_proba if hasattr(model, "predict_proba") else model.predict
+    latency = measure_latency(predict, X.iloc[:1], X.iloc[:LATENCY_BATCH])
+    return ModelEvaluation(holdout, latency)
+
+
+def log_report(
+    evaluation: ModelEvaluation,
+    definition: ModelDefinition,
+    data: PreparedData,
+    result: SearchResult,
+) -> None:
+    """The evaluation report, its plots and tables, as the run's ``evaluation/`` artifacts."""
+    import mlflow
+
+    version = data.version
+    with tempfile.TemporaryDirectory(prefix="aipaas-report-") as tmp:
+        out = Path(tmp) / tags.EVALUATION_ARTIFACT
+        write_report(
+            evaluation.holdout,
+            evaluation.latency,
+            out,
+            title=f"{definition.name} on {version.name}@{version.hash[:12]}",
+            extra={"best_params": result.best_config, "trials": result.trial_table()},
+        )
+        mlflow.log_artifacts(str(out), artifact_path=tags.EVALUATION_ARTIFACT)
+
+
+# --- log and register ------------------------------------------------------------
+
+
+def log_reference(data: PreparedData) -> None:
+    """The whylogs profile of the training data (drift's baseline) and the data version."""
+    import mlflow
+
+    from aipaas.datasets.profiles import write_profile
+
+    with tempfile.TemporaryDirectory(prefix="aipaas-profile-") as tmp:
+        profile = write_profile(data.train, Path(tmp) / Path(tags.REFERENCE_PROFILE).name)
+        mlflow.log_artifact(str(profile), artifact_path=tags.REFERENCE_PROFILE_DIR)
+    mlflow.log_dict(data.version.to_dict(), tags.DATASET_VERSION_ARTIFACT)
+
+
+def log_model(model: Any, definition: ModelDefinition, example: pd.DataFrame) -> Any:
     """Log in the flavour's own format (skops for scikit-learn and LightGBM), never pickle."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
 
-    example = X_train.head(5)
-    signature = infer_signature(example, model.predict(example))
     common: dict[str, Any] = {
-        "name": "model",
-        "signature": signature,
-        "input_example": X_train.head(2),
+        "name": tags.MODEL_ARTIFACT,
+        "signature": infer_signature(example, model.predict(example)),
+        "input_example": example.head(INPUT_EXAMPLE_ROWS),
         "registered_model_name": definition.name,
     }
     try:
@@ -302,28 +450,59 @@ def _log_model(model: Any, definition: ModelDefinition, X_train: pd.DataFrame) -
         raise
 
 
+def train_result(
+    definition: ModelDefinition, data: PreparedData, fitted: FittedModel, version: str
+) -> TrainResult:
+    """The result, its metrics read back from the run every step logged to."""
+    metrics = registry.run_metrics(data.run_id)
+    seconds = {
+        k.removeprefix(tags.TIME_PREFIX): v
+        for k, v in metrics.items()
+        if k.startswith(tags.TIME_PREFIX)
+    }
+    return TrainResult(
+        model=definition.name,
+        version=version,
+        run_id=data.run_id,
+        model_uri=f"models:/{definition.name}/{version}",
+        metrics=metrics,
+        best_params=dict(fitted.search.best_config),
+        dataset=data.version.name,
+        data_hash=data.version.hash,
+        trials_ok=fitted.search.ok,
+        trials_failed=fitted.search.failed,
+        seconds=seconds,
+    )
+
+
+# --- helpers ---------------------------------------------------------------------
+
+
+@contextmanager
+def _timed(step: str) -> Iterator[None]:
+    """Log how long a step took as ``time_<step>_s`` in the active run."""
+    t0 = time.perf_counter()
+    yield
+    _log_seconds(step, time.perf_counter() - t0)
+
+
+def _log_seconds(step: str, seconds: float) -> None:
+    import mlflow
+
+    mlflow.log_metric(tags.step_seconds(step), seconds)
+
+
+def _log_params(config: dict[str, Any]) -> None:
+    import mlflow
+
+    mlflow.log_params({k: _param(v) for k, v in config.items()})
+
+
 def _param(v: Any) -> Any:
     return v if isinstance(v, int | float | str | bool) else json.dumps(v, default=str)
 
 
-def _settings_params(settings: Settings, ray_info: Any) -> dict[str, Any]:
-    out = {f"setting.tune.{k}": v for k, v in settings.tune.model_dump().items()}
-    out["setting.ray.address"] = settings.ray.address or "local"
-    out["setting.ray.object_store_memory_mb"] = settings.ray.object_store_memory_mb
-    out["setting.ray.nodes"] = ray_info.nodes
-    out["setting.ray.cpus"] = ray_info.cpus
-    return out
-
-
-def _git_commit(settings: Settings) -> str | None:
-    """HEAD of the project checkout, when there is one (a wheel install has none)."""
-    from aipaas.datasets.versioning import git_commit
-
-    for root in (settings.versioning.repo, PROJECT_ROOT):
-        commit = git_commit(root)
-        if commit:
-            return commit
-    return None
+# --- reading back ----------------------------------------------------------------
 
 
 def lineage(model: str, version: str | int, settings: Settings) -> dict[str, str]:
@@ -333,8 +512,6 @@ def lineage(model: str, version: str | int, settings: Settings) -> dict[str, str
     works from any machine that reaches the registry. ``git checkout <commit>
     && dvc checkout`` (or ``dvc pull``) restores the files whose hash is shown.
     """
-    from aipaas.training import registry
-
     registry.connect(settings)
     mv = registry.get_version(model, version)
     t = mv.tags
@@ -349,10 +526,10 @@ def lineage(model: str, version: str | int, settings: Settings) -> dict[str, str
         "suite_passed": t.get(tags.SUITE_PASSED, "unknown"),
         "run_id": run or "unknown",
         "git_commit": t.get(tags.GIT_COMMIT, "unknown"),
-        "code_commit": t.get("aipaas.code_commit", "unknown"),
+        "code_commit": t.get(tags.CODE_COMMIT, "unknown"),
         "model_uri": mv.uri,
     }
     for key in sorted(metrics):
-        if key.startswith("holdout_"):
+        if key.startswith(tags.HOLDOUT_PREFIX):
             out[key] = f"{metrics[key]:.4f}"
     return out

@@ -116,6 +116,19 @@ class SearchResult:
     def failed(self) -> int:
         return sum(not t.ok for t in self.trials)
 
+    def trial_table(self) -> list[dict[str, Any]]:
+        """One row per trial, for the evaluation report."""
+        return [
+            {
+                "trial": t.trial_id,
+                "ok": t.ok,
+                "score": t.score,
+                "node": (t.node_id or "")[:12],
+                "error": t.error,
+            }
+            for t in self.trials
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -138,7 +151,7 @@ def _run_trial(config: dict[str, Any], spec: _TrialSpec, data: pd.DataFrame) -> 
     import ray
     from ray import tune
 
-    from aipaas.training.evaluate import cross_validate
+    from aipaas.training.metrics import cross_validate
 
     t0 = time.perf_counter()
     scores = cross_validate(
@@ -216,34 +229,33 @@ def run_search(
     t0 = time.perf_counter()
     grid = tuner.fit()
     wall = time.perf_counter() - t0
+    return _best(definition, [_outcome(grid[i]) for i in range(len(grid))], wall)
 
-    trials: list[TrialOutcome] = []
-    for i in range(len(grid)):
-        res = grid[i]
-        m = res.metrics or {}
-        trial_id = str(m.get("trial_id") or Path(str(res.path)).name)
-        if res.error is not None or SCORE not in m:
-            trials.append(
-                TrialOutcome(
-                    trial_id=trial_id,
-                    config=_native(res.config),
-                    ok=False,
-                    node_id=m.get("node_id"),
-                    error=_short_error(res.error),
-                )
-            )
-        else:
-            trials.append(
-                TrialOutcome(
-                    trial_id=trial_id,
-                    config=_native(res.config),
-                    ok=True,
-                    score=float(m[SCORE]),
-                    score_std=float(m.get("score_std", 0.0)),
-                    node_id=m.get("node_id"),
-                    duration_s=float(m.get("duration_s", 0.0)),
-                )
-            )
+
+def _outcome(res: Any) -> TrialOutcome:
+    """One trial's result as the driver saw it: its score, or its error."""
+    m = res.metrics or {}
+    trial_id = str(m.get("trial_id") or Path(str(res.path)).name)
+    if res.error is not None or SCORE not in m:
+        return TrialOutcome(
+            trial_id=trial_id,
+            config=_native(res.config),
+            ok=False,
+            node_id=m.get("node_id"),
+            error=_short_error(res.error),
+        )
+    return TrialOutcome(
+        trial_id=trial_id,
+        config=_native(res.config),
+        ok=True,
+        score=float(m[SCORE]),
+        score_std=float(m.get("score_std", 0.0)),
+        node_id=m.get("node_id"),
+        duration_s=float(m.get("duration_s", 0.0)),
+    )
+
+
+def _best(definition: ModelDefinition, trials: list[TrialOutcome], wall: float) -> SearchResult:
     good = [t for t in trials if t.ok and t.score is not None and math.isfinite(t.score)]
     if not good:
         errors = "; ".join(sorted({t.error or "no score reported" for t in trials}))[:1500]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 
 import anyio
@@ -25,7 +26,7 @@ async def get_usage(
     rows = await anyio.to_thread.run_sync(
         lambda: usage_mod.usage(c.settings, key_id=key_id, since=since, until=until)
     )
-    return [UsageOut(**r.__dict__) for r in rows]
+    return [UsageOut(**asdict(r)) for r in rows]
 
 
 @router.post("/admin/reload", response_model=ReloadOut)

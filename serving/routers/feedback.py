@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import anyio
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends
 
-from aipaas.exceptions import AlreadyLabelledError, UnknownRequestError
 from aipaas.inference import feedback as fb
 from serving.deps import ApiKeyDep, ComponentsDep, ContextDep, Guard
 from serving.schemas import FeedbackRequest, FeedbackResponse
@@ -18,14 +17,9 @@ async def post_feedback(
     body: FeedbackRequest, c: ComponentsDep, ctx: ContextDep, key: ApiKeyDep
 ) -> FeedbackResponse:
     """Label a served prediction: 404 if the request id is unknown, 409 if already labelled."""
-    try:
-        got = await anyio.to_thread.run_sync(
-            lambda: fb.record_feedback(c.settings, body.request_id, body.label, key_id=key.id)
-        )
-    except UnknownRequestError as err:
-        raise HTTPException(404, str(err)) from err
-    except AlreadyLabelledError as err:
-        raise HTTPException(409, str(err)) from err
+    got = await anyio.to_thread.run_sync(
+        lambda: fb.record_feedback(c.settings, body.request_id, body.label, key_id=key.id)
+    )
     ctx.model, ctx.version = got.model, got.version
     return FeedbackResponse(
         request_id=got.request_id,

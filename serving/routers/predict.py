@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
+from aipaas.inference.audit import prediction_records
 from serving.deps import Components, Guard, ServedModelDep, components, context
 from serving.holder import ServedModel
 from serving.middleware import RequestContext
@@ -95,19 +96,14 @@ async def _run(
     ctx.compute_s = time.perf_counter() - t
     names = served.names
     dict_rows = [dict(zip(names, r, strict=True)) for r in rows]
-    now = datetime.now(UTC).isoformat(timespec="microseconds")
-    for i, (row, out) in enumerate(zip(dict_rows, pred.outputs, strict=True)):
-        ctx.predictions.append(
-            {
-                "request_id": ctx.request_id,
-                "row": i,
-                "model": served.name,
-                "version": served.version,
-                "output": orjson.dumps(out, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
-                "input": orjson.dumps(row).decode() if served.log_inputs else None,
-                "created_at": now,
-            }
-        )
+    ctx.predictions += prediction_records(
+        ctx.request_id,
+        served.name,
+        served.version,
+        dict_rows,
+        pred.outputs,
+        log_inputs=served.log_inputs,
+    )
     if c.settings.serving.profiling_enabled:
         c.sink.submit(served.name, served.version, dict_rows, pred.outputs)
     return pred
@@ -197,10 +193,10 @@ def _model_out(served: ServedModel) -> ModelOut:
     return ModelOut(
         name=m.name,
         version=m.version,
-        run_id=m.metadata.get("run_id"),
-        dataset=m.metadata.get("dataset"),
-        data_version=m.metadata.get("data_version"),
-        promoted_at=m.metadata.get("promoted_at"),
+        run_id=m.meta.run_id,
+        dataset=m.meta.dataset,
+        data_version=m.meta.data_version,
+        promoted_at=m.meta.promoted_at,
         loaded_at=datetime.fromtimestamp(m.loaded_at, UTC).isoformat(),
         flavor=m.flavor,
         classes=list(m.classes) if m.classes is not None else None,
@@ -217,6 +213,3 @@ async def model(served: ServedModelDep) -> ModelOut:
 @router.get("/models/{name}", response_model=ModelOut)
 async def model_named(name: str, served: ServedModelDep) -> ModelOut:
     return _model_out(served)
-
-
-__all__ = ["router", "HTTPException"]

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from aipaas.cli import app
-from aipaas.datasets import ingest as data
-from aipaas.exceptions import DatasetNotFoundError, DataValidationError
+from aipaas.datasets import ingest
+from aipaas.exceptions import ConfigurationError, DatasetNotFoundError, DataValidationError
 from aipaas.settings import PROJECT_ROOT, DatasetSpec, Settings, get_settings
-from tests.support.project import copy_project
+from tests.support.project import copy_project, project_env
 
 AIPAAS = str(Path(sys.executable).parent / "aipaas")
 COMMANDS = ["ingest", "validate", "split", "run", "version", "list"]
@@ -32,14 +33,10 @@ def _env(data_dir: Path, home: Path, repo: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def env(tmp_path: Path, home: Path, monkeypatch) -> Iterator[dict[str, str]]:
+def env(tmp_path: Path, home: Path, use_settings: Callable[..., Settings]) -> dict[str, str]:
     """Settings for in-process (CliRunner) and subprocess invocations alike."""
-    values = _env(tmp_path / "data", home, tmp_path)
-    for key, value in values.items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    yield {**os.environ, **values}
-    get_settings.cache_clear()
+    use_settings(env=_env(tmp_path / "data", home, tmp_path))
+    return dict(os.environ)
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -56,7 +53,7 @@ def test_every_command_has_help(command):
 
 
 def test_validate_failure_prints_table_and_exits_with_validation_code(env, tmp_path, home):
-    frame = data.load_source(
+    frame = ingest.load_source(
         DatasetSpec(source="sklearn:breast_cancer", target="diagnosis"), Settings(_env_file=None)
     )
     frame.loc[[0, 1], "diagnosis"] = "unsure"
@@ -85,6 +82,7 @@ def test_validate_missing_file_and_version_before_any_run(env, tmp_path):
     result = CliRunner().invoke(app, ["data", "validate", "breast_cancer", "-p", "nope.csv"])
     assert "file not found: nope.csv" in result.output
     assert isinstance(result.exception, DataValidationError)
+    assert result.exception.report is not None and result.exception.report.path == "nope.csv"
 
     result = _cli(["data", "version", "breast_cancer"], env)
     assert result.returncode == DatasetNotFoundError.exit_code
@@ -100,21 +98,45 @@ def test_list_shows_declared_datasets(env):
     assert "sklearn:breast_cancer" in row and "diagnosis" in row and "not run" in row
 
 
-@pytest.mark.slow
-def test_run_prints_the_version(tmp_path_factory, tmp_path, home, monkeypatch):
-    repo = copy_project(tmp_path_factory, tmp_path)
-    for key, value in _env(repo / "data", home, repo).items():
-        monkeypatch.setenv(key, value)
-    get_settings.cache_clear()
-    try:
-        result = CliRunner().invoke(app, ["data", "run", "breast_cancer", "--no-push"])
-        assert result.exit_code == 0, result.output
-        version = data.recorded_version("breast_cancer", get_settings())
-        assert f"hash      {version.hash}" in result.output
-        assert "rows      569" in result.output and "suite     passed" in result.output
-        assert not (home / "dvc-remote").exists()  # --no-push
+@pytest.mark.parametrize("command", ["split", "ingest", "run"])
+def test_a_stage_param_overridden_in_the_environment_is_refused(env, tmp_path, command):
+    shutil.copy2(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")
+    override = {
+        "AIPAAS_PARAMS": str(tmp_path / "params.yaml"),
+        "AIPAAS_DATASETS__BREAST_CANCER__SOURCE": "sklearn:iris",
+    }
 
-        listed = CliRunner().invoke(app, ["data", "version", "breast_cancer", "--json"])
-        assert json.loads(listed.output)["hash"] == version.hash
-    finally:
-        get_settings.cache_clear()
+    result = _cli(["data", command, "breast_cancer"], env | override)
+
+    assert result.returncode == ConfigurationError.exit_code, result.stderr
+    assert "datasets.breast_cancer is" in result.stderr and "sklearn:iris" in result.stderr
+    assert f"set datasets.breast_cancer in {tmp_path / 'params.yaml'}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_run_prints_the_version(tmp_path_factory, tmp_path, home, use_settings):
+    repo = copy_project(tmp_path_factory, tmp_path)
+    use_settings(env=project_env(repo, home))
+
+    result = CliRunner().invoke(app, ["data", "run", "breast_cancer", "--no-push"])
+    assert result.exit_code == 0, result.output
+    version = ingest.recorded_version("breast_cancer", get_settings())
+    assert f"hash      {version.hash}" in result.output
+    assert "rows      569" in result.output and "suite     passed" in result.output
+    assert not (home / "dvc-remote").exists()  # --no-push
+
+    listed = CliRunner().invoke(app, ["data", "version", "breast_cancer", "--json"])
+    assert json.loads(listed.output)["hash"] == version.hash
+    rows = json.loads(CliRunner().invoke(app, ["data", "list", "--json"]).output)
+    assert rows == [
+        {
+            "name": "breast_cancer",
+            "source": "sklearn:breast_cancer",
+            "target": "diagnosis",
+            "suite": "passed",
+            "hash": version.hash,
+            "rows": 569,
+        }
+    ]

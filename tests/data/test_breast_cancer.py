@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aipaas.datasets import ingest as data
+from aipaas.datasets import ingest
 from aipaas.datasets.validation import suite_path, validate_frame
 from aipaas.settings import PROJECT_ROOT, DatasetSpec, Settings
 
@@ -12,13 +12,13 @@ from aipaas.settings import PROJECT_ROOT, DatasetSpec, Settings
 @pytest.fixture(scope="module")
 def source():
     spec = DatasetSpec(source="sklearn:breast_cancer", target="diagnosis")
-    return data.load_source(spec, Settings(_env_file=None))
+    return ingest.load_source(spec, Settings(_env_file=None))
 
 
 def test_source_has_snake_case_features_and_string_labels(source):
     assert source.shape == (569, 31)
     assert "mean_radius" in source.columns and "worst_concave_points" in source.columns
-    assert all(c == data.snake_case(c) for c in source.columns)
+    assert all(c == ingest.snake_case(c) for c in source.columns)
     assert source["diagnosis"].value_counts().to_dict() == {"benign": 357, "malignant": 212}
 
 

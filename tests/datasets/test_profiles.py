@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aipaas.datasets import profiles as monitoring
+from aipaas.datasets import profiles
 from aipaas.exceptions import ConfigurationError
 
 
@@ -26,10 +26,10 @@ def _frame(n: int, seed: int = 0, shift: float = 0.0) -> pd.DataFrame:
 
 def test_write_then_read_profile_round_trips(tmp_path: Path) -> None:
     df = _frame(300)
-    path = monitoring.write_profile(df, tmp_path / "deep" / "profile.bin")
+    path = profiles.write_profile(df, tmp_path / "deep" / "profile.bin")
     assert path.is_file() and path.stat().st_size > 0
 
-    profile = monitoring.read_profile(path)
+    profile = profiles.read_profile(path)
     assert profile.num_rows == 300
     assert set(profile.columns) == {"radius", "texture", "label", "site"}
     radius = profile.summary("radius")
@@ -42,21 +42,21 @@ def test_write_then_read_profile_round_trips(tmp_path: Path) -> None:
 
 
 def test_merge_counts_every_row_once() -> None:
-    a = monitoring.profile_frame(_frame(120, seed=1))
-    b = monitoring.profile_frame(_frame(80, seed=2))
-    merged = monitoring.merge_profiles([a, b])
+    a = profiles.profile_frame(_frame(120, seed=1))
+    b = profiles.profile_frame(_frame(80, seed=2))
+    merged = profiles.merge_profiles([a, b])
     assert merged is not None
     assert merged.num_rows == 200
     # Inputs are untouched.
     assert a.num_rows == 120 and b.num_rows == 80
-    assert monitoring.merge_profiles([]) is None
-    again = monitoring.Profile.from_bytes(merged.to_bytes())
+    assert profiles.merge_profiles([]) is None
+    again = profiles.Profile.from_bytes(merged.to_bytes())
     assert again.num_rows == 200
 
 
 def test_missing_values_and_types_are_summarised() -> None:
     df = pd.DataFrame({"x": [1.5, None, 2.5, None], "s": ["a", None, "b", "c"]})
-    profile = monitoring.profile_frame(df)
+    profile = profiles.profile_frame(df)
     x = profile.summary("x")
     assert x.missing == 2 and x.missing_fraction == 0.5
     assert x.dominant_type == "fractional"
@@ -64,9 +64,9 @@ def test_missing_values_and_types_are_summarised() -> None:
 
 
 def test_compare_aligns_numeric_and_categorical_columns() -> None:
-    ref = monitoring.profile_frame(_frame(500, seed=3))
-    cur = monitoring.profile_frame(_frame(500, seed=4, shift=6.0))
-    radius = monitoring.compare(ref, cur, "radius")
+    ref = profiles.profile_frame(_frame(500, seed=3))
+    cur = profiles.profile_frame(_frame(500, seed=4, shift=6.0))
+    radius = profiles.compare(ref, cur, "radius")
     assert radius.kind == "numeric"
     assert len(radius.reference_cdf) == len(radius.current_cdf) == len(radius.points)
     # The current distribution sits to the right: its CDF is below the reference's.
@@ -74,7 +74,7 @@ def test_compare_aligns_numeric_and_categorical_columns() -> None:
     assert gap > 0.5
     assert sum(radius.reference_hist) == pytest.approx(1.0)
 
-    site = monitoring.compare(ref, cur, "site")
+    site = profiles.compare(ref, cur, "site")
     assert site.kind == "categorical"
     assert site.categories == ["a", "b", "c"]
     assert sum(site.reference_freq) == pytest.approx(1.0)
@@ -82,11 +82,11 @@ def test_compare_aligns_numeric_and_categorical_columns() -> None:
 
 def test_unreadable_or_absent_profile_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="no profile"):
-        monitoring.read_profile(tmp_path / "absent.bin")
+        profiles.read_profile(tmp_path / "absent.bin")
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"not a profile")
     with pytest.raises(ConfigurationError, match="not a readable profile"):
-        monitoring.read_profile(bad)
-    profile = monitoring.profile_frame(_frame(10))
+        profiles.read_profile(bad)
+    profile = profiles.profile_frame(_frame(10))
     with pytest.raises(ConfigurationError, match="no column"):
         profile.summary("nope")

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from aipaas.datasets import ingest as data
+from aipaas.datasets import ingest
 from aipaas.datasets.validation import render_markdown, suite_path, validate_file
 from aipaas.exceptions import ConfigurationError
 from aipaas.settings import PROJECT_ROOT, DatasetSpec, Settings
@@ -22,7 +22,7 @@ SUITE = suite_path(PROJECT_ROOT / "expectations", "breast_cancer")
 @pytest.fixture(scope="module")
 def good() -> pd.DataFrame:
     spec = DatasetSpec(source="sklearn:breast_cancer", target="diagnosis")
-    return data.load_source(spec, Settings(_env_file=None))
+    return ingest.load_source(spec, Settings(_env_file=None))
 
 
 def _write(frame: pd.DataFrame, path: Path) -> Path:

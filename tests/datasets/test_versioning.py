@@ -1,94 +1,48 @@
-"""DVC versioning in a temporary git + DVC repository: versions, pushes, refusals."""
+"""The DVC adapter: dvc.lock and params.yaml as read, DVC's status and its errors."""
 
 from __future__ import annotations
 
 import hashlib
 import subprocess
-from pathlib import Path
 
-import pandas as pd
 import pytest
-import yaml
 
-from aipaas.datasets import ingest as data
 from aipaas.datasets import versioning
-from aipaas.exceptions import DataValidationError, RemoteError, VersioningError
-from tests.support.project import bad_rows, copy_project, git, project_settings
-
-
-def _remote_files(url: str) -> list[Path]:
-    root = Path(url)
-    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+from aipaas.exceptions import ConfigurationError, RemoteError, VersioningError
+from tests.support.project import copy_project
 
 
 @pytest.mark.slow
-def test_version_is_dvc_lock_pushed_and_restorable_from_a_fresh_clone(
-    tmp_path_factory, tmp_path, home
+def test_a_params_change_shows_in_dvc_status_for_the_stages_that_read_it(
+    tmp_path_factory, tmp_path
 ):
     repo = copy_project(tmp_path_factory, tmp_path)
-    st = project_settings(repo, home)
+    targets = [f"{stage}@breast_cancer" for stage in ("ingest", "validate", "split")]
+    assert versioning.status(repo, targets) == {}
 
-    version = data.run_data_pipeline("breast_cancer", st, push=True)
+    params = repo / "params.yaml"
+    params.write_text(params.read_text().replace("holdout_fraction: 0.2", "holdout_fraction: 0.25"))
 
-    outs = versioning.locked_outs(repo, "split@breast_cancer")
-    train_md5 = outs["data/breast_cancer/train.csv"]
-    holdout_md5 = outs["data/breast_cancer/holdout.csv"]
-    assert train_md5 == hashlib.md5(version.train_path.read_bytes()).hexdigest()
-    assert version.hash == data.dataset_hash(train_md5, holdout_md5)
-    assert version.rows == 569 and version.suite_passed and version.target == "diagnosis"
-    assert version.train_path == repo / "data/breast_cancer/train.csv"
-    assert version.git_commit == git(repo, "rev-parse", "HEAD")
-    assert data.recorded_version("breast_cancer", st) == version
-    # Four outputs (raw, validation report, train, holdout) are in the remote under home.
-    assert st.dvc_remote_url.startswith(str(home))
-    assert len(_remote_files(st.dvc_remote_url)) == 4
+    changed = versioning.status(repo, targets)
+    assert changed == {
+        "split@breast_cancer": [
+            {"changed deps": {"params.yaml": {"data.holdout_fraction": "modified"}}}
+        ]
+    }
 
-    # A fresh clone has dvc.lock but no data; `dvc pull` restores the same version.
-    git(repo, "add", "dvc.lock", "data")
-    git(repo, "commit", "-q", "-m", "data version")
-    clone = tmp_path / "clone"
-    git(tmp_path, "clone", "-q", str(repo), str(clone))
-    clone_st = project_settings(clone, home)
-    assert not (clone / "data/breast_cancer/train.csv").exists()
-    versioning.configure_remote(clone, "aipaas", st.dvc_remote_url)
-    versioning.pull(clone, ["split@breast_cancer", "validate@breast_cancer"])
-    restored = data.recorded_version("breast_cancer", clone_st)
-    assert restored.hash == version.hash and restored.rows == version.rows
+    params.write_text(params.read_text().replace("target: diagnosis", "target: label"))
+    assert set(versioning.status(repo, targets)) == {"ingest@breast_cancer", "split@breast_cancer"}
 
 
-@pytest.mark.slow
-def test_failed_suite_versions_nothing_then_good_incoming_rows_make_a_new_version(
-    tmp_path_factory, tmp_path, home
-):
-    repo = copy_project(tmp_path_factory, tmp_path)
-    st = project_settings(repo, home)
-    before = data.recorded_version("breast_cancer", st)
-    lock_before = (repo / "dvc.lock").read_text()
-    incoming = repo / "data/incoming/breast_cancer"
-
-    bad_rows(repo).to_csv(incoming / "feedback-1.csv", index=False)
-    with pytest.raises(DataValidationError, match="failed its suite") as err:
-        data.run_data_pipeline("breast_cancer", st, push=True)
-
-    report = err.value.report
-    (hit,) = [f for f in report.failed if f.column == "diagnosis"]
-    assert hit.unexpected_count == 3 and hit.examples == ["unsure"]
-    # Nothing was split, locked as good or pushed; training is refused.
-    locked_split = versioning.read_lock(repo)["stages"]["split@breast_cancer"]
-    assert locked_split == yaml.safe_load(lock_before)["stages"]["split@breast_cancer"]
-    train_md5 = versioning.locked_outs(repo, "split@breast_cancer")["data/breast_cancer/train.csv"]
-    assert versioning.file_md5(before.train_path) == train_md5
-    assert _remote_files(st.dvc_remote_url) == []
-    with pytest.raises(DataValidationError, match="failed its suite"):
-        data.recorded_version("breast_cancer", st)
-
-    # Fixed feedback: DVC reruns from ingest (its incoming dependency changed).
-    good = bad_rows(repo).assign(diagnosis="malignant")
-    good.to_csv(incoming / "feedback-1.csv", index=False)
-    after = data.run_data_pipeline("breast_cancer", st, push=False)
-    assert after.rows == 569 + 3
-    assert after.hash != before.hash
-    assert len(pd.read_csv(after.train_path)) + len(pd.read_csv(after.holdout_path)) == 572
+def test_params_file_is_read_or_refused_clearly(tmp_path):
+    assert versioning.params_file(tmp_path) == tmp_path / "params.yaml"
+    with pytest.raises(ConfigurationError, match="no params file"):
+        versioning.read_params(tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text("data:\n  seed: 7\n")
+    assert versioning.read_params(tmp_path / "params.yaml") == {"data": {"seed": 7}}
+    (tmp_path / "params.yaml").write_text("- a list\n")
+    with pytest.raises(ConfigurationError, match="not a YAML mapping"):
+        versioning.read_params(tmp_path / "params.yaml")
 
 
 def test_lock_reading_and_hashes(tmp_path):
@@ -121,6 +75,6 @@ def test_dvc_errors_are_versioning_errors_with_dvc_output(tmp_path):
 
 
 def test_transient_remote_errors_are_recognised():
-    assert versioning._looks_transient("ERROR: Unable to acquire lock. Most likely ...")
-    assert versioning._looks_transient("ConnectionError: connection refused")
-    assert not versioning._looks_transient("ERROR: failed to push data: 1 files failed")
+    assert versioning.is_transient("ERROR: Unable to acquire lock. Most likely ...")
+    assert versioning.is_transient("ConnectionError: connection refused")
+    assert not versioning.is_transient("ERROR: failed to push data: 1 files failed")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,26 +14,21 @@ from prefect.client.schemas.filters import (
 )
 from prefect.states import Failed
 
-from aipaas.datasets import ingest as data
+from aipaas.datasets import ingest
 from aipaas.exceptions import DataValidationError, RemoteError
-from aipaas.settings import get_settings
+from aipaas.schemas import DatasetVersion, ValidationReport
+from aipaas.settings import Settings, get_settings
 from flows._common import remote_unreachable
 from flows.data import data_flow
-from tests.support.project import bad_rows, copy_project
+from tests.support.project import bad_rows, copy_project, project_env
 
 
 @pytest.fixture
-def project(tmp_path_factory, tmp_path, home, monkeypatch) -> Iterator[Path]:
+def project(tmp_path_factory, tmp_path, home, use_settings: Callable[..., Settings]) -> Path:
     """A private reproduced project, and process settings (what the flow reads) on it."""
     repo = copy_project(tmp_path_factory, tmp_path)
-    monkeypatch.setenv("AIPAAS_HOME", str(home))
-    monkeypatch.setenv("AIPAAS_DATA__DIR", str(repo / "data"))
-    monkeypatch.setenv("AIPAAS_DATA__EXPECTATIONS_DIR", str(repo / "expectations"))
-    monkeypatch.setenv("AIPAAS_VERSIONING__REPO", str(repo))
-    monkeypatch.setenv("AIPAAS_PARAMS", str(repo / "params.yaml"))
-    get_settings.cache_clear()
-    yield repo
-    get_settings.cache_clear()
+    use_settings(env=project_env(repo, home))
+    return repo
 
 
 def _artifacts(flow_run_id) -> list:  # type: ignore[no-untyped-def]
@@ -53,10 +48,11 @@ def test_data_flow_returns_the_version_and_fails_loudly_on_a_bad_suite(
     state = data_flow("breast_cancer", return_state=True)
     assert state.is_completed(), state.message
     version = state.result()
-    assert version["name"] == "breast_cancer" and version["rows"] == 569
-    assert version["suite_passed"] is True
-    assert version["hash"] == data.recorded_version("breast_cancer", get_settings()).hash
-    assert Path(version["train_path"]).is_file()
+    assert version == ingest.recorded_version("breast_cancer", get_settings())
+    assert type(version) is DatasetVersion  # a typed result, not a dict
+    assert version.name == "breast_cancer" and version.rows == 569
+    assert version.suite_passed is True
+    assert version.train_path.is_file()
     assert any((home / "dvc-remote").rglob("*")), "the flow pushes to the remote"
     (passed,) = _artifacts(state.state_details.flow_run_id)
     assert passed.key == "data-validation-breast-cancer" and "passed" in passed.data
@@ -75,5 +71,7 @@ def test_data_flow_returns_the_version_and_fails_loudly_on_a_bad_suite(
 
 def test_only_remote_errors_are_retried():
     assert remote_unreachable(None, None, Failed(data=RemoteError("remote busy")))
-    assert not remote_unreachable(None, None, Failed(data=DataValidationError("suite failed")))
+    report = ValidationReport("breast_cancer", "raw.csv", success=False, rows=0, evaluated=0)
+    failed_suite = DataValidationError("suite failed", report=report)
+    assert not remote_unreachable(None, None, Failed(data=failed_suite))
     assert not remote_unreachable(None, None, Failed(data=ValueError("bug")))

@@ -10,7 +10,7 @@ end-to-end test.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -19,10 +19,14 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_breast_cancer
 
+from aipaas.datasets import profiles
 from aipaas.modeldef import load_definition
 from aipaas.monitoring import drift, retrain
+from aipaas.monitoring.drift import DriftOutcome
+from aipaas.monitoring.drift_report import drift_history
+from aipaas.monitoring.drift_stats import build_report
 from aipaas.monitoring.spool import Profiler, SpoolWriter, WindowInfo
-from aipaas.settings import PROJECT_ROOT, Settings, get_settings
+from aipaas.settings import Settings
 from aipaas.training import registry, tags
 
 pytestmark = pytest.mark.slow
@@ -37,22 +41,17 @@ TRAIN = DATA.sample(455, random_state=0)
 
 @pytest.fixture
 def flow_settings(
-    home: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: None
-) -> Iterator[Settings]:
+    settings: Settings, use_settings: Callable[..., Settings], prefect_harness: None
+) -> Settings:
     """Settings the flows read through get_settings(), on a temporary home."""
-    env = {
-        "AIPAAS_HOME": str(home),
-        "AIPAAS_MODELS_DIR": str(PROJECT_ROOT / "models"),
-        "AIPAAS_MLFLOW__TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
-        "AIPAAS_MONITORING__WINDOW_ROWS": "150",
-        "AIPAAS_RETRAIN__SUGGEST_ONLY": "true",
-        "AIPAAS_DATA__DIR": str(home / "data"),
-    }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
+    return use_settings(
+        settings,
+        {
+            "AIPAAS_MONITORING__WINDOW_ROWS": "150",
+            "AIPAAS_RETRAIN__SUGGEST_ONLY": "true",
+            "AIPAAS_DATA__DIR": str(settings.home / "data"),
+        },
+    )
 
 
 def _register_champion(s: Settings) -> str:
@@ -60,14 +59,14 @@ def _register_champion(s: Settings) -> str:
     import mlflow
     from mlflow import MlflowClient
 
-    from aipaas.datasets import profiles as monitoring
-
     registry.connect(s)
     registry.ensure_experiment(s)
     with mlflow.start_run(run_name="train-diagnosis") as run:
-        mlflow.log_metrics({"holdout_accuracy": 0.95, "holdout_roc_auc": 0.99})
-        profile = monitoring.write_profile(TRAIN, s.home / "tmp" / "profile.bin")
-        mlflow.log_artifact(str(profile), artifact_path="reference_profile")
+        mlflow.log_metrics(
+            {tags.holdout_metric("accuracy"): 0.95, tags.holdout_metric("roc_auc"): 0.99}
+        )
+        profile = profiles.write_profile(TRAIN, s.home / "tmp" / "profile.bin")
+        mlflow.log_artifact(str(profile), artifact_path=tags.REFERENCE_PROFILE_DIR)
     client = MlflowClient()
     client.create_registered_model(MODEL)
     mv = client.create_model_version(
@@ -105,7 +104,7 @@ def test_window_close_triggers_drift_then_a_retrain_decision(flow_settings: Sett
 
     s = flow_settings
     version = _register_champion(s)
-    results: list[dict] = []
+    results: list[DriftOutcome] = []
     prefect_up = [False]
 
     def runner(model: str, window: WindowInfo) -> None:
@@ -130,30 +129,33 @@ def test_window_close_triggers_drift_then_a_retrain_decision(flow_settings: Sett
         profiler.step()  # retried: the drift flow runs
     assert trigger.pending() == {}
     (result,) = results
+    report = result.report
 
-    assert result["version"] == version and result["rows"] == 150
-    assert result["decided"] and result["retrain"]
-    assert len(result["drifting"]) >= 3
-    assert Path(result["report"]).is_file()
-    assert result["report"].startswith(str(s.reports_dir))
+    assert report.version == version and report.rows == 150
+    assert report.decision.decided and report.decision.retrain
+    assert len(report.drifting) >= 3
+    assert report.html_path is not None and Path(report.html_path).is_file()
+    assert report.html_path.startswith(str(s.reports_dir))
     # Retraining was decided, and the guardrails (suggest-only) recorded it.
-    assert result["retrain_result"]["action"] == "suggested"
-    (decision,) = retrain.history(s, MODEL)
-    assert decision["reason"].startswith("drift:")
+    assert result.retrain is not None and result.retrain.action == "suggested"
+    (decision,) = retrain.retrain_history(s, MODEL)
+    assert decision == result.retrain and decision.reason.startswith("drift:")
 
     table = _artifact("drift-diagnosis")
-    assert {r["feature"] for r in table if r["drifting"]} == set(result["drifting"])
+    assert {r["feature"] for r in table if r["drifting"]} == set(report.drifting)
 
     import mlflow
 
-    run = mlflow.get_run(result["mlflow_run"])
-    assert run.data.tags["aipaas.drift_version"] == version
+    run = mlflow.get_run(result.mlflow_run)
+    assert run.data.tags[tags.DRIFT_VERSION] == version
+    assert run.data.tags[tags.KIND] == tags.KIND_DRIFT_CHECK
     assert run.data.metrics["drift_retrain"] == 1.0
     assert run.data.metrics["drift_rows"] == 150
 
     # The window is consumed: the next check has nothing to decide on.
     again = drift_flow(MODEL)
-    assert again["rows"] == 0 and not again["decided"] and again["retrain_result"] is None
+    assert again.report.rows == 0 and not again.report.decision.decided
+    assert again.retrain is None
 
 
 def test_unshifted_traffic_reports_no_drift(flow_settings: Settings) -> None:
@@ -165,12 +167,13 @@ def test_unshifted_traffic_reports_no_drift(flow_settings: Settings) -> None:
     with Profiler(s) as profiler:
         profiler.step()
     result = drift_flow(MODEL)
-    assert result["rows"] == 300 and result["windows"] == [1, 2]
-    assert result["decided"] and not result["retrain"], result["reasons"]
-    assert result["retrain_result"] is None
-    assert retrain.history(s, MODEL) == []
-    (entry,) = drift.history(s, MODEL)
-    assert entry["decision"]["retrain"] is False
+    decision = result.report.decision
+    assert result.report.rows == 300 and result.report.windows == (1, 2)
+    assert decision.decided and not decision.retrain, decision.reasons
+    assert result.retrain is None
+    assert retrain.retrain_history(s, MODEL) == []
+    (entry,) = drift_history(s, MODEL)
+    assert entry.decision == decision
 
 
 def test_feedback_accuracy_enters_the_check(flow_settings: Settings) -> None:
@@ -183,17 +186,17 @@ def test_feedback_accuracy_enters_the_check(flow_settings: Settings) -> None:
     labels = pd.DataFrame(
         {"diagnosis": [1, 0] * 20, "prediction": [1] * 40, "model_version": version}
     )
-    champion = registry.get_alias(MODEL, tags.CHAMPION)
-    assert champion is not None
-    reference = drift.load_reference(s, champion.run_id, MODEL, version)
+    champion = drift.load_champion(s, MODEL)
+    assert champion.version == version and champion.holdout_accuracy == 0.95
+    assert set(FEATURES) <= set(champion.reference.columns)
     current, seqs = drift.collect_windows(s, MODEL, version)
     definition = load_definition(MODEL, s.models_dir)
-    report, _ = drift.build_report(
-        MODEL, version, reference, current, definition, windows=seqs,
-        feedback=labels, holdout_accuracy=0.95,
+    report, _ = build_report(
+        version, champion.reference, current, definition, windows=seqs,
+        feedback=labels, holdout_accuracy=champion.holdout_accuracy,
     )  # fmt: skip
     assert report.accuracy is not None and report.accuracy.accuracy == 0.5
-    assert report.decision.retrain
+    assert report.decision.retrain and not report.drifting
 
 
 def test_drift_command_prints_the_decision_and_report(flow_settings: Settings) -> None:
@@ -215,33 +218,16 @@ def test_drift_command_prints_the_decision_and_report(flow_settings: Settings) -
 
 
 def test_retrain_flow_refused_by_the_cooldown_runs_nothing(
-    flow_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    flow_settings: Settings, use_settings: Callable[..., Settings]
 ) -> None:
     from flows.retrain import retrain_flow
 
-    monkeypatch.setenv("AIPAAS_RETRAIN__SUGGEST_ONLY", "false")
-    monkeypatch.setenv("AIPAAS_RETRAIN__COOLDOWN_MINUTES", "30")
-    get_settings.cache_clear()
-    s = get_settings()
+    s = use_settings(
+        env={"AIPAAS_RETRAIN__SUGGEST_ONLY": "false", "AIPAAS_RETRAIN__COOLDOWN_MINUTES": "30"}
+    )
     retrain.record_start(s, MODEL)  # a retrain started just now
     result = retrain_flow(MODEL, reason="test")
-    assert result["action"] == "skipped"
-    assert any("cooldown" in r for r in result["guardrails"])
-    assert retrain.history(s, MODEL)[-1]["action"] == "skipped"
+    assert result.action == "skipped" and result.reason == "test"
+    assert any("cooldown" in r for r in result.guardrails)
+    assert retrain.retrain_history(s, MODEL) == [result]
     assert len(retrain.started_at(s, MODEL)) == 1  # not counted again
-
-
-def test_concurrent_checks_judge_each_window_once(flow_settings: Settings) -> None:
-    """Two window closes start two drift runs at once: one shift must start one retrain."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    s = flow_settings
-    version = _register_champion(s)
-    _serve(s, version, 300, shift=3.0, seed=7)
-    with Profiler(s) as profiler:
-        profiler.step()
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        reports = list(pool.map(lambda _: drift.check(s, MODEL), range(2)))
-    rows = sorted(r.rows for r in reports)
-    assert rows == [0, 300], rows
-    assert sum(r.decision.retrain for r in reports) == 1

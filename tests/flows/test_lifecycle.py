@@ -8,12 +8,12 @@ challenger and compares it with the champion on the same current holdout.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from aipaas.settings import PROJECT_ROOT, Settings, get_settings
+from aipaas.settings import PROJECT_ROOT, Settings
 from aipaas.training import promotion_log, registry, signals, tags
 from tests.support.project import copy_project
 
@@ -24,10 +24,10 @@ pytestmark = pytest.mark.slow
 def flow_settings(
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
-    monkeypatch: pytest.MonkeyPatch,
+    use_settings: Callable[..., Settings],
     prefect_harness: None,
     ray_session: None,
-) -> Iterator[Settings]:
+) -> Settings:
     repo = copy_project(tmp_path_factory, tmp_path)
     home = tmp_path / "home"
     home.mkdir()
@@ -41,11 +41,7 @@ def flow_settings(
         "AIPAAS_TUNE__NUM_SAMPLES": "2",
         "AIPAAS_TUNE__CV_FOLDS": "2",
     }
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    get_settings.cache_clear()
-    yield get_settings()
-    get_settings.cache_clear()
+    return use_settings(env=env)
 
 
 def test_lifecycle_promotes_the_demo_model_then_compares_the_next(
@@ -54,28 +50,28 @@ def test_lifecycle_promotes_the_demo_model_then_compares_the_next(
     from flows.lifecycle import lifecycle_flow
 
     first = lifecycle_flow("diagnosis")
-    v1 = first["train"]["version"]
-    assert first["promote"]["result"] == "promoted" and first["promote"]["version"] == v1
-    assert first["dataset"]["suite_passed"] is True
-    assert first["train"]["data_hash"] == first["dataset"]["hash"]
+    v1 = first.train.version
+    assert first.promote.result == "promoted" and first.promote.version == v1
+    assert first.dataset.suite_passed is True
+    assert first.train.data_hash == first.dataset.hash
     registry.connect(flow_settings)
     champion = registry.get_alias("diagnosis", tags.CHAMPION)
     assert champion is not None and champion.version == v1
-    assert champion.tags[tags.DATA_HASH] == first["dataset"]["hash"]
+    assert champion.tags[tags.DATA_HASH] == first.dataset.hash
     assert signals.marker_mtime(flow_settings, "diagnosis") > 0
-    gates = {g["name"]: g for g in first["promote"]["gates"]}
-    assert gates["min roc_auc"]["passed"] and gates["min roc_auc"]["value"] > 0.95
-    assert gates["data suite passed"]["passed"] and gates["signature compatible"]["passed"]
+    gates = {g.name: g for g in first.promote.gates}
+    assert gates["min roc_auc"].passed and gates["min roc_auc"].value > 0.95
+    assert gates["data suite passed"].passed and gates["signature compatible"].passed
 
     second = lifecycle_flow("diagnosis")
-    v2 = second["train"]["version"]
+    v2 = second.train.version
     assert v2 != v1
-    result = second["promote"]
+    result = second.promote
     # Same data, same seeds: the new challenger scores like the champion on the
     # same holdout, within the tolerance, and replaces it.
-    assert result["result"] == "promoted", result
-    vs = next(g for g in result["gates"] if g["name"] == "vs champion roc_auc")
-    assert vs["passed"] and f"champion v{v1} scored" in vs["detail"]
+    assert result.result == "promoted", result
+    vs = next(g for g in result.gates if g.name == "vs champion roc_auc")
+    assert vs.passed and f"champion v{v1} scored" in vs.detail
     previous = registry.get_alias("diagnosis", tags.PREVIOUS_CHAMPION)
     assert previous is not None and previous.version == v1
     history = promotion_log.read(flow_settings, "diagnosis")

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from aipaas.exceptions import GateFailedError
-from aipaas.settings import Settings, get_settings
+from aipaas.settings import Settings
 from aipaas.training import registry, tags
+from aipaas.training.promotion_log import PromotionRecord
 from tests.support.registry import MODEL, register_tiny, tiny_settings
 
 pytestmark = pytest.mark.slow
@@ -19,16 +20,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def flow_settings(
-    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: None
-) -> Iterator[Settings]:
+    settings: Settings,
+    tmp_path: Path,
+    use_settings: Callable[..., Settings],
+    prefect_harness: None,
+) -> Settings:
     """Settings the flow itself reads (through get_settings) pointed at a temp home."""
     s = tiny_settings(settings, tmp_path)
-    monkeypatch.setenv("AIPAAS_HOME", str(s.home))
-    monkeypatch.setenv("AIPAAS_MODELS_DIR", str(s.models_dir))
-    monkeypatch.setenv("AIPAAS_MLFLOW__TRACKING_URI", s.mlflow_tracking_uri)
-    get_settings.cache_clear()
-    yield s
-    get_settings.cache_clear()
+    use_settings(s)
+    return s
 
 
 def _artifact(key: str) -> list[dict]:
@@ -49,9 +49,10 @@ def test_flow_promotes_then_fails_on_a_bad_challenger(flow_settings: Settings) -
 
     v1 = register_tiny(flow_settings)
     result = promote_flow(MODEL)
-    assert result["result"] == "promoted" and result["version"] == v1
+    assert result.result == "promoted" and result.version == v1
+    assert [g.name for g in result.gates if not g.passed] == []
     assert registry.get_alias(MODEL, tags.CHAMPION).version == v1  # type: ignore[union-attr]
-    assert promote_flow(MODEL, v1)["result"] == "unchanged"
+    assert promote_flow(MODEL, v1).result == "unchanged"
 
     bad = register_tiny(flow_settings, latency=900.0)
     state = promote_flow(MODEL, bad, return_state=True)
@@ -66,7 +67,10 @@ def test_flow_promotes_then_fails_on_a_bad_challenger(flow_settings: Settings) -
 
 
 def test_flow_pauses_for_approval_and_records_the_reviewer(
-    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefect_harness: None
+    settings: Settings,
+    tmp_path: Path,
+    use_settings: Callable[..., Settings],
+    prefect_harness: None,
 ) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState
@@ -77,31 +81,27 @@ def test_flow_pauses_for_approval_and_records_the_reviewer(
     from flows.promote import promote_flow
 
     s = tiny_settings(settings, tmp_path, approval=True)
-    monkeypatch.setenv("AIPAAS_HOME", str(s.home))
-    monkeypatch.setenv("AIPAAS_MODELS_DIR", str(s.models_dir))
-    monkeypatch.setenv("AIPAAS_MLFLOW__TRACKING_URI", s.mlflow_tracking_uri)
-    get_settings.cache_clear()
-    try:
-        v1 = register_tiny(s)
-        out: dict = {}
-        runner = threading.Thread(target=lambda: out.update(promote_flow(MODEL)), daemon=True)
-        runner.start()
-        paused = None
-        deadline = time.monotonic() + 90
-        with get_client(sync_client=True) as client:
-            while paused is None and time.monotonic() < deadline:
-                runs = client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        state=FlowRunFilterState(type=StateTypeFilter(any_=[StateType.PAUSED]))
-                    )
+    use_settings(s)
+    v1 = register_tiny(s)
+    out: list[PromotionRecord] = []
+    runner = threading.Thread(target=lambda: out.append(promote_flow(MODEL)), daemon=True)
+    runner.start()
+    paused = None
+    deadline = time.monotonic() + 90
+    with get_client(sync_client=True) as client:
+        while paused is None and time.monotonic() < deadline:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(type=StateTypeFilter(any_=[StateType.PAUSED]))
                 )
-                paused = next((r for r in runs if r.parameters.get("model") == MODEL), None)
-                time.sleep(0.5)
-        assert paused is not None, "the promote flow never paused for approval"
-        assert registry.get_alias(MODEL, tags.CHAMPION) is None  # nothing before approval
-        resume_flow_run(paused.id, run_input={"approve": True, "reviewer": "erin"})
-        runner.join(60)
-        assert out.get("result") == "promoted" and out.get("approved_by") == "erin"
-        assert registry.get_alias(MODEL, tags.CHAMPION).version == v1  # type: ignore[union-attr]
-    finally:
-        get_settings.cache_clear()
+            )
+            paused = next((r for r in runs if r.parameters.get("model") == MODEL), None)
+            time.sleep(0.5)
+    assert paused is not None, "the promote flow never paused for approval"
+    assert registry.get_alias(MODEL, tags.CHAMPION) is None  # nothing before approval
+    resume_flow_run(paused.id, run_input={"approve": True, "reviewer": "erin"})
+    runner.join(60)
+    [record] = out
+    assert record.result == "promoted" and record.approved_by == "erin"
+    assert [g.name for g in record.gates][-1] == "approval"
+    assert registry.get_alias(MODEL, tags.CHAMPION).version == v1  # type: ignore[union-attr]

@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 
 import pytest
 
+from aipaas import db
 from aipaas.exceptions import AuditIntegrityError
 from aipaas.inference import audit
 
@@ -153,3 +155,24 @@ def test_a_second_process_appending_mid_stream_does_not_fork_the_chain(settings)
         (3, "b"),
     ]
     assert audit.verify(settings).ok
+
+
+def test_prediction_records_are_the_predictions_table(settings):
+    assert [f.name for f in dataclasses.fields(audit.PredictionRecord)] == [
+        c.name for c in db.predictions.columns
+    ]
+    rows = [{"a": 1.5}, {"a": -1.0}]
+    kept = audit.prediction_records("r", "m", "2", rows, ["x", 3], log_inputs=True)
+    dropped = audit.prediction_records("s", "m", "2", rows, ["x", 3], log_inputs=False)
+    assert [(p.row, p.output, p.input) for p in kept] == [
+        (0, '"x"', '{"a":1.5}'),
+        (1, "3", '{"a":-1.0}'),
+    ]
+    assert [p.input for p in dropped] == [None, None]
+    writer = audit.AuditWriter(settings, commit_window_ms=0)
+    writer.submit(audit.AuditRecord(request_id="r"), kept + dropped).result(10)
+    writer.close()
+    conn = sqlite3.connect(settings.home / "platform.db")
+    stored = conn.execute("SELECT request_id, row, input FROM predictions ORDER BY 1, 2").fetchall()
+    conn.close()
+    assert stored == [("r", 0, '{"a":1.5}'), ("r", 1, '{"a":-1.0}'), ("s", 0, None), ("s", 1, None)]

@@ -4,11 +4,14 @@ import pytest
 
 from aipaas.exceptions import ModelNotFoundError
 from aipaas.inference import predictor
+from aipaas.inference.predictor import VersionMeta
+from aipaas.training import tags
+from aipaas.training.registry import ModelVersionInfo
 from tests.support.models import FEATURES, log_lgbm, log_text
 
 
 def test_lightgbm_version_loads_natively_with_signature_fields(settings):
-    version = log_lgbm(settings)
+    version = log_lgbm(settings, version_tags={tags.LOG_INPUTS: "true", tags.DATASET: "cancer"})
     assert predictor.champion_version(settings, "diagnosis") == version
     model = predictor.load_model(settings, "diagnosis", version)
     assert model.flavor == "lightgbm"
@@ -19,6 +22,8 @@ def test_lightgbm_version_loads_natively_with_signature_fields(settings):
     assert pred.probabilities is not None
     assert set(pred.probabilities[0]) == {"benign", "malignant"}
     assert pred.probabilities[0]["malignant"] > 0.5 > pred.probabilities[1]["malignant"]
+    assert (model.meta.log_inputs, model.meta.dataset) == (True, "cancer")
+    assert model.meta.aliases == (tags.CHAMPION,)
 
 
 def test_text_model_takes_one_string_column(settings):
@@ -27,6 +32,8 @@ def test_text_model_takes_one_string_column(settings):
     assert model.is_text
     assert model.fields[0].type == "str"
     assert model.predict([["great product"]]).outputs == ["pos"]
+    assert model.flavor == "sklearn"
+    assert not model.meta.log_inputs  # no tag: inputs are never stored
 
 
 def test_unknown_version_and_alias(settings):
@@ -62,3 +69,21 @@ def test_an_unreachable_registry_is_reported_as_such(settings, monkeypatch):
     )
     with pytest.raises(RegistryUnavailableError):
         predictor.champion_version(down, "diagnosis")
+
+
+@pytest.mark.parametrize(
+    ("tag", "expected"), [("true", True), ("True", True), ("false", False), (None, False)]
+)
+def test_log_inputs_comes_from_the_version_tag(tag, expected):
+    version_tags = {tags.DATA_HASH: "md5", tags.PROMOTED_AT: "2026-01-01T00:00:00+00:00"}
+    if tag is not None:
+        version_tags[tags.LOG_INPUTS] = tag
+    info = ModelVersionInfo("m", "3", "run", "src", 0, version_tags, (tags.CHAMPION,))
+    meta = VersionMeta.from_version(info)
+    assert meta.log_inputs is expected
+    assert (meta.run_id, meta.data_version, meta.promoted_at, meta.aliases) == (
+        "run",
+        "md5",
+        "2026-01-01T00:00:00+00:00",
+        (tags.CHAMPION,),
+    )

@@ -12,7 +12,7 @@ from sklearn.model_selection import train_test_split
 
 from aipaas.modeldef import load_definition
 from aipaas.settings import PROJECT_ROOT
-from aipaas.training.evaluate import compute_metrics, predict_outputs
+from aipaas.training.metrics import compute_metrics, predict_outputs
 
 DEFINITION = load_definition("diagnosis", PROJECT_ROOT / "models")
 # A point in the middle of the search space.

@@ -1,23 +1,28 @@
-"""Retraining guardrails (cooldown, daily cap, suggest-only) and the feedback export."""
+"""Retraining guardrails (cooldown, daily cap, suggest-only), the record of every decision,
+and the feedback export."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from aipaas.exceptions import DataValidationError, GateFailedError
 from aipaas.modeldef import ModelDefinition
 from aipaas.monitoring import retrain
+from aipaas.monitoring.retrain import FeedbackExport, GuardrailVerdict, RetrainOutcome
 from aipaas.settings import RetrainSettings, Settings
 
 H = 3600.0
 NOW = 1_800_000_000.0
+ALLOWED = GuardrailVerdict(True, False, ("allowed: 0 retrains in the last 24 h",), 0)
 
 
 def test_first_retrain_is_allowed() -> None:
     verdict = retrain.guardrails(RetrainSettings(), [], NOW)
     assert verdict.allowed and not verdict.suggest_only
-    assert verdict.retrains_last_24h == 0
+    assert verdict.retrains_last_24h == 0 and verdict.next_allowed_at is None
 
 
 def test_cooldown_blocks_until_it_has_passed() -> None:
@@ -44,19 +49,80 @@ def test_suggest_only_reports_instead_of_retraining() -> None:
     assert "suggest-only" in verdict.reasons[-1]
 
 
-def test_state_and_history_persist_under_home(home: Path) -> None:
+def test_state_persists_under_home_per_model(home: Path) -> None:
     settings = Settings(
         _env_file=None, home=home, retrain={"cooldown_minutes": 30, "max_per_day": 4}
     )
-    assert retrain.check(settings, "diagnosis", NOW).allowed
+    assert retrain.guardrail_verdict(settings, "diagnosis", NOW).allowed
     retrain.record_start(settings, "diagnosis", NOW)
     again = Settings(_env_file=None, home=home, retrain={"cooldown_minutes": 30})
-    assert not retrain.check(again, "diagnosis", NOW + 60).allowed
-    assert retrain.check(again, "other", NOW + 60).allowed  # per model
-    retrain.record_decision(settings, "diagnosis", {"action": "skipped", "reasons": ["x"]})
-    (entry,) = retrain.history(settings, "diagnosis")
-    assert entry["action"] == "skipped"
-    assert (home / "retrain" / "state.json").is_file()
+    assert not retrain.guardrail_verdict(again, "diagnosis", NOW + 60).allowed
+    assert retrain.guardrail_verdict(again, "other", NOW + 60).allowed  # per model
+    assert retrain.started_at(again, "diagnosis") == [NOW]
+    assert retrain.state_path(settings) == home / "retrain" / "state.json"
+    assert retrain.state_path(settings).is_file()
+
+
+def test_starts_older_than_a_week_are_forgotten(home: Path) -> None:
+    settings = Settings(_env_file=None, home=home)
+    retrain.record_start(settings, "diagnosis", NOW - 8 * 24 * H)
+    retrain.record_start(settings, "diagnosis", NOW)
+    assert retrain.started_at(settings, "diagnosis") == [NOW]
+
+
+def test_a_refusal_is_recorded_with_the_guardrails_reasons(home: Path) -> None:
+    settings = Settings(_env_file=None, home=home)
+    cooled = retrain.guardrails(RetrainSettings(cooldown_minutes=30), [NOW - 60], NOW)
+    suggested = retrain.guardrails(RetrainSettings(suggest_only=True), [], NOW)
+    skipped = retrain.record_refusal(settings, "diagnosis", "drift: x", cooled)
+    retrain.record_refusal(settings, "other", "requested", suggested)
+    assert skipped.action == "skipped" and skipped.outcome is None
+    assert skipped.guardrails == cooled.reasons
+    (entry,) = retrain.retrain_history(settings, "diagnosis")
+    assert entry == skipped and entry.reason == "drift: x"
+    assert [e.action for e in retrain.retrain_history(settings)] == ["skipped", "suggested"]
+
+
+def test_an_attempt_records_the_promotion_it_ended_in(home: Path, tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, home=home)
+    exported = FeedbackExport(tmp_path / "feedback-1.csv", 7)
+    with retrain.attempt(settings, "diagnosis", "drift: x", ALLOWED, exported) as run:
+        run.trained("4", "md5abc")
+        run.decided("promoted")
+    assert run.outcome == RetrainOutcome(
+        "diagnosis", "drift: x", "retrained", ALLOWED.reasons, at=run.outcome.at,
+        outcome="promoted", feedback_file=str(exported.path), feedback_rows=7,
+        data_hash="md5abc", version="4",
+    )  # fmt: skip
+    assert retrain.retrain_history(settings, "diagnosis") == [run.outcome]
+
+
+def test_a_failed_gate_ends_the_attempt_rejected(home: Path) -> None:
+    settings = Settings(_env_file=None, home=home)
+    with retrain.attempt(settings, "diagnosis", "r", ALLOWED, FeedbackExport(None)) as run:
+        run.trained("5", "md5")
+        raise GateFailedError("roc_auc 0.61 < 0.9")
+    (entry,) = retrain.retrain_history(settings, "diagnosis")
+    assert entry.outcome == "rejected" and entry.error == "roc_auc 0.61 < 0.9"
+    assert entry.version == "5" and entry.feedback_file is None and entry == run.outcome
+
+
+def test_another_platform_error_is_recorded_and_raised(home: Path) -> None:
+    settings = Settings(_env_file=None, home=home)
+    with pytest.raises(DataValidationError, match="suite failed"):
+        with retrain.attempt(settings, "diagnosis", "r", ALLOWED, FeedbackExport(None)):
+            raise DataValidationError("suite failed")
+    (entry,) = retrain.retrain_history(settings, "diagnosis")
+    assert entry.action == "retrained" and entry.outcome == "failed"
+    assert entry.error == "suite failed"
+
+
+def test_history_skips_a_torn_last_line(home: Path) -> None:
+    settings = Settings(_env_file=None, home=home)
+    retrain.record_refusal(settings, "diagnosis", "r", ALLOWED)
+    with retrain.history_path(settings).open("a") as fh:
+        fh.write('{"model": "diagnosis", "act')
+    assert len(retrain.retrain_history(settings, "diagnosis")) == 1
 
 
 def _definition() -> ModelDefinition:
@@ -79,7 +145,7 @@ class FeedbackStore:
     def add(self, n: int, at: str, with_inputs: bool = True) -> None:
         rows = pd.DataFrame(
             {
-                "a": [1.0] * n if with_inputs else [None] * n,
+                "a": [1.0] * n if with_inputs else [float("nan")] * n,
                 "b": [2.0] * n,
                 "target": [1] * n,
                 "request_id": [f"{at}-{i}" for i in range(n)],
@@ -91,8 +157,10 @@ class FeedbackStore:
         frames = [rows] if self.frame is None else [self.frame, rows]
         self.frame = pd.concat(frames, ignore_index=True)
 
-    def __call__(self, settings: Settings, model: str, since: object = None) -> pd.DataFrame:
-        assert self.frame is not None
+    def __call__(
+        self, settings: Settings, model: str, since: object = None, *, target: str = "label"
+    ) -> pd.DataFrame:
+        assert self.frame is not None and target == "target"
         if since is None:
             return self.frame.copy()
         return self.frame[self.frame["labelled_at"] >= pd.Timestamp(since)].copy()
@@ -104,18 +172,19 @@ def test_export_writes_only_new_labelled_rows_with_inputs(home: Path, tmp_path: 
     store.add(5, "2026-01-01T10:00:00")
     store.add(2, "2026-01-01T10:30:00", with_inputs=False)
 
-    path, n = retrain.export_feedback(settings, _definition(), labelled_rows=store, now=NOW)
-    assert n == 5 and path is not None
-    assert path.parent == tmp_path / "data" / "incoming" / "breast_cancer"
-    assert path.name.startswith("feedback-") and path.suffix == ".csv"
-    exported = pd.read_csv(path)
+    first = retrain.export_feedback(settings, _definition(), labelled_rows=store, now=NOW)
+    assert first.rows == 5 and first.path is not None
+    assert first.path.parent == tmp_path / "data" / "incoming" / "breast_cancer"
+    assert first.path.name.startswith("feedback-") and first.path.suffix == ".csv"
+    exported = pd.read_csv(first.path)
     assert list(exported.columns) == ["a", "b", "target"]
     assert len(exported) == 5
 
     # Nothing new: nothing written.
-    assert retrain.export_feedback(settings, _definition(), labelled_rows=store) == (None, 0)
+    nothing = retrain.export_feedback(settings, _definition(), labelled_rows=store)
+    assert nothing == FeedbackExport(None, 0)
 
     store.add(3, "2026-01-02T09:00:00")
-    path2, n2 = retrain.export_feedback(settings, _definition(), labelled_rows=store, now=NOW + 1)
-    assert n2 == 3 and path2 is not None and path2 != path
-    assert len(list(path.parent.glob("feedback-*.csv"))) == 2
+    second = retrain.export_feedback(settings, _definition(), labelled_rows=store, now=NOW + 1)
+    assert second.rows == 3 and second.path is not None and second.path != first.path
+    assert sorted(first.path.parent.iterdir()) == sorted([first.path, second.path])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aipaas.datasets import profiles as monitoring
+from aipaas.datasets import profiles
 from aipaas.exceptions import AlreadyRunningError
 from aipaas.monitoring.spool import (
     Profiler,
@@ -137,7 +137,9 @@ _KILLED_WRITER = textwrap.dedent(
     for i in range(int(sys.argv[2])):
         writer.submit("diagnosis", "1", [{"radius": float(i), "texture": 1.0, "site": "a"}], [1])
     # Dies mid-write of one more request, which never got a response.
-    os.write(writer._fd, b'{"m":"diagnosis","v":"1","r":[{"rad')
+    (segment,) = Path(sys.argv[1], "spool").glob("*.seg")
+    with open(segment, "ab") as fh:
+        fh.write(b'{"m":"diagnosis","v":"1","r":[{"rad')
     print("written", flush=True)
     os.kill(os.getpid(), 9)
     """
@@ -167,12 +169,9 @@ def test_writer_killed_then_restarted_loses_and_duplicates_nothing(home: Path) -
     assert [w.rows for w in trigger.closed] == [100]
 
 
-class _CrashAfterCheckpoint(Profiler):
-    """Dies right after checkpointing windows it has not published yet."""
-
-    def _publish_pending(self) -> None:
-        if self._pending:
-            raise SystemExit("crash")
+def crash(path: Path, data: bytes) -> None:
+    """A window publisher that dies before writing: the windows exist only in the checkpoint."""
+    raise SystemExit("crash")
 
 
 def test_profiler_restarts_lose_and_duplicate_nothing(home: Path) -> None:
@@ -184,7 +183,7 @@ def test_profiler_restarts_lose_and_duplicate_nothing(home: Path) -> None:
             with Profiler(settings, batch_bytes=2000) as p:
                 p.step()
         # A profiler that crashes between its checkpoint and publishing windows.
-        crashing = _CrashAfterCheckpoint(settings, batch_bytes=20_000)
+        crashing = Profiler(settings, batch_bytes=20_000, write=crash)
         with pytest.raises(SystemExit):
             crashing.step()
         crashing.close()
@@ -198,7 +197,7 @@ def test_profiler_restarts_lose_and_duplicate_nothing(home: Path) -> None:
         assert _total_rows(settings, profiler) == written == 385
         assert [w.seq for w in closed] == [1, 2, 3]
         assert all(w.rows == 100 for w in closed)
-        merged = monitoring.merge_profiles(load_window(w) for w in closed)
+        merged = profiles.merge_profiles(load_window(w) for w in closed)
         assert merged is not None and merged.num_rows == 300
 
 

@@ -29,18 +29,29 @@ def _http_service(port: int, stage: int = 0) -> up.Service:
 
 def test_plan_follows_the_settings(settings: Settings) -> None:
     local = Settings(_env_file=None, home=settings.home, prefect={"port": 4300})
-    names = [s.name for s in up.plan(local, serving_argv=["serve"])]
-    assert names == ["prefect", "mlflow", "runner", "serving"]
-    prefect = up.plan(local)[0]
-    assert prefect.argv[-4:] == ["--host", "127.0.0.1", "--port", "4300"]
-    # Servers named in the settings are used, not started; absent commands are skipped.
+    services = {s.name: s for s in up.plan(local)}
+    assert list(services) == ["prefect", "mlflow", "runner", "serving", "profiler"]
+    assert services["prefect"].argv[-4:] == ["--host", "127.0.0.1", "--port", "4300"]
+    assert services["serving"].argv == up.cli_argv("serve")
+    assert services["profiler"].argv == up.cli_argv("profiler")
+    # Servers first; what needs them (runner, serving, profiler) once they answer.
+    assert [s.stage for s in services.values()] == [0, 0, 1, 1, 1]
+    assert services["runner"].health_url == (
+        "http://127.0.0.1:4300/api/deployments/name/lifecycle/lifecycle"
+    )
+    # Servers named in the settings are used, not started.
     remote = Settings(
         _env_file=None,
         home=settings.home,
         mlflow={"tracking_uri": "http://mlflow.internal:5000"},
         prefect={"api_url": "http://prefect.internal:4200/api"},
     )
-    assert [s.name for s in up.plan(remote, profiler_argv=["profiler"])] == ["runner", "profiler"]
+    plan = up.plan(remote, serving_argv=["serve"], profiler_argv=["profile"])
+    assert [(s.name, s.argv[-1]) for s in plan] == [
+        ("runner", "flows.deployments"),
+        ("serving", "serve"),
+        ("profiler", "profile"),
+    ]
     env = up.child_env(remote)
     assert env["PREFECT_API_URL"] == "http://prefect.internal:4200/api"
     assert env["AIPAAS_HOME"] == str(settings.home)
@@ -108,3 +119,33 @@ def test_a_child_dying_later_stops_the_platform(settings: Settings) -> None:
         ready_timeout_s=0.5,
     )
     assert up.run(settings, [quitter], echo=lambda _: None) == 1
+
+
+def test_without_stay_the_platform_stops_once_the_work_is_done(settings: Settings) -> None:
+    """What ``aipaas demo`` does: start, run its steps, stop, without waiting for Ctrl-C."""
+    service = _http_service(free_port())
+    answered: list[bool] = []
+
+    def work(sup: up.Supervisor) -> None:
+        answered.append(up.http_ok(service.health_url or ""))
+
+    lines: list[str] = []
+    assert up.run(settings, [service], on_ready=work, echo=lines.append, stay=False) == 0
+    assert answered == [True]
+    assert "Ctrl-C stops everything." not in lines
+    assert any(line.strip() == f"stopped {service.name} (exit -15)" for line in lines), lines
+    assert up.port_free("127.0.0.1", service.port or 0)
+
+
+def test_a_failing_step_still_stops_everything(settings: Settings) -> None:
+    service = _http_service(free_port())
+
+    def work(sup: up.Supervisor) -> None:
+        raise AipaasError("the demo went wrong")
+
+    lines: list[str] = []
+    with pytest.raises(AipaasError, match="the demo went wrong"):
+        up.run(settings, [service], on_ready=work, echo=lines.append, stay=False)
+    assert any(line.strip().startswith(f"stopped {service.name}") for line in lines)
+    assert up.port_free("127.0.0.1", service.port or 0)
+    assert not (settings.run_dir / "up.json").exists()

@@ -1,4 +1,8 @@
-"""Tiny real models logged into a test's temporary MLflow store."""
+"""Tiny real models logged into a test's temporary MLflow store.
+
+``version_tags`` are set on the registered version, as training does (e.g.
+``{tags.LOG_INPUTS: "true"}``), so a test can prove what serving reads of them.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from aipaas.settings import Settings
-from aipaas.training import registry
+from aipaas.training import registry, tags
 
 FEATURES = ["mean_radius", "mean_texture", "mean_area"]
 
@@ -19,7 +23,12 @@ def tabular_data(n: int = 120, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]
 
 
 def log_lgbm(
-    settings: Settings, name: str = "diagnosis", *, champion: bool = True, seed: int = 0
+    settings: Settings,
+    name: str = "diagnosis",
+    *,
+    champion: bool = True,
+    seed: int = 0,
+    version_tags: dict[str, str] | None = None,
 ) -> str:
     """Log a small LightGBM classifier; returns its registered version."""
     import lightgbm as lgb
@@ -35,17 +44,20 @@ def log_lgbm(
     with mlflow.start_run():
         info = mlflow.lightgbm.log_model(
             model,
-            name="model",
+            name=tags.MODEL_ARTIFACT,
             signature=infer_signature(x, y),
             registered_model_name=name,
         )
-    version = str(info.registered_model_version)
-    if champion:
-        registry.set_alias(name, "champion", version)
-    return version
+    return _registered(name, str(info.registered_model_version), champion, version_tags)
 
 
-def log_text(settings: Settings, name: str = "sentiment", *, champion: bool = True) -> str:
+def log_text(
+    settings: Settings,
+    name: str = "sentiment",
+    *,
+    champion: bool = True,
+    version_tags: dict[str, str] | None = None,
+) -> str:
     """Log a small scikit-learn text classifier (signature: one string column ``text``)."""
     import mlflow
     import mlflow.sklearn
@@ -64,11 +76,18 @@ def log_text(settings: Settings, name: str = "sentiment", *, champion: bool = Tr
     with mlflow.start_run():
         info = mlflow.sklearn.log_model(
             model,
-            name="model",
+            name=tags.MODEL_ARTIFACT,
             signature=infer_signature(frame, np.array(labels)),
             registered_model_name=name,
         )
-    version = str(info.registered_model_version)
+    return _registered(name, str(info.registered_model_version), champion, version_tags)
+
+
+def _registered(
+    name: str, version: str, champion: bool, version_tags: dict[str, str] | None
+) -> str:
+    if version_tags:
+        registry.set_tags(name, version, version_tags)
     if champion:
-        registry.set_alias(name, "champion", version)
+        registry.set_alias(name, tags.CHAMPION, version)
     return version

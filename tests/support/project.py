@@ -1,10 +1,10 @@
 """A throwaway git + DVC project for the data-layer tests.
 
 It holds what a fresh clone of aipaas holds for the data DAG (dvc.yaml,
-params.yaml, the stage modules listed as deps, the suite, the empty incoming
-directory) and nothing else. The template is built and reproduced once per
-test session (about 25 s: three stages, each a real ``aipaas`` process); each
-test gets its own copy, so tests never see each other's changes.
+params.yaml, the code every stage lists as a dependency, the suite, the empty
+incoming directory) and nothing else. The template is built and reproduced
+once per test session (about 25 s: three stages, each a real ``aipaas``
+process); each test gets its own copy, so tests never see each other's changes.
 """
 
 from __future__ import annotations
@@ -14,21 +14,30 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
-from aipaas.datasets import ingest as data
-from aipaas.datasets import versioning
+from aipaas.datasets import ingest, versioning
 from aipaas.settings import PROJECT_ROOT, Settings
 
-FILES = [
-    "dvc.yaml",
-    "params.yaml",
-    ".dvcignore",
-    "aipaas/datasets/ingest.py",
-    "aipaas/datasets/validation.py",
-    "expectations/breast_cancer.json",
-]
-
 _template: Path | None = None
+
+
+def stage_code() -> list[str]:
+    """The source files dvc.yaml's stages depend on (DVC refuses a missing dependency)."""
+    stages = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())["stages"]
+    deps = {dep for stage in stages.values() for dep in stage["do"]["deps"]}
+    return sorted(d for d in deps if d.startswith("aipaas/"))
+
+
+def files() -> list[str]:
+    """What a fresh clone holds for the data DAG."""
+    return [
+        "dvc.yaml",
+        "params.yaml",
+        ".dvcignore",
+        "expectations/breast_cancer.json",
+        *stage_code(),
+    ]
 
 
 def git(repo: Path, *args: str) -> str:
@@ -41,7 +50,7 @@ def git(repo: Path, *args: str) -> str:
 def new_project(root: Path) -> Path:
     """A git + DVC repository with the data DAG, committed, nothing reproduced."""
     repo = root / "repo"
-    for rel in FILES:
+    for rel in files():
         (repo / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(PROJECT_ROOT / rel, repo / rel)
     (repo / "data/incoming/breast_cancer").mkdir(parents=True)
@@ -68,6 +77,17 @@ def project_settings(repo: Path, home: Path) -> Settings:
     )
 
 
+def project_env(repo: Path, home: Path) -> dict[str, str]:
+    """The environment that points ``get_settings()`` (the CLI, the flows) at ``repo``."""
+    return {
+        "AIPAAS_HOME": str(home),
+        "AIPAAS_DATA__DIR": str(repo / "data"),
+        "AIPAAS_DATA__EXPECTATIONS_DIR": str(repo / "expectations"),
+        "AIPAAS_VERSIONING__REPO": str(repo),
+        "AIPAAS_PARAMS": str(repo / "params.yaml"),
+    }
+
+
 def template(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
     """The session's reproduced project (built on first use)."""
     global _template
@@ -76,7 +96,7 @@ def template(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
         repo = new_project(root)
         home = root / "home"
         home.mkdir()
-        data.run_data_pipeline("breast_cancer", project_settings(repo, home), push=False)
+        ingest.run_data_pipeline("breast_cancer", project_settings(repo, home), push=False)
         _template = repo
     return _template
 

@@ -98,14 +98,14 @@ def register_tiny(
     with mlflow.start_run() as run:
         mlflow.sklearn.log_model(
             model,
-            name="model",
+            name=tags.MODEL_ARTIFACT,
             signature=infer_signature(X, model.predict(X)),
             pip_requirements=["scikit-learn"],
         )
         scored = tiny_metrics(model, HOLDOUT, features)
-        mlflow.log_metrics({f"holdout_{k}": v for k, v in scored.items()})
-        mlflow.log_metric("latency_p99_ms", latency)
-    mv = mlflow.register_model(f"runs:/{run.info.run_id}/model", MODEL)
+        mlflow.log_metrics({tags.holdout_metric(k): v for k, v in scored.items()})
+        mlflow.log_metric(tags.LATENCY_P99_MS, latency)
+    mv = mlflow.register_model(f"runs:/{run.info.run_id}/{tags.MODEL_ARTIFACT}", MODEL)
     registry.set_tags(MODEL, mv.version, {tags.SUITE_PASSED: suite, tags.DATA_HASH: data_hash})
     registry.set_alias(MODEL, tags.CHALLENGER, mv.version)
     return str(mv.version)

@@ -5,41 +5,55 @@ from __future__ import annotations
 from typing import Any
 
 from aipaas.exceptions import ModelNotFoundError, RegistryUnavailableError
-from aipaas.inference.predictor import FieldSpec, LoadedModel, Prediction
+from aipaas.inference.predictor import FieldSpec, LoadedModel, PredictFn, Prediction, VersionMeta
 
 FIELDS = (FieldSpec("mean_radius", "float"), FieldSpec("mean_texture", "float"))
 
 
-def fake_model(name: str = "diagnosis", version: str = "1", fields=FIELDS) -> LoadedModel:
-    """Predicts ``malignant`` when the first feature is positive; probabilities too."""
+def fake_predict(rows: list[list[Any]]) -> Prediction:
+    """``malignant`` when the first feature is positive (a non-empty string), with probabilities."""
+    outs, probs = [], []
+    for r in rows:
+        p = 0.9 if (r[0] if isinstance(r[0], float) else len(r[0])) > 0 else 0.1
+        outs.append("malignant" if p > 0.5 else "benign")
+        probs.append({"benign": 1 - p, "malignant": p})
+    return Prediction(outs, probs)
 
-    def predict(rows: list[list[Any]]) -> Prediction:
-        outs, probs = [], []
-        for r in rows:
-            p = 0.9 if (r[0] if isinstance(r[0], float) else len(r[0])) > 0 else 0.1
-            outs.append("malignant" if p > 0.5 else "benign")
-            probs.append({"benign": 1 - p, "malignant": p})
-        return Prediction(outs, probs)
 
+def fake_model(
+    name: str = "diagnosis",
+    version: str = "1",
+    fields: tuple[FieldSpec, ...] = FIELDS,
+    *,
+    log_inputs: bool = False,
+    predict: PredictFn = fake_predict,
+) -> LoadedModel:
+    """A loaded version answering with ``predict``; ``log_inputs`` stands for its tag."""
     return LoadedModel(
         name=name,
         version=version,
         fields=fields,
         flavor="fake",
         classes=("benign", "malignant"),
-        metadata={"run_id": f"run-{version}", "data_version": "abc", "promoted_at": None},
-        _predict=predict,
+        meta=VersionMeta(run_id=f"run-{version}", data_version="abc", log_inputs=log_inputs),
+        predict_fn=predict,
     )
 
 
 class FakeSource:
-    """A registry in memory: ``champions`` maps model -> version."""
+    """A registry in memory: ``champions`` maps model -> version.
+
+    ``log_inputs`` holds the models whose versions carry ``aipaas.log_inputs=true``;
+    ``models`` serves a prepared version as is.
+    """
 
     def __init__(self) -> None:
         self.champions: dict[str, str | None] = {"diagnosis": "1"}
         self.broken: set[tuple[str, str]] = set()
         self.down = False
         self.fields: dict[str, tuple[FieldSpec, ...]] = {}
+        self.log_inputs: set[str] = set()
+        self.models: dict[tuple[str, str], LoadedModel] = {}
 
     def champion(self, name: str) -> str | None:
         if self.down:
@@ -49,7 +63,10 @@ class FakeSource:
     def load(self, name: str, version: str) -> LoadedModel:
         if (name, version) in self.broken:
             raise ModelNotFoundError(f"cannot load models:/{name}/{version}: corrupt artifact")
-        return fake_model(name, version, self.fields.get(name, FIELDS))
+        if (name, version) in self.models:
+            return self.models[(name, version)]
+        fields = self.fields.get(name, FIELDS)
+        return fake_model(name, version, fields, log_inputs=name in self.log_inputs)
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+from datetime import UTC, datetime, timedelta
 
+from aipaas.schemas import GateResult
 from aipaas.settings import Settings
 from aipaas.training import promotion_log
 from aipaas.training.promotion_log import PromotionRecord
@@ -17,7 +19,7 @@ def _record(model: str, version: str, result: str = "promoted") -> PromotionReco
         action="promote",
         result=result,  # type: ignore[arg-type]
         decided_by="tester",
-        gates=[{"name": "min roc_auc", "passed": True, "value": 0.9, "threshold": ">= 0.7"}],
+        gates=[GateResult("min roc_auc", True, 0.9, ">= 0.7")],
     )
 
 
@@ -34,8 +36,9 @@ def test_records_append_in_order_and_filter_by_model(settings: Settings) -> None
     assert [r.version for r in promotion_log.read(settings, "a")] == ["1", "2"]
     last = promotion_log.last(settings, "a")
     assert last is not None and last.result == "rejected" and last.decided_by == "tester"
-    assert last.gates[0]["threshold"] == ">= 0.7"
-    assert last.at  # when it was decided
+    assert last.gates == [GateResult("min roc_auc", True, 0.9, ">= 0.7")]
+    decided = datetime.fromisoformat(last.at)
+    assert timedelta(0) <= datetime.now(UTC) - decided < timedelta(minutes=1)
 
 
 def test_a_torn_last_line_does_not_hide_the_history(settings: Settings) -> None:
@@ -43,6 +46,15 @@ def test_a_torn_last_line_does_not_hide_the_history(settings: Settings) -> None:
     with promotion_log.log_path(settings).open("a") as fh:
         fh.write('{"model": "a", "vers')  # a writer killed mid-line
     assert [r.version for r in promotion_log.read(settings, "a")] == ["1"]
+
+
+def test_records_written_by_an_older_or_newer_writer_still_read(settings: Settings) -> None:
+    line = {**_record("a", "1").to_dict(), "added_later": "ignored"}
+    line["gates"][0].pop("detail")  # written before gates had a detail
+    promotion_log.log_path(settings).parent.mkdir(parents=True, exist_ok=True)
+    promotion_log.log_path(settings).write_text(json.dumps(line) + "\n")
+    [record] = promotion_log.read(settings)
+    assert record.gates == [GateResult("min roc_auc", True, 0.9, ">= 0.7", "")]
 
 
 def _writer(home: str, worker: int) -> None:

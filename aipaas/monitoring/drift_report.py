@@ -1,0 +1,247 @@
+"""Where a drift check is published: an HTML page, the drift history, an MLflow run.
+
+A person looking at drift wants the verdict, the table and a plot per
+feature in one file they can open anywhere (:func:`write_html`, no server
+needed); a person looking back wants every check of a model in order
+(:func:`record_check`, :func:`drift_history`: one JSON line per check under
+``<reports>/drift/<model>/``); and the MLflow UI shows a version's checks
+side by side (:func:`log_to_mlflow`). The statistics themselves are
+:mod:`.drift_stats`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from aipaas import files
+from aipaas.datasets.profiles import ColumnComparison
+from aipaas.monitoring.drift_stats import DriftDecision, DriftReport, FeatureDrift
+from aipaas.monitoring.spool import PREDICTION
+from aipaas.settings import Settings
+from aipaas.training import tags
+
+
+def drift_dir(settings: Settings, model: str) -> Path:
+    return settings.reports_dir / "drift" / model
+
+
+def report_path(settings: Settings, report: DriftReport) -> Path:
+    """Where the HTML page of ``report`` goes: one file per check, named by version and time."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(report.created_at))
+    return drift_dir(settings, report.model) / f"v{report.version}-{stamp}.html"
+
+
+# -- the HTML page -----------------------------------------------------------------
+
+
+def _plot(cmp: ColumnComparison, drift: FeatureDrift) -> str:
+    """One PNG (base64) of reference against current for a column."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 2.4), dpi=80)
+    try:
+        if cmp.kind == "numeric":
+            ax.step(cmp.points, cmp.reference_cdf, where="post", label="reference", color="#1f77b4")
+            ax.step(cmp.points, cmp.current_cdf, where="post", label="current", color="#d62728")
+            ax.set_ylabel("CDF")
+        else:
+            cats = cmp.categories[:20]
+            xs = range(len(cats))
+            ax.bar([x - 0.2 for x in xs], cmp.reference_freq[:20], width=0.4, label="reference")
+            ax.bar([x + 0.2 for x in xs], cmp.current_freq[:20], width=0.4, label="current")
+            ax.set_xticks(list(xs), cats, rotation=45, fontsize=7)
+            ax.set_ylabel("frequency")
+        colour = "#d62728" if drift.drifting else "#333333"
+        ax.set_title(f"{drift.feature}: {drift.method} {drift.score:.3f}", fontsize=9, color=colour)
+        ax.legend(fontsize=7)
+        # Fixed margins: tight_layout measures every label and doubles the cost of a plot.
+        fig.subplots_adjust(left=0.14, right=0.98, top=0.88, bottom=0.3 if cmp.categories else 0.12)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _table_html(report: DriftReport) -> str:
+    esc = html.escape
+    table = report.table()
+    head = "".join(f"<th>{esc(k)}</th>" for k in (table or [{"feature": ""}])[0])
+    rows = "".join(
+        "<tr class='{cls}'>{cells}</tr>".format(
+            cls="drift" if r["drifting"] else "",
+            cells="".join(f"<td>{esc(str(v))}</td>" for v in r.values()),
+        )
+        for r in table
+    )
+    return f"<table><tr>{head}</tr>{rows}</table>"
+
+
+def _plots_html(report: DriftReport, comparisons: Sequence[ColumnComparison]) -> str:
+    by_name = {f.feature: f for f in report.features}
+    if report.prediction is not None:
+        by_name[PREDICTION] = report.prediction
+    plots = []
+    for cmp in comparisons:
+        name = PREDICTION if cmp.current_column == PREDICTION else cmp.column
+        drift = by_name.get(name)
+        if drift is not None:
+            src = f"data:image/png;base64,{_plot(cmp, drift)}"
+            plots.append(f"<img alt='{html.escape(name)}' src='{src}'>")
+    return "".join(plots)
+
+
+def _accuracy_html(report: DriftReport) -> str:
+    if report.accuracy is None:
+        return ""
+    a = report.accuracy
+    holdout = "unknown" if a.holdout_accuracy is None else f"{a.holdout_accuracy:.3f}"
+    return (
+        f"<p>Accuracy on {a.labelled_rows} labelled rows: {a.accuracy:.3f} (holdout {holdout})</p>"
+    )
+
+
+def write_html(report: DriftReport, comparisons: Sequence[ColumnComparison], path: Path) -> Path:
+    """A self-contained HTML page: verdict, table, one plot per feature."""
+    esc = html.escape
+    reasons = "".join(f"<li>{esc(r)}</li>" for r in report.decision.reasons)
+    windows = esc(", ".join(map(str, report.windows)) or "-")
+    page = f"""<!doctype html><html><head><meta charset="utf-8">
+<title>drift {esc(report.model)} v{esc(report.version)}</title>
+<style>body{{font-family:sans-serif;margin:1.5em}} table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:2px 6px;font-size:13px}} tr.drift{{background:#fdd}}
+img{{margin:4px;border:1px solid #eee}}</style></head><body>
+<h1>Drift: {esc(report.model)} version {esc(report.version)}</h1>
+<p>{time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.created_at))};
+{report.rows} served rows from windows {windows}.</p>
+<h2>Decision: {report.decision.verdict}</h2><ul>{reasons}</ul>
+{_accuracy_html(report)}{_table_html(report)}
+<h2>Reference (training) against current (served)</h2>{_plots_html(report, comparisons)}
+</body></html>"""
+    return files.atomic_write(path, page)
+
+
+# -- the history -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DriftCheckRecord:
+    """One line of a model's drift history: what a check saw and decided."""
+
+    at: float
+    model: str
+    version: str
+    rows: int
+    windows: tuple[int, ...]
+    drifting: tuple[str, ...]
+    decision: DriftDecision
+    html: str | None = None
+
+    @classmethod
+    def of(cls, report: DriftReport) -> DriftCheckRecord:
+        return cls(
+            at=report.created_at,
+            model=report.model,
+            version=report.version,
+            rows=report.rows,
+            windows=report.windows,
+            drifting=tuple(report.drifting),
+            decision=report.decision,
+            html=report.html_path,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DriftCheckRecord:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        decision = data.get("decision") or {}
+        values["decision"] = DriftDecision(
+            decided=bool(decision.get("decided")),
+            retrain=bool(decision.get("retrain")),
+            reasons=tuple(decision.get("reasons") or ()),
+        )
+        values["windows"] = tuple(values.get("windows") or ())
+        values["drifting"] = tuple(values.get("drifting") or ())
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": self.at,
+            "model": self.model,
+            "version": self.version,
+            "rows": self.rows,
+            "windows": list(self.windows),
+            "drifting": list(self.drifting),
+            "decision": self.decision.to_dict(),
+            "html": self.html,
+        }
+
+
+def history_path(settings: Settings, model: str) -> Path:
+    return drift_dir(settings, model) / "history.jsonl"
+
+
+def record_check(settings: Settings, report: DriftReport) -> Path:
+    """Append the verdict to the model's drift history."""
+    return files.append_jsonl(
+        history_path(settings, report.model), DriftCheckRecord.of(report).to_dict()
+    )
+
+
+def drift_history(settings: Settings, model: str) -> list[DriftCheckRecord]:
+    """Every drift check of ``model``, oldest first."""
+    return [DriftCheckRecord.from_dict(d) for d in files.read_jsonl(history_path(settings, model))]
+
+
+# -- MLflow ------------------------------------------------------------------------
+
+
+def report_metrics(report: DriftReport) -> dict[str, float]:
+    """Flat numbers for MLflow: one score per feature plus the summary."""
+    out = {f"drift_{f.feature}": f.score for f in report.features}
+    out["drift_rows"] = float(report.rows)
+    out["drift_features_drifting"] = float(len(report.drifting))
+    out["drift_retrain"] = float(report.decision.retrain)
+    if report.prediction is not None:
+        out["drift_prediction"] = report.prediction.score
+    if report.accuracy is not None:
+        out["feedback_accuracy"] = report.accuracy.accuracy
+        out["feedback_labelled_rows"] = float(report.accuracy.labelled_rows)
+    return out
+
+
+def log_to_mlflow(settings: Settings, report: DriftReport) -> str:
+    """Log the report's numbers as a run in the platform's experiment; returns its id.
+
+    The run is tagged with the model and version so the MLflow UI lists a
+    version's drift checks side by side; the HTML report rides along as an
+    artifact.
+    """
+    import mlflow
+
+    from aipaas.training import registry
+
+    registry.connect(settings)
+    registry.ensure_experiment(settings)
+    run_tags = {
+        tags.MODEL_DEFINITION: report.model,
+        tags.DRIFT_VERSION: report.version,
+        tags.DRIFT_RETRAIN: str(report.decision.retrain).lower(),
+        tags.KIND: tags.KIND_DRIFT_CHECK,
+    }
+    with mlflow.start_run(run_name=f"drift-{report.model}-v{report.version}", tags=run_tags) as run:
+        mlflow.log_metrics(report_metrics(report))
+        mlflow.log_dict(report.to_dict(), f"{tags.DRIFT_ARTIFACT}/report.json")
+        if report.html_path and Path(report.html_path).is_file():
+            mlflow.log_artifact(report.html_path, artifact_path=tags.DRIFT_ARTIFACT)
+        return str(run.info.run_id)

@@ -1,0 +1,49 @@
+"""Predict latency: the numbers promotion's latency gate reads."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from aipaas.training import tags
+from aipaas.training.latency import measure_latency
+
+
+def test_percentiles_are_in_milliseconds_per_call() -> None:
+    lat = measure_latency(lambda x: time.sleep(0.002), [1], [1, 2], repeats=20, batch_repeats=5)
+    assert 1.5 < lat.p50_ms < 50
+    assert lat.p99_ms >= lat.p50_ms
+    assert 1.5 < lat.batch_p50_ms <= lat.batch_p99_ms
+    assert lat.batch_rows == 2
+
+
+def test_batch_latency_grows_with_the_batch() -> None:
+    lat = measure_latency(
+        lambda x: time.sleep(0.001 * len(x)), [1], list(range(5)), repeats=5, batch_repeats=5
+    )
+    assert lat.batch_p50_ms > lat.p50_ms + 2
+
+
+def test_warm_up_calls_are_not_timed() -> None:
+    calls: list[int] = []
+
+    def slow_first(x: object) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(0.2)
+
+    lat = measure_latency(slow_first, [1], [1], repeats=10, batch_repeats=2, warmup=1)
+    assert lat.p99_ms < 100 and len(calls) == 1 + 10 + 1 + 2
+
+
+def test_metrics_carry_the_names_promotion_reads() -> None:
+    lat = measure_latency(lambda x: None, [1], [1], repeats=3, batch_repeats=3)
+    metrics = lat.metrics()
+    assert metrics[tags.LATENCY_P99_MS] == pytest.approx(lat.p99_ms)
+    assert set(metrics) == {
+        tags.LATENCY_P50_MS,
+        tags.LATENCY_P99_MS,
+        tags.LATENCY_BATCH_P50_MS,
+        tags.LATENCY_BATCH_P99_MS,
+    }
