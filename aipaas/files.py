@@ -43,12 +43,19 @@ def read_json(path: Path, default: Any = None) -> Any:
         return default
 
 
-def append_jsonl(path: Path, record: dict[str, Any]) -> Path:
-    """Append one record as one line (a single ``write`` under ``O_APPEND``)."""
+def append_jsonl(path: Path, record: dict[str, Any], *, fsync: bool = False) -> Path:
+    """Append one record as one line (a single ``write`` under ``O_APPEND``).
+
+    With ``fsync`` the line is on disk when this returns (a decision log);
+    without, it survives the process dying but not a power cut.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, default=str, separators=(",", ":")) + "\n"
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(line)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
     return path
 
 

@@ -15,17 +15,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from aipaas.modeldef import ModelDefinition, load_definition
+from aipaas.modeldef import ModelDefinition
 from aipaas.monitoring import drift, drift_report
 from aipaas.monitoring.drift import DriftOutcome
 from aipaas.monitoring.drift_stats import DriftReport
 from aipaas.settings import get_settings
 from flows._common import artifact_key, registry_unreachable
-
-
-@task(name="load model definition", cache_policy=NO_CACHE)
-def load_model_definition(model: str) -> ModelDefinition:
-    return load_definition(model, get_settings().models_dir)
+from flows.tasks import load_model_definition
 
 
 @task(name="compare with reference", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,

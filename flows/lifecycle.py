@@ -19,7 +19,8 @@ from aipaas.training.promotion_log import PromotionRecord
 from aipaas.training.train import TrainResult
 from flows.data import data_flow
 from flows.promote import promote_flow
-from flows.train import load_model_definition, train_flow
+from flows.tasks import load_model_definition
+from flows.train import train_flow
 
 
 @dataclass(frozen=True)

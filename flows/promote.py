@@ -24,7 +24,7 @@ from aipaas.training.gates import Approval, format_gates, gates_table, with_appr
 from aipaas.training.promote import Assessment
 from aipaas.training.promotion_log import PromotionRecord
 from flows._common import artifact_key, registry_unreachable
-from flows.train import load_model_definition
+from flows.tasks import load_model_definition
 
 # How long a promotion waits for a person before the run fails (nothing changes).
 APPROVAL_TIMEOUT_S = 24 * 3600

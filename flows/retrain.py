@@ -15,15 +15,11 @@ from __future__ import annotations
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from aipaas.modeldef import ModelDefinition, load_definition
+from aipaas.modeldef import ModelDefinition
 from aipaas.monitoring import retrain
 from aipaas.monitoring.retrain import FeedbackExport, GuardrailVerdict, RetrainOutcome
 from aipaas.settings import get_settings
-
-
-@task(name="load model definition", cache_policy=NO_CACHE)
-def load_model_definition(model: str) -> ModelDefinition:
-    return load_definition(model, get_settings().models_dir)
+from flows.tasks import load_model_definition
 
 
 @task(name="check guardrails", cache_policy=NO_CACHE)

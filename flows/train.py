@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from aipaas.datasets.ingest import recorded_version
-from aipaas.modeldef import ModelDefinition, load_definition
+from aipaas.modeldef import ModelDefinition
 from aipaas.schemas import DatasetVersion
 from aipaas.settings import get_settings
 from aipaas.training import tags
@@ -27,13 +27,9 @@ from aipaas.training import train as steps
 from aipaas.training.train import FittedModel, ModelEvaluation, PreparedData, TrainResult
 from aipaas.training.tune import SearchResult
 from flows._common import artifact_key
+from flows.tasks import load_model_definition
 
 SHOWN_METRICS = (tags.HOLDOUT_PREFIX, tags.LATENCY_PREFIX, tags.CV_PREFIX)
-
-
-@task(name="load model definition", cache_policy=NO_CACHE, persist_result=False)
-def load_model_definition(model: str) -> ModelDefinition:
-    return load_definition(model, get_settings().models_dir)
 
 
 @task(name="read dataset version", cache_policy=NO_CACHE, persist_result=False)

@@ -10,7 +10,6 @@ before the call returns; a torn last line is skipped when read.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,13 +57,7 @@ def log_path(settings: Settings) -> Path:
 
 def append(settings: Settings, record: PromotionRecord) -> Path:
     """Append one record durably: on disk when this returns."""
-    path = append_jsonl(log_path(settings), record.to_dict())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return path
+    return append_jsonl(log_path(settings), record.to_dict(), fsync=True)
 
 
 def read(settings: Settings, model: str | None = None) -> list[PromotionRecord]:
