@@ -60,6 +60,10 @@ CLIENTS = ("clinic-north", "clinic-south", "research-app")
 SHIFT = {f"{kind}_{m}": 1.45 for kind in ("mean", "worst") for m in ("radius", "perimeter", "area")}
 SHIFT |= {f"{m}_error": 1.45 for m in ("radius", "perimeter", "area")}
 RATE_PER_CLIENT = 30.0
+# The client that keeps calling while the retrain runs: enough to see the swap
+# fail no request, slow enough that its windows (each close starts a drift
+# flow run, a process of its own) leave the CPU to the retrain.
+BACKGROUND_RATE = 3.0
 # How often the demo looks at files and endpoints while it waits.
 POLL_S = 1.0
 
@@ -270,7 +274,9 @@ class Demo:
         def keep_calling() -> None:
             name, key = self.clients[0]
             background.append(
-                simulate.run_client(self.base, name, key, endless, rate_per_s=10.0, stop=stop)
+                simulate.run_client(
+                    self.base, name, key, endless, rate_per_s=BACKGROUND_RATE, stop=stop
+                )
             )
 
         caller = threading.Thread(target=keep_calling, daemon=True)

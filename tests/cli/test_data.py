@@ -84,11 +84,12 @@ def test_validate_missing_file_and_version_before_any_run(env, tmp_path):
     assert isinstance(result.exception, DataValidationError)
     assert result.exception.report is not None and result.exception.report.path == "nope.csv"
 
-    result = _cli(["data", "version", "breast_cancer"], env)
-    assert result.returncode == DatasetNotFoundError.exit_code
-    assert "no recorded version of breast_cancer" in result.stderr
-    assert "aipaas data run breast_cancer" in result.stderr
-    assert "Traceback" not in result.stderr
+    # In-process: main() turns the error into its exit code and message, as the
+    # real process in the test above shows for another error.
+    result = CliRunner().invoke(app, ["data", "version", "breast_cancer"])
+    assert isinstance(result.exception, DatasetNotFoundError), result.output
+    assert "no recorded version of breast_cancer" in str(result.exception)
+    assert "aipaas data run breast_cancer" in str(result.exception)
 
 
 def test_list_shows_declared_datasets(env):
@@ -99,19 +100,22 @@ def test_list_shows_declared_datasets(env):
 
 
 @pytest.mark.parametrize("command", ["split", "ingest", "run"])
-def test_a_stage_param_overridden_in_the_environment_is_refused(env, tmp_path, command):
+def test_a_stage_param_overridden_in_the_environment_is_refused(
+    env, tmp_path, use_settings, command
+):
     shutil.copy2(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")
     override = {
         "AIPAAS_PARAMS": str(tmp_path / "params.yaml"),
         "AIPAAS_DATASETS__BREAST_CANCER__SOURCE": "sklearn:iris",
     }
 
-    result = _cli(["data", command, "breast_cancer"], env | override)
+    use_settings(env=override)  # on top of the env fixture's
+    result = CliRunner().invoke(app, ["data", command, "breast_cancer"])
 
-    assert result.returncode == ConfigurationError.exit_code, result.stderr
-    assert "datasets.breast_cancer is" in result.stderr and "sklearn:iris" in result.stderr
-    assert f"set datasets.breast_cancer in {tmp_path / 'params.yaml'}" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert isinstance(result.exception, ConfigurationError), result.output
+    message = str(result.exception)
+    assert "datasets.breast_cancer is" in message and "sklearn:iris" in message
+    assert f"set datasets.breast_cancer in {tmp_path / 'params.yaml'}" in message
     assert not (tmp_path / "data").exists()
 
 

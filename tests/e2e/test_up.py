@@ -1,11 +1,19 @@
-"""``aipaas up`` for real: one platform on free ports in a temporary home, then Ctrl-C.
+"""``aipaas up`` and ``aipaas demo`` for real: one platform on free ports in a temporary home.
 
 The ``make up`` first run, checked as a person sees it: the servers answer and
 say where they are, a second ``up`` refuses and names the first, the lifecycle
 runs through Prefect because no champion exists and serving answers with the
-promoted version, and after SIGINT every child process is gone and the ports
-are free again. One platform serves all four tests (it takes a minute to
-start); they run in the order written, the last one stopping it.
+promoted version. Then ``aipaas demo`` closes the loop on that platform:
+ordinary traffic from keyed clients -> no drift; shifted traffic with feedback
+-> drift -> retrain (feedback rows become a new DVC version) -> gates ->
+champion v2 served, with no failed request and the audit chain verified.
+Finally, after SIGINT every child process is gone and the ports are free again.
+
+One platform serves all five tests (it takes a minute to start, the lifecycle
+another one and a half); they run in the order written, each building on the
+state the previous one left, the last one stopping it. The platform runs with
+the demo's defaults (:data:`aipaas.cli.demo.DEMO_ENV`: small profile windows, a
+short retrain cooldown), which the profiler and the runner read at start-up.
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from aipaas.cli.demo import DEMO_ENV
 from aipaas.exceptions import AlreadyRunningError
 from aipaas.ops.up import port_free
 from aipaas.settings import PROJECT_ROOT, Settings
@@ -39,6 +49,7 @@ CLI = [sys.executable, "-c", "from aipaas.cli import main; main()"]
 class Platform:
     proc: subprocess.Popen[bytes]
     home: Path
+    repo: Path
     out: Path
     ports: dict[str, int]
     env: dict[str, str]
@@ -63,6 +74,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     ports = {"prefect": free_port(), "mlflow": free_port(), "serving": free_port()}
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AIPAAS_", "PREFECT_"))},
+        # The demo's defaults go to `up`: its profiler and runner read them.
+        **DEMO_ENV,
         "AIPAAS_HOME": str(home),
         "AIPAAS_PREFECT__PORT": str(ports["prefect"]),
         "AIPAAS_MLFLOW__PORT": str(ports["mlflow"]),
@@ -72,6 +85,9 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         "AIPAAS_VERSIONING__REPO": str(repo),
         "AIPAAS_TUNE__NUM_SAMPLES": "2",
         "AIPAAS_TUNE__CV_FOLDS": "2",
+        # One retrain per demo: the demo's 5 min cooldown can end while a slow
+        # machine still retrains, and a second retrain would share the CPU.
+        "AIPAAS_RETRAIN__COOLDOWN_MINUTES": "60",
         # The runner picks up the lifecycle run within 1 s instead of Prefect's 10 s.
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
@@ -85,7 +101,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        up = Platform(proc, home, out_path, ports, env)
+        up = Platform(proc, home, repo, out_path, ports, env)
         try:
             deadline = time.monotonic() + 300
             while "Ctrl-C stops everything." not in up.output():
@@ -158,6 +174,36 @@ def test_up_runs_the_lifecycle_when_no_champion_serves(platform: Platform) -> No
     decisions = promotion_log.read(Settings(_env_file=None, home=platform.home))
     assert [(r.model, r.version, r.result) for r in decisions] == [("diagnosis", "1", "promoted")]
     assert decisions[0].decided_by.startswith("prefect flow run ")
+
+
+def test_demo_closes_the_loop_on_the_running_platform(platform: Platform) -> None:
+    """``aipaas demo`` finds the platform up, with champion v1 (the test above), and uses it."""
+    proc = subprocess.run(
+        [*CLI, "demo"],
+        cwd=PROJECT_ROOT,
+        env=platform.env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    out = proc.stdout + proc.stderr
+    (platform.out.parent / "demo.out").write_text(out)
+    print(out)  # the demo's timestamped steps, shown with `pytest -s`
+    assert proc.returncode == 0, out[-6000:]
+    assert "aipaas is already up on this home; using it" in out
+    assert "champion v1 serving" in out
+    assert "no drift reported on ordinary traffic" in out
+    assert "drift detected" in out
+    assert "passed its gates; serving swapped to it" in out
+    assert ", failed 0," in out
+    assert "audit chain:" in out and "verified" in out.split("audit chain:")[1].splitlines()[0]
+
+    # The feedback became training data: a new dataset version with more rows.
+    incoming = list((platform.repo / "data" / "incoming" / "breast_cancer").glob("feedback-*.csv"))
+    assert incoming, "no feedback exported"
+    raw = pd.read_csv(platform.repo / "data" / "breast_cancer" / "raw.csv")
+    assert len(raw) > 569
 
 
 def test_ctrl_c_stops_every_child_and_frees_the_ports(platform: Platform) -> None:
