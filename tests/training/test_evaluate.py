@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aipaas.modeldef import ModelDefinition, Uniform
+from aipaas.modeldef import ModelDefinition
 from aipaas.settings import Settings
 from aipaas.training import registry
 from aipaas.training.evaluate import (
@@ -18,6 +18,7 @@ from aipaas.training.evaluate import (
     write_report,
 )
 from aipaas.training.latency import Latency
+from tests.support.definitions import tiny_definition
 from tests.support.registry import HOLDOUT, register_tiny, tiny_metrics
 
 CLASSES = ["benign", "malignant"]
@@ -25,16 +26,7 @@ LATENCY = Latency(p50_ms=0.5, p99_ms=1.0, batch_p50_ms=2.0, batch_p99_ms=3.0, ba
 
 
 def _definition(**kw: object) -> ModelDefinition:
-    base: dict[str, object] = {
-        "name": "m",
-        "dataset": "d",
-        "target": "y",
-        "features": ("a", "b"),
-        "build_estimator": lambda p: None,
-        "search_space": {"x": Uniform(0, 1)},
-        "metrics": ("roc_auc", "accuracy"),
-    }
-    return ModelDefinition(**{**base, **kw})  # type: ignore[arg-type]
+    return tiny_definition(**{"metrics": ("roc_auc", "accuracy"), **kw})
 
 
 def _evaluation() -> HoldoutEvaluation:

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from aipaas.exceptions import ConfigurationError
-from aipaas.modeldef import ModelDefinition, Uniform
 from aipaas.training.metrics import (
     check_metrics,
     compute_metrics,
@@ -15,20 +14,9 @@ from aipaas.training.metrics import (
     predict_outputs,
     prepare_features,
 )
+from tests.support.definitions import tiny_definition
 
 CLASSES = ["benign", "malignant"]
-
-
-def _definition(**kw: object) -> ModelDefinition:
-    base: dict[str, object] = {
-        "name": "m",
-        "dataset": "d",
-        "target": "y",
-        "features": ("a", "b"),
-        "build_estimator": lambda p: None,
-        "search_space": {"x": Uniform(0, 1)},
-    }
-    return ModelDefinition(**{**base, **kw})  # type: ignore[arg-type]
 
 
 def test_binary_metrics_use_the_last_label_as_positive() -> None:
@@ -72,18 +60,18 @@ def test_ranking_metrics_need_probabilities_and_two_classes() -> None:
 
 def test_unknown_metric_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="bogus"):
-        check_metrics(_definition(metrics=("accuracy", "bogus")))
+        check_metrics(tiny_definition(metrics=("accuracy", "bogus")))
     with pytest.raises(ConfigurationError, match=r"regression metric\(s\) \['roc_auc'\]"):
-        check_metrics(_definition(task="regression", metrics=("rmse",)))
+        check_metrics(tiny_definition(task="regression", metrics=("rmse",)))
 
 
 def test_features_are_typed_as_the_signature_says() -> None:
-    d = _definition()
+    d = tiny_definition()
     X = prepare_features(d, pd.DataFrame({"a": [1, 2], "b": [0.5, 1.5], "y": [0, 1]}))
     assert list(X.columns) == ["a", "b"] and all(X.dtypes == "float64")
     with pytest.raises(ConfigurationError, match=r"\['b'\] missing"):
         prepare_features(d, pd.DataFrame({"a": [1]}))
-    text = prepare_features(_definition(features=("text",)), pd.DataFrame({"text": [1, "x"]}))
+    text = prepare_features(tiny_definition(features=("text",)), pd.DataFrame({"text": [1, "x"]}))
     assert list(text["text"]) == ["1", "x"]
 
 
