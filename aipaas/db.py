@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    inspect,
 )
 
 from aipaas.settings import Settings
@@ -41,6 +42,13 @@ api_keys = Table(
     Column("created_at", String(40), nullable=False),  # ISO 8601 UTC
     Column("expires_at", String(40), nullable=True),
     Column("revoked_at", String(40), nullable=True),
+    # {"model": "version"}: the versions this key's requests get (JSON; None: champions).
+    Column("pins", Text, nullable=True),
+    Column("quota", String(32), nullable=True),  # "10000/day": requests per period
+    Column("budget", String(32), nullable=True),  # "50/month": cost per period
+    # Rotation: the previous secret's hash stays valid until ``prev_valid_until``.
+    Column("prev_key_hash", String(64), nullable=True),
+    Column("prev_valid_until", String(40), nullable=True),
 )
 
 audit_log = Table(
@@ -62,13 +70,16 @@ audit_log = Table(
     Column("cost", Float, nullable=True),
     Column("event", String(64), nullable=True),
     Column("detail", Text, nullable=True),
+    Column("end_user", String(64), nullable=True),  # keyed pseudonym, never the raw id
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
 )
 Index("ix_audit_key_ts", audit_log.c.key_id, audit_log.c.ts)
 Index("ix_audit_ts", audit_log.c.ts)
+Index("ix_audit_end_user", audit_log.c.end_user, audit_log.c.ts)
+Index("ix_audit_event", audit_log.c.event, audit_log.c.model)
 
-# One row per answered row: aipaas.inference.audit.PredictionRecord, field for column.
+# One row per answered row: aipaas.audit.PredictionRecord, field for column.
 predictions = Table(
     "predictions",
     metadata,
@@ -122,8 +133,32 @@ def engine(settings: Settings) -> Engine:
         else:
             eng = create_engine(url, pool_pre_ping=True)
         metadata.create_all(eng)
+        _add_missing_columns(eng)
         _engines[url] = eng
         return eng
+
+
+def _add_missing_columns(eng: Engine) -> None:
+    """Add the nullable columns a database made by an older aipaas lacks.
+
+    ``create_all`` creates missing tables but never changes an existing one.
+    Every column added since the first release is nullable, so adding it is
+    safe; real schema migrations (Alembic) replace this when a change needs
+    more than that.
+    """
+    found = inspect(eng)
+    with eng.begin() as conn:
+        for table in metadata.sorted_tables:
+            if not found.has_table(table.name):
+                continue
+            have = {c["name"] for c in found.get_columns(table.name)}
+            for column in table.columns:
+                if column.name in have:
+                    continue
+                kind = column.type.compile(dialect=eng.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+            for index in table.indexes:
+                index.create(conn, checkfirst=True)
 
 
 def dispose(settings: Settings) -> None:

@@ -20,6 +20,8 @@ the core knows about HTTP.
     ├── KeyRejectedError         an API key is missing, malformed, unknown, revoked or expired
     ├── ScopeDeniedError         a valid key lacks the scope a call needs
     ├── RateLimitedError         a key is over its rate (carries ``retry_after_s``)
+    │   └── QuotaExceededError   past a daily quota or monthly budget (names it, and when it resets)
+    ├── UnsignedVersionError     a version without a valid promotion record may not serve
     ├── UnknownRequestError      feedback names a request id that was never answered
     └── AlreadyLabelledError     feedback for a request that already has its label
 """
@@ -116,6 +118,41 @@ class RateLimitedError(AipaasError):
     def __init__(self, message: str, retry_after_s: float) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class QuotaExceededError(RateLimitedError):
+    """The key is past a quota (requests per day, cost per month) until ``resets_at``.
+
+    ``quota`` names it as configured (``"10000/day"``, ``"50/month"``),
+    ``kind`` says which (``"requests"`` or ``"cost"``), ``used`` what was counted.
+    """
+
+    exit_code = 17
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        quota: str,
+        kind: str,
+        used: float,
+        resets_at: str,
+        retry_after_s: float,
+    ) -> None:
+        super().__init__(message, retry_after_s)
+        self.quota = quota
+        self.kind = kind
+        self.used = used
+        self.resets_at = resets_at
+
+
+class UnsignedVersionError(AipaasError):
+    """A registry version has no valid promotion record: never promoted, or the record was forged.
+
+    Serving refuses to load it; a key may not pin it.
+    """
+
+    exit_code = 18
 
 
 class UnknownRequestError(AipaasError):

@@ -126,6 +126,9 @@ class ServingSettings(BaseModel):
     reload_poll_s: float = 10.0
     # Price of one second of model compute, for usage and cost.
     cost_per_compute_second: float = 0.0005
+    # Both set: serve HTTPS with this certificate chain and private key (PEM files).
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
 
 
 class AuditSettings(BaseModel):

@@ -316,7 +316,7 @@ def _profiled_rows(home: Path) -> int:
 
 def _server_side_latency(settings: Any, runs: list[dict[str, Any]]) -> dict[str, float]:
     """p50/p99 of the latency the server itself recorded in the audit trail during ``runs``."""
-    from aipaas.inference import audit
+    from aipaas import audit
 
     lat: list[float] = []
     for run in runs:
@@ -405,7 +405,7 @@ def main() -> dict[str, Any]:
                 )
         for p in procs:
             _stop(p)
-        from aipaas.inference import audit
+        from aipaas import audit
 
         report = audit.verify(on_settings)
         results["audit_on"] = {"records": report.records, "verified": report.ok}

@@ -18,8 +18,9 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 
-from aipaas.inference.audit import AuditRecord, AuditWriter
+from aipaas.audit import AuditRecord, AuditWriter
 from aipaas.inference.keys import KeyStore, RateLimiter
+from aipaas.inference.quotas import Quotas
 from aipaas.monitoring.spool import SpoolWriter
 from aipaas.settings import Settings, get_settings
 from serving import errors
@@ -117,6 +118,7 @@ def create_app(
         settings=settings,
         keys=KeyStore(settings, ttl_s=key_cache_s),
         limiter=RateLimiter(settings.serving.default_rate),
+        quotas=Quotas(settings),
         holder=holder,
         executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="aipaas-model"),
         sink=row_sink,

@@ -17,12 +17,11 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Request
 
-from aipaas.exceptions import KeyRejectedError, ModelNotFoundError
+from aipaas.exceptions import KeyRejectedError
 from aipaas.inference.keys import ApiKey, KeyStore, RateLimiter
+from aipaas.inference.quotas import Quotas
 from aipaas.settings import Settings
-from aipaas.training.tags import CHAMPION
-from serving.errors import ModelNotReadyError
-from serving.holder import ModelHolder, ServedModel
+from serving.holder import ModelHolder
 from serving.metrics import Metrics
 from serving.middleware import RequestContext
 from serving.sink import RowSink
@@ -47,6 +46,7 @@ class Components:
     settings: Settings
     keys: KeyStore
     limiter: RateLimiter
+    quotas: Quotas
     holder: ModelHolder
     executor: ThreadPoolExecutor  # one thread: the model never fights itself for cores
     sink: RowSink
@@ -134,28 +134,5 @@ class Guard:
         key.require(self.scope, model)
         if self.limited and c.settings.serving.rate_limit_enabled and key is not ANONYMOUS:
             c.limiter.check(key)
+            c.quotas.check(key)
         return key
-
-
-async def served_model(request: Request) -> ServedModel:
-    """The addressed model's current version.
-
-    Raises:
-        ModelNotFoundError: this process does not serve the model (404).
-        ModelNotReadyError: no version of it is loaded yet (503).
-    """
-    c = components(request)
-    ctx = context(request)
-    name = model_name(request, c)
-    ctx.model = name
-    if name not in c.holder.names:
-        raise ModelNotFoundError(f"model {name!r} is not served here (served: {c.holder.names})")
-    served = c.holder.get(name)
-    if served is None:
-        reason = c.holder.last_error.get(name) or f"no version has the alias {CHAMPION!r} yet"
-        raise ModelNotReadyError(f"model {name!r} has no champion loaded: {reason}")
-    ctx.version = served.version
-    return served
-
-
-ServedModelDep = Annotated[ServedModel, Depends(served_model)]

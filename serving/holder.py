@@ -105,6 +105,8 @@ class ModelHolder:
         self._models: dict[str, ServedModel] = {}
         self._locks = {n: threading.Lock() for n in self.names}
         self.last_error: dict[str, str] = {}
+        # model -> why the version its alias points at was refused (e.g. unsigned)
+        self.refused: dict[str, str] = {}
         self.follower_error: str | None = None
         self.loads = 0
         self.failures = 0

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import bisect
 import threading
+from collections.abc import MutableMapping
+from typing import Any
 
 BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -19,6 +21,11 @@ def _labels(**kv: str) -> str:
 
 def _esc(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def route_label(scope: MutableMapping[str, Any]) -> str:
+    """The ``route`` label of a request (the middleware calls this once it is answered)."""
+    return str(scope["path"])
 
 
 class Metrics:

@@ -18,9 +18,9 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aipaas.inference.audit import AuditRecord, AuditWriter, PredictionRecord, input_hmac
+from aipaas.audit import AuditRecord, AuditWriter, PredictionRecord, input_hmac
 from aipaas.settings import Settings
-from serving.metrics import Metrics
+from serving.metrics import Metrics, route_label
 
 _PREFIX = secrets.token_hex(6)
 _counter = itertools.count(1)
@@ -102,7 +102,7 @@ class AuditMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", ctx.request_id.encode()))
                 message = {**message, "headers": headers}
-                ok = await self._finish(ctx, path, status, t0, body, audited)
+                ok = await self._finish(ctx, scope, status, t0, body, audited)
                 if not ok:
                     state["swallow"] = True
                     await _send_plain(send, 503, b'{"detail":"audit trail unavailable"}')
@@ -121,7 +121,7 @@ class AuditMiddleware:
             if not state["started"]:
                 # The app crashed before answering; the outer error handler
                 # sends the 500, the trail still gets its record.
-                await self._finish(ctx, path, 500, t0, body, audited)
+                await self._finish(ctx, scope, 500, t0, body, audited)
             raise
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, bool]:
@@ -149,11 +149,12 @@ class AuditMiddleware:
         return b"".join(chunks), False
 
     async def _finish(
-        self, ctx: RequestContext, path: str, status: int, t0: float, body: bytes, audited: bool
+        self, ctx: RequestContext, scope: Scope, status: int, t0: float, body: bytes, audited: bool
     ) -> bool:
         """Audit (and wait for the commit) and count; False if the audit write failed."""
         latency = time.perf_counter() - t0
-        self.metrics.observe(path, ctx.model, ctx.version, status, latency)
+        path: str = scope["path"]
+        self.metrics.observe(route_label(scope), ctx.model, ctx.version, status, latency)
         if not audited:
             if ctx.predictions:  # still joinable by /feedback, without waiting
                 self.writer.submit(None, ctx.predictions)

@@ -25,7 +25,7 @@ def _line(r: dict[str, Any]) -> str:
 @audit_app.command("verify")
 def verify_cmd() -> None:
     """Check the hash chain; exit non-zero and say where if any record was tampered with."""
-    from aipaas.inference import audit
+    from aipaas import audit
 
     report = audit.verify(settings())
     if report.ok:
@@ -47,7 +47,7 @@ def tail_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """The latest records, oldest first."""
-    from aipaas.inference import audit
+    from aipaas import audit
 
     for r in audit.tail(settings(), n):
         typer.echo(json.dumps(r) if as_json else _line(r))
@@ -62,7 +62,7 @@ def query_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """Records by key and time range, oldest first."""
-    from aipaas.inference import audit
+    from aipaas import audit
 
     rows = audit.query(
         settings(), key_id=key, since=since, until=until, limit=limit, newest_first=False

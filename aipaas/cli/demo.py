@@ -316,7 +316,7 @@ class Demo:
 
     def summary(self, decisive: DriftCheckRecord, decision: PromotionRecord) -> None:
         """Versions and gates, drift checks, requests and the audit chain; fails a wrong end."""
-        from aipaas.inference import audit
+        from aipaas import audit
         from aipaas.monitoring.drift_report import drift_history
         from aipaas.training import promotion_log
 

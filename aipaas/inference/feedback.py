@@ -2,7 +2,7 @@
 
 Serving stores every prediction (request id, model, version, output, and the
 raw input only when the version's ``aipaas.log_inputs`` tag allows it, see
-:class:`aipaas.inference.audit.PredictionRecord`); ``/feedback`` adds a label
+:class:`aipaas.audit.PredictionRecord`); ``/feedback`` adds a label
 to a request id, once. :func:`labelled_rows` is what drift monitoring
 (accuracy) and retraining (new training rows) read; they hold the model
 definition and pass its target name, so nothing here reads ``models/``.
@@ -21,8 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from aipaas import db
+from aipaas.audit import iso_utc, utc_now
 from aipaas.exceptions import AlreadyLabelledError, UnknownRequestError
-from aipaas.inference.audit import iso_utc, utc_now
 from aipaas.settings import Settings
 
 # The label's column when the caller names no target.

@@ -20,25 +20,25 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from datetime import time as dtime
 from functools import lru_cache
 
 from sqlalchemy import select, update
 
-from aipaas import db
+from aipaas import audit, db
 from aipaas.exceptions import (
     ConfigurationError,
     KeyRejectedError,
     RateLimitedError,
     ScopeDeniedError,
 )
-from aipaas.inference import audit
 from aipaas.settings import Settings
 
 PREFIX = "aip"
@@ -57,6 +57,10 @@ class ApiKey:
     created_at: str
     expires_at: str | None
     revoked_at: str | None
+    # model -> version this key's requests are answered by (instead of the champion)
+    pins: dict[str, str] = field(default_factory=dict)
+    quota: str | None = None  # "10000/day"
+    budget: str | None = None  # "50/month"
 
     @property
     def active(self) -> bool:
@@ -148,6 +152,9 @@ def _row(r: object) -> ApiKey:
         created_at=r.created_at,  # type: ignore[attr-defined]
         expires_at=r.expires_at,  # type: ignore[attr-defined]
         revoked_at=r.revoked_at,  # type: ignore[attr-defined]
+        pins=json.loads(r.pins) if r.pins else {},  # type: ignore[attr-defined]
+        quota=r.quota,  # type: ignore[attr-defined]
+        budget=r.budget,  # type: ignore[attr-defined]
     )
 
 

@@ -14,8 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import case, func, select
 
-from aipaas import db
-from aipaas.inference import audit
+from aipaas import audit, db
 from aipaas.settings import Settings
 
 

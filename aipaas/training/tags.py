@@ -35,6 +35,9 @@ PROMOTION_REASONS = "aipaas.promotion_reasons"
 PROMOTED_AT = "aipaas.promoted_at"
 PROMOTION_GATES = "aipaas.promotion_gates"  # JSON: every gate's value, threshold, pass
 PROMOTION_DECIDED_BY = "aipaas.promotion_decided_by"
+# JSON: the signed promotion record serving verifies before it loads a version
+# (aipaas.training.attestation); a version without a valid one never serves.
+ATTESTATION = "aipaas.attestation"
 
 # --- drift checks (their own MLflow runs) --------------------------------------
 KIND = "aipaas.kind"

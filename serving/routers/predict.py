@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -13,11 +13,39 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import ValidationError
 
-from aipaas.inference.audit import prediction_records
-from serving.deps import Components, Guard, ServedModelDep, components, context
+from aipaas.audit import prediction_records
+from aipaas.exceptions import ModelNotFoundError
+from aipaas.training.tags import CHAMPION
+from serving.deps import Components, Guard, components, context, model_name
+from serving.errors import ModelNotReadyError
 from serving.holder import ServedModel
 from serving.middleware import RequestContext
 from serving.schemas import FieldOut, InvocationsResponse, ModelOut, PredictResponse
+
+
+async def served_model(request: Request) -> ServedModel:
+    """The addressed model's current version.
+
+    Raises:
+        ModelNotFoundError: this process does not serve the model (404).
+        ModelNotReadyError: no version of it is loaded yet (503).
+    """
+    c = components(request)
+    ctx = context(request)
+    name = model_name(request, c)
+    ctx.model = name
+    if name not in c.holder.names:
+        raise ModelNotFoundError(f"model {name!r} is not served here (served: {c.holder.names})")
+    served = c.holder.get(name)
+    if served is None:
+        reason = c.holder.last_error.get(name) or f"no version has the alias {CHAMPION!r} yet"
+        raise ModelNotReadyError(f"model {name!r} has no champion loaded: {reason}")
+    ctx.version = served.version
+    return served
+
+
+ServedModelDep = Annotated[ServedModel, Depends(served_model)]
+
 
 router = APIRouter(
     tags=["predict"],

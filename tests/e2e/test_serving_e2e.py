@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from aipaas.inference import audit
+from aipaas import audit
 from aipaas.training import registry, signals
 from tests.support.models import FEATURES, log_lgbm
 from tests.support.net import free_port

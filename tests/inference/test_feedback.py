@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from aipaas import audit
 from aipaas.exceptions import AlreadyLabelledError, UnknownRequestError
-from aipaas.inference import audit, feedback
+from aipaas.inference import feedback
 
 
 def _served(settings, request_id, outputs, inputs=None, model="diagnosis", version="1"):

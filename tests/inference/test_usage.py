@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from aipaas.inference import audit, usage
+from aipaas import audit
+from aipaas.inference import usage
 
 
 def test_usage_groups_by_key_and_version_with_cost(settings):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aipaas.inference import audit, keys
+from aipaas import audit
+from aipaas.inference import keys
 from aipaas.inference.feedback import labelled_rows
 from tests.support.serving import ROW, bearer
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from aipaas import audit
 from aipaas.exceptions import (
     AlreadyLabelledError,
     ConfigurationError,
@@ -15,7 +16,6 @@ from aipaas.exceptions import (
     ScopeDeniedError,
     UnknownRequestError,
 )
-from aipaas.inference import audit
 from serving import errors
 from serving.app import create_app
 

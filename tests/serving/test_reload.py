@@ -6,7 +6,7 @@ import json
 import threading
 import time
 
-from aipaas.inference import audit
+from aipaas import audit
 from aipaas.training import signals
 from tests.support.serving import ROW, bearer, fake_model, fake_predict
 

@@ -5,9 +5,8 @@ import sqlite3
 
 import pytest
 
-from aipaas import db
+from aipaas import audit, db
 from aipaas.exceptions import AuditIntegrityError
-from aipaas.inference import audit
 
 
 @pytest.fixture

@@ -68,6 +68,8 @@ HASHED_FIELDS = (
     "detail",
     "prev_hash",
 )
+# Hashed only when set, so records written before the column existed still verify.
+OPTIONAL_HASHED_FIELDS = ("end_user",)
 
 
 def utc_now() -> str:
@@ -93,6 +95,8 @@ class AuditRecord:
     cost: float | None = None
     event: str | None = None
     detail: str | None = None
+    # The end user a request was made for: a keyed pseudonym (:func:`end_user_pseudonym`).
+    end_user: str | None = None
     seq: int = 0
     prev_hash: str = GENESIS
     hash: str = ""
@@ -146,7 +150,8 @@ def record_hash(key: bytes, row: dict[str, Any]) -> str:
     Keyed, so someone who can write the database but does not hold
     ``audit.hmac_key`` cannot edit a record and recompute the chain after it.
     """
-    values = [row.get(name) for name in HASHED_FIELDS]
+    values: list[Any] = [row.get(name) for name in HASHED_FIELDS]
+    values += [[name, row[name]] for name in OPTIONAL_HASHED_FIELDS if row.get(name) is not None]
     return hmac.new(key, orjson.dumps(values), hashlib.sha256).hexdigest()
 
 
@@ -169,6 +174,17 @@ def _read_head(settings: Settings) -> tuple[int, str] | None:
         return int(seq), hash_
     except (FileNotFoundError, ValueError):
         return None
+
+
+def end_user_pseudonym(settings: Settings, end_user: str) -> str:
+    """The keyed hash an end user's id is stored as: the same id always maps to the same value.
+
+    Without ``audit.hmac_key`` nobody can tell which id a pseudonym stands for,
+    nor confirm a guess; ``aipaas audit query --end-user ID`` hashes ``ID`` the
+    same way to find that user's records.
+    """
+    key = b"aipaas-end-user:" + settings.audit.hmac_key.get_secret_value().encode()
+    return hmac.new(key, end_user.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def input_hmac(key: bytes, body: bytes) -> str:
