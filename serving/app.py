@@ -34,7 +34,7 @@ from serving.holder import (
 )
 from serving.metrics import Metrics
 from serving.middleware import AuditMiddleware
-from serving.routers import admin, feedback, health, predict
+from serving.routers import admin, feedback, health, predict, usage
 from serving.sink import NoopSink, RowSink
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ def create_app(
     app.include_router(predict.router)
     app.include_router(feedback.router)
     app.include_router(admin.router)
+    app.include_router(usage.router)
     errors.install(app)
     app.add_middleware(
         AuditMiddleware, settings=settings, writer=writer, metrics=components.metrics
