@@ -208,15 +208,15 @@ def drift_history(settings: Settings, model: str) -> list[DriftCheckRecord]:
 
 def report_metrics(report: DriftReport) -> dict[str, float]:
     """Flat numbers for MLflow: one score per feature plus the summary."""
-    out = {f"drift_{f.feature}": f.score for f in report.features}
-    out["drift_rows"] = float(report.rows)
-    out["drift_features_drifting"] = float(len(report.drifting))
-    out["drift_retrain"] = float(report.decision.retrain)
+    out = {tags.drift_metric(f.feature): f.score for f in report.features}
+    out[tags.DRIFT_ROWS] = float(report.rows)
+    out[tags.DRIFT_FEATURES_DRIFTING] = float(len(report.drifting))
+    out[tags.DRIFT_RETRAIN_METRIC] = float(report.decision.retrain)
     if report.prediction is not None:
-        out["drift_prediction"] = report.prediction.score
+        out[tags.DRIFT_PREDICTION] = report.prediction.score
     if report.accuracy is not None:
-        out["feedback_accuracy"] = report.accuracy.accuracy
-        out["feedback_labelled_rows"] = float(report.accuracy.labelled_rows)
+        out[tags.FEEDBACK_ACCURACY] = report.accuracy.accuracy
+        out[tags.FEEDBACK_LABELLED_ROWS] = float(report.accuracy.labelled_rows)
     return out
 
 

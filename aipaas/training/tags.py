@@ -60,6 +60,21 @@ TIME_PREFIX = "time_"  # time_<step>_s: seconds a training step took
 STD_SUFFIX = "_std"  # cv_<metric>_std on a trial's run
 TRIAL_DURATION_S = "duration_s"
 
+# --- metrics on a drift check's run ---------------------------------------------
+DRIFT_PREFIX = "drift_"  # drift_<feature>: that feature's drift score
+DRIFT_ROWS = "drift_rows"
+DRIFT_FEATURES_DRIFTING = "drift_features_drifting"
+DRIFT_RETRAIN_METRIC = "drift_retrain"  # 1.0 when the check asked for a retrain
+DRIFT_PREDICTION = "drift_prediction"  # drift of the model's outputs
+FEEDBACK_ACCURACY = "feedback_accuracy"  # accuracy on labelled served rows
+FEEDBACK_LABELLED_ROWS = "feedback_labelled_rows"
+
+
+def drift_metric(feature: str) -> str:
+    """The logged name of one feature's drift score: ``radius`` -> ``drift_radius``."""
+    return f"{DRIFT_PREFIX}{feature}"
+
+
 # --- params on a training run ----------------------------------------------------
 SETTING_PREFIX = "setting."  # setting.tune.num_samples, setting.ray.nodes, ...
 
