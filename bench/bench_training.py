@@ -23,6 +23,7 @@ import argparse
 import os
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ import numpy as np
 import pandas as pd
 
 from bench import print_table, write_results
+
+SEED = 42
 
 
 def _data(scale: int) -> pd.DataFrame:
@@ -107,6 +110,48 @@ def _prefect_search(
     return first, time.perf_counter() - t0
 
 
+@dataclass
+class RaySearches:
+    """Ray Tune at each concurrency: wall seconds, seconds inside trials, configs, best score."""
+
+    tune_s: dict[int, float] = field(default_factory=dict)
+    compute_s: dict[int, float] = field(default_factory=dict)
+    drawn: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    best: dict[str, float] = field(default_factory=dict)
+
+
+def _ray_searches(
+    definition: Any, df: pd.DataFrame, args: argparse.Namespace, tmp: Path, out: dict[str, Any]
+) -> RaySearches:
+    """Ray start, a warm-up search, then the search at 1 and at N concurrent trials."""
+    import ray
+
+    from aipaas.settings import RaySettings, TuneSettings
+    from aipaas.training.raycluster import ensure_ray
+    from aipaas.training.tune import run_search
+
+    n_cpus = os.cpu_count() or 1
+    t0 = time.perf_counter()
+    ensure_ray(RaySettings(num_cpus=n_cpus, object_store_memory_mb=200))
+    out["ray_init_s"] = time.perf_counter() - t0
+    # Warm-up: the first search in a process also pays worker start and imports.
+    t0 = time.perf_counter()
+    warm = TuneSettings(num_samples=n_cpus, max_concurrent=n_cpus, cv_folds=2, seed=SEED)
+    run_search(definition, df.head(200), warm, storage_dir=tmp / "ray_results")
+    out["ray_warmup_search_s"] = time.perf_counter() - t0
+    found = RaySearches()
+    for c in sorted({1, n_cpus}):
+        ts = TuneSettings(num_samples=args.trials, max_concurrent=c, cv_folds=args.folds, seed=SEED)
+        t0 = time.perf_counter()
+        res = run_search(definition, df, ts, storage_dir=tmp / "ray_results")
+        found.tune_s[c] = time.perf_counter() - t0
+        found.compute_s[c] = sum(t.duration_s or 0.0 for t in res.trials)
+        found.drawn[c] = sorted((t.config for t in res.trials), key=repr)
+        found.best[f"tune_c{c}"] = res.best_score
+    ray.shutdown()
+    return found
+
+
 def _workload(
     definition: Any,
     df: pd.DataFrame,
@@ -116,48 +161,21 @@ def _workload(
     prefect: bool,
 ) -> dict[str, Any]:
     """One data size: Tune at 1 and N concurrent trials, plain Python, optionally Prefect."""
-    import ray
-
-    from aipaas.settings import RaySettings, TuneSettings
-    from aipaas.training.raycluster import ensure_ray
-    from aipaas.training.tune import run_search
-
-    seed = 42
-    n_cpus = os.cpu_count() or 1
     out: dict[str, Any] = {"rows": len(df), "trials": args.trials, "cv_folds": args.folds}
-    t0 = time.perf_counter()
-    ensure_ray(RaySettings(num_cpus=n_cpus, object_store_memory_mb=200))
-    out["ray_init_s"] = time.perf_counter() - t0
-    # Warm-up: the first search in a process also pays worker start and imports.
-    t0 = time.perf_counter()
-    warm = TuneSettings(num_samples=n_cpus, max_concurrent=n_cpus, cv_folds=2, seed=seed)
-    run_search(definition, df.head(200), warm, storage_dir=tmp / "ray_results")
-    out["ray_warmup_search_s"] = time.perf_counter() - t0
-    tune_s: dict[int, float] = {}
-    compute_s: dict[int, float] = {}
-    drawn: dict[int, list[dict[str, Any]]] = {}
-    best: dict[str, float] = {}
-    for c in sorted({1, n_cpus}):
-        ts = TuneSettings(num_samples=args.trials, max_concurrent=c, cv_folds=args.folds, seed=seed)
-        t0 = time.perf_counter()
-        res = run_search(definition, df, ts, storage_dir=tmp / "ray_results")
-        tune_s[c] = time.perf_counter() - t0
-        compute_s[c] = sum(t.duration_s or 0.0 for t in res.trials)
-        drawn[c] = sorted((t.config for t in res.trials), key=repr)
-        best[f"tune_c{c}"] = res.best_score
-    ray.shutdown()
+    ray_runs = _ray_searches(definition, df, args, tmp, out)
+    tune_s, best = ray_runs.tune_s, ray_runs.best
     # The same seed draws the same configurations whatever the concurrency;
     # plain Python and Prefect then score exactly those.
-    configs = drawn[1]
-    out["same_configs_every_mode"] = all(d == configs for d in drawn.values())
+    configs = ray_runs.drawn[1]
+    out["same_configs_every_mode"] = all(d == configs for d in ray_runs.drawn.values())
     t0 = time.perf_counter()
-    best["plain"] = _plain_search(definition, df, configs, args.folds, seed)
+    best["plain"] = _plain_search(definition, df, configs, args.folds, SEED)
     plain_s = time.perf_counter() - t0
     if prefect:
         os.environ["PREFECT_HOME"] = str(tmp / "prefect")
         os.environ.pop("PREFECT_API_URL", None)
         out["prefect_first_run_s"], out["prefect_s"] = _prefect_search(
-            definition, df, configs, args.folds, seed
+            definition, df, configs, args.folds, SEED
         )
     n = max(tune_s)
     speedup = tune_s[1] / tune_s[n]
@@ -166,7 +184,7 @@ def _workload(
             "plain_python_s": plain_s,
             "ray_tune_s": {str(k): v for k, v in tune_s.items()},
             # Time inside the trials (the CV work) summed over trials; the rest is Ray's.
-            "ray_trial_compute_s": {str(k): v for k, v in compute_s.items()},
+            "ray_trial_compute_s": {str(k): v for k, v in ray_runs.compute_s.items()},
             "concurrency_n": n,
             "speedup": speedup,
             "parallel_efficiency": speedup / n,
