@@ -566,12 +566,14 @@ def query(
     key_id: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    end_user: str | None = None,
     limit: int = 100,
     newest_first: bool = True,
 ) -> list[dict[str, Any]]:
-    """Records filtered by key and UTC time range."""
+    """Records filtered by key, end user (the raw id: hashed here) and UTC time range."""
     t = db.audit_log
-    stmt = where_key_and_time(select(t), key_id, since, until)
+    pseudonym = end_user_pseudonym(settings, end_user) if end_user is not None else None
+    stmt = where_key_and_time(select(t), key_id, since, until, end_user_hash=pseudonym)
     stmt = stmt.order_by(t.c.seq.desc() if newest_first else t.c.seq).limit(limit)
     with db.engine(settings).connect() as conn:
         rows = [dict(r._mapping) for r in conn.execute(stmt).all()]
@@ -584,12 +586,22 @@ def tail(settings: Settings, n: int = 20) -> list[dict[str, Any]]:
 
 
 def where_key_and_time(
-    stmt: Any, key_id: str | None, since: datetime | None, until: datetime | None
+    stmt: Any,
+    key_id: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    *,
+    end_user_hash: str | None = None,
 ) -> Any:
-    """Restrict a query on the audit log to one key and a UTC time range [since, until)."""
+    """Restrict a query on the audit log to a key, an end user and a UTC time range [since, until).
+
+    ``end_user_hash`` is the stored pseudonym (:func:`end_user_pseudonym`), not the raw id.
+    """
     t = db.audit_log
     if key_id:
         stmt = stmt.where(t.c.key_id == key_id)
+    if end_user_hash is not None:
+        stmt = stmt.where(t.c.end_user == end_user_hash)
     if since:
         stmt = stmt.where(t.c.ts >= iso_utc(since))
     if until:

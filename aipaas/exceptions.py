@@ -18,6 +18,7 @@ the core knows about HTTP.
     ├── AuditIntegrityError      the audit chain does not verify
     ├── AlreadyRunningError      ``aipaas up`` is already running
     ├── KeyRejectedError         an API key is missing, malformed, unknown, revoked or expired
+    │   └── RetiredSecretError   a key's previous secret, after its rotation's grace period
     ├── ScopeDeniedError         a valid key lacks the scope a call needs
     ├── RateLimitedError         a key is over its rate (carries ``retry_after_s``)
     │   └── QuotaExceededError   past a daily quota or monthly budget (names it, and when it resets)
@@ -102,6 +103,22 @@ class KeyRejectedError(AipaasError):
     """Who is calling is not established: no key, or one that is not (or no longer) valid."""
 
     exit_code = 12
+
+
+class RetiredSecretError(KeyRejectedError):
+    """A key's previous secret was presented after its grace period ended (401).
+
+    Names the key, so the refusal's audit record can say whose old secret it was.
+    """
+
+    def __init__(self, key_id: str, ended_at: str | None) -> None:
+        when = f" at {ended_at}" if ended_at else ""
+        super().__init__(
+            f"API key {key_id}: this secret was replaced by a rotation and stopped working"
+            f"{when}; use the new secret"
+        )
+        self.key_id = key_id
+        self.ended_at = ended_at
 
 
 class ScopeDeniedError(AipaasError):

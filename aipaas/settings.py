@@ -120,6 +120,8 @@ class ServingSettings(BaseModel):
     rate_limit_enabled: bool = True
     audit_enabled: bool = True
     profiling_enabled: bool = True
+    # Prometheus counters per request (/metrics answers either way).
+    metrics_enabled: bool = True
     default_rate: str = "50/s"
     max_body_bytes: int = 1_000_000
     max_batch_rows: int = 1000

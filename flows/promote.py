@@ -5,7 +5,8 @@ The decision itself is :mod:`aipaas.training.promote` (the policy,
 as a table artifact on the run, the pause for approval in the UI, and a
 Failed run when a gate fails. Gate failures are never retried; only registry
 I/O is, and only when the server was unreachable. The model definition is
-loaded once and passed down.
+loaded once and passed down. Who decided is this flow run
+(``flow-run <id> (promote)``), as the audit trail records it.
 """
 
 from __future__ import annotations
@@ -68,11 +69,17 @@ def publish_gates(assessment: Assessment, approval: Approval | None) -> None:
 
 
 @task(name="record decision")
-def record_decision(assessment: Assessment, approval: Approval | None) -> PromotionRecord:
-    decided_by = f"prefect flow run {flow_run.name}"
+def record_decision(
+    assessment: Assessment, approval: Approval | None, decided_by: str
+) -> PromotionRecord:
     return promote.decide_promotion(
         get_settings(), assessment, decided_by=decided_by, approval=approval
     )
+
+
+def this_run() -> str:
+    """Who acts in a flow: this run, as the audit trail names it."""
+    return f"flow-run {flow_run.id} ({flow_run.flow_name})"
 
 
 def ask_approval(assessment: Assessment) -> Approval:
@@ -105,4 +112,4 @@ def promote_flow(model: str = "diagnosis", version: str | None = None) -> Promot
     assessment = check_gates(load_model_definition(model), version)
     approval = ask_approval(assessment) if assessment.awaits_approval else None
     publish_gates(assessment, approval)
-    return record_decision(assessment, approval)
+    return record_decision(assessment, approval, this_run())

@@ -11,12 +11,29 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 import orjson
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
+from fastapi.openapi.models import HTTPBearer
+from fastapi.openapi.utils import (
+    get_openapi,
+    validation_error_definition,
+    validation_error_response_definition,
+)
+from fastapi.responses import HTMLResponse
+from fastapi.routing import APIRoute, iter_route_contexts
+from fastapi.staticfiles import StaticFiles
 
 from aipaas.audit import AuditRecord, AuditWriter
 from aipaas.inference.keys import KeyStore, RateLimiter
@@ -24,7 +41,7 @@ from aipaas.inference.quotas import Quotas
 from aipaas.monitoring.spool import SpoolWriter
 from aipaas.settings import Settings, get_settings
 from serving import errors
-from serving.deps import Components
+from serving.deps import Components, Guard
 from serving.holder import (
     AuditEvent,
     ModelHolder,
@@ -33,11 +50,15 @@ from serving.holder import (
     follow_champions,
 )
 from serving.metrics import Metrics
-from serving.middleware import AuditMiddleware
+from serving.middleware import UNAUDITED, AuditMiddleware
 from serving.routers import admin, feedback, health, predict, usage
 from serving.sink import NoopSink, RowSink
 
 log = logging.getLogger(__name__)
+
+BEARER = "bearer"  # the security scheme's name in the OpenAPI components
+DOCS_STATIC = "/docs-static"
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
 
 def _follower_died(holder: ModelHolder) -> Any:
@@ -54,37 +75,103 @@ def _follower_died(holder: ModelHolder) -> Any:
     return done
 
 
-def _openapi_with_signatures(app: FastAPI, holder: ModelHolder) -> Any:
+def _openapi_with_signatures(app: FastAPI, holder: ModelHolder, settings: Settings) -> Any:
     """OpenAPI whose predict bodies are the loaded versions' signature schemas.
 
     The routes exist before any model is loaded and a swap may change the
     signature, so the schema is rebuilt on each request for it (docs only).
+    Each keyed operation also gets the bearer scheme (the Authorize button
+    of ``/docs``) and every operation its error responses, both derived
+    from the routes' dependencies and :data:`serving.errors.TABLE`.
     """
-    from fastapi.openapi.utils import get_openapi
 
     def openapi() -> dict[str, Any]:
-        spec = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        default = holder.get(holder.names[0]) if holder.names else None
-        for path, op in spec.get("paths", {}).items():
-            if not path.endswith("/predict") or "post" not in op:
-                continue
-            served = default
-            if path.startswith("/models/"):
-                # one schema per served model under the same path: list them
-                schemas = [
-                    m.record_model.model_json_schema(by_alias=True) for m in holder.all().values()
-                ]
-                record: dict[str, Any] = {"oneOf": schemas} if schemas else {"type": "object"}
-            elif served is not None:
-                record = served.record_model.model_json_schema(by_alias=True)
-            else:
-                record = {"type": "object"}
-            op["post"]["requestBody"]["content"]["application/json"]["schema"] = {
-                "oneOf": [record, {"type": "array", "items": record}]
-            }
+        spec = get_openapi(
+            title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        )
+        _signature_bodies(spec, holder)
+        _document_refusals(spec, app, settings)
         return spec
 
     return openapi
+
+
+def _signature_bodies(spec: dict[str, Any], holder: ModelHolder) -> None:
+    """Each ``.../predict`` body: one record of the served signature, or a list of them."""
+    default = holder.get(holder.names[0]) if holder.names else None
+    for path, op in spec.get("paths", {}).items():
+        if not path.endswith("/predict") or "post" not in op:
+            continue
+        if path.startswith("/models/"):
+            # one schema per served model under the same path: list them
+            schemas = [
+                m.record_model.model_json_schema(by_alias=True) for m in holder.all().values()
+            ]
+            record: dict[str, Any] = {"oneOf": schemas} if schemas else {"type": "object"}
+        elif default is not None:
+            record = default.record_model.model_json_schema(by_alias=True)
+        else:
+            record = {"type": "object"}
+        op["post"]["requestBody"]["content"]["application/json"]["schema"] = {
+            "oneOf": [record, {"type": "array", "items": record}]
+        }
+
+
+def _document_refusals(spec: dict[str, Any], app: FastAPI, settings: Settings) -> None:
+    """The bearer scheme on keyed operations, and every operation's error responses."""
+    components = spec.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas.update(errors.component_schemas())
+    schemas.setdefault("ValidationError", validation_error_definition)
+    schemas.setdefault(errors.VALIDATION_BODY, validation_error_response_definition)
+    if settings.serving.auth_enabled:
+        scheme = HTTPBearer(
+            bearerFormat="aip_<id>_<secret>",
+            description="An API key from `aipaas keys create`.",
+        )
+        scheme_doc = scheme.model_dump(mode="json", by_alias=True, exclude_none=True)
+        components["securitySchemes"] = {BEARER: scheme_doc}
+    for context in iter_route_contexts(app.routes):
+        route = context.original_route
+        if not isinstance(route, APIRoute) or not route.include_in_schema:
+            continue
+        traits = _traits(route, context.path_format or route.path_format, settings)
+        path = spec.get("paths", {}).get(context.path_format, {})
+        for method in route.methods or ():
+            op = path.get(method.lower())
+            if op is None or not traits:
+                continue
+            op["responses"].update(errors.responses(traits))
+            if "keyed" in traits:
+                op["security"] = [{BEARER: []}]
+
+
+def _dependency_calls(dependant: Dependant) -> Iterator[Any]:
+    for sub in dependant.dependencies:
+        yield sub.call
+        yield from _dependency_calls(sub)
+
+
+def _traits(route: APIRoute, path: str, settings: Settings) -> set[str]:
+    """What may go wrong on ``route`` (the rows of :data:`serving.errors.TABLE` it meets)."""
+    if path in UNAUDITED:  # probes and docs: no key, nothing to refuse
+        return set()
+    calls = list(_dependency_calls(route.dependant))
+    guard = next((c for c in calls if isinstance(c, Guard)), None)
+    traits = {"audited", *(str(t) for t in route.tags)}
+    if guard is not None and settings.serving.auth_enabled:
+        traits.add("keyed")
+    if guard is not None and guard.limited and settings.serving.rate_limit_enabled:
+        traits.add("limited")
+    if predict.served_model in calls:
+        traits.add("model")
+    if (route.methods or set()) & {"POST", "PUT", "PATCH"}:
+        traits.add("body")
+    if route.body_field is not None:  # FastAPI parses it (400 if it cannot)
+        traits.add("parsed")
+    if "{name}" in path:
+        traits.add("named")
+    return traits
 
 
 def create_app(
@@ -113,7 +200,9 @@ def create_app(
     if row_sink is None:
         row_sink = SpoolWriter(settings) if settings.serving.profiling_enabled else NoopSink()
     names = list(dict.fromkeys([settings.serving.default_model, *settings.serving.models]))
-    holder = ModelHolder(model_source or RegistrySource(settings), _admin_events(writer), names)
+    metrics = Metrics(names, is_loaded=lambda m, v: holder.get_version(m, v) is not None)
+    source = model_source or RegistrySource(settings)
+    holder = ModelHolder(source, _admin_events(writer, metrics), names)
     components = Components(
         settings=settings,
         keys=KeyStore(settings, ttl_s=key_cache_s),
@@ -122,33 +211,73 @@ def create_app(
         holder=holder,
         executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="aipaas-model"),
         sink=row_sink,
-        metrics=Metrics(),
+        metrics=metrics,
     )
     app = FastAPI(
         title="aipaas serving",
         summary="Predictions from the registry's champion: keyed, rate-limited, audited.",
         version="0.1.0",
         lifespan=_lifespan(components, writer, follow=follow),
+        docs_url=None,  # served below from local assets, not a CDN
+        redoc_url=None,
+        swagger_ui_parameters={"persistAuthorization": True},
     )
     app.state.components = components
-    app.openapi = _openapi_with_signatures(app, holder)  # type: ignore[method-assign]
+    app.openapi = _openapi_with_signatures(app, holder, settings)  # type: ignore[method-assign]
     app.state.writer = writer
-    app.include_router(health.router)
-    app.include_router(predict.router)
-    app.include_router(feedback.router)
-    app.include_router(admin.router)
-    app.include_router(usage.router)
+    _offline_docs(app)
+    for router in (health, predict, feedback, admin, usage):
+        app.include_router(router.router)
     errors.install(app)
-    app.add_middleware(
-        AuditMiddleware, settings=settings, writer=writer, metrics=components.metrics
-    )
+    app.add_middleware(AuditMiddleware, settings=settings, writer=writer, metrics=metrics)
     return app
 
 
-def _admin_events(writer: AuditWriter) -> AuditEvent:
-    """The holder's events (loaded, swapped, load failed) as admin records in the trail."""
+def _offline_docs(app: FastAPI) -> None:
+    """``/docs`` (Swagger UI) and ``/redoc`` with their JS and CSS served by this app.
+
+    FastAPI's defaults load them from a CDN, which leaves the pages blank on
+    a machine without internet access; the files bundled with the
+    fastapi-offline package are served from :data:`DOCS_STATIC` instead.
+    """
+    app.mount(DOCS_STATIC, StaticFiles(directory=DOCS_ASSETS), name="docs-static")
+    oauth2_redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
+
+    def asset(request: Request, name: str) -> str:
+        return f"{request.scope.get('root_path', '')}{DOCS_STATIC}/{name}"
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=f"{request.scope.get('root_path', '')}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            oauth2_redirect_url=oauth2_redirect,
+            swagger_js_url=asset(request, "swagger-ui-bundle.js"),
+            swagger_css_url=asset(request, "swagger-ui.css"),
+            swagger_favicon_url=asset(request, "favicon.png"),
+            swagger_ui_parameters=app.swagger_ui_parameters,
+        )
+
+    @app.get(oauth2_redirect, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url=f"{request.scope.get('root_path', '')}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=asset(request, "redoc.standalone.js"),
+            redoc_favicon_url=asset(request, "favicon.png"),
+            with_google_fonts=False,
+        )
+
+
+def _admin_events(writer: AuditWriter, metrics: Metrics) -> AuditEvent:
+    """The holder's events (loaded, swapped, load failed, refused): in the trail, and counted."""
 
     def on_event(event: str, model: str, version: str | None, detail: dict[str, Any]) -> None:
+        metrics.on_model_event(event, model)
         writer.submit(
             AuditRecord(
                 kind="admin",

@@ -17,7 +17,7 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Request
 
-from aipaas.exceptions import KeyRejectedError
+from aipaas.exceptions import KeyRejectedError, RetiredSecretError
 from aipaas.inference.keys import ApiKey, KeyStore, RateLimiter
 from aipaas.inference.quotas import Quotas
 from aipaas.settings import Settings
@@ -112,10 +112,16 @@ async def authenticate(request: Request, c: Components) -> ApiKey:
 
 
 class Guard:
-    """Router dependency: a valid key holding ``scope``, within its rate.
+    """Router dependency: a valid key holding ``scope``, within its rate and quotas.
 
-    Raises :class:`KeyRejectedError` (401), :class:`ScopeDeniedError` (403)
-    or :class:`RateLimitedError` (429) from the key store and limiter.
+    Raises :class:`KeyRejectedError` (401), :class:`ScopeDeniedError` (403),
+    :class:`RateLimitedError` or :class:`QuotaExceededError` (429) from the
+    key store, the limiter and the quotas. A key's quota counts reach the
+    database only when due (every couple of seconds), in a worker thread;
+    each committed request is then counted through ``ctx.on_committed``.
+    A request made with a key's previous secret (during a rotation's grace
+    period) is noted in its audit record's detail, and so is a previous
+    secret refused after its grace period ended.
     """
 
     def __init__(self, scope: str, *, per_model: bool = False, limited: bool = True) -> None:
@@ -129,10 +135,21 @@ class Guard:
         model = model_name(request, c) if self.per_model else None
         if model is not None:
             ctx.model = model
-        key = await authenticate(request, c)
+        try:
+            key = await authenticate(request, c)
+        except RetiredSecretError as err:
+            ctx.detail = {"secret": "previous", "key_id": err.key_id, "ended_at": err.ended_at}
+            raise
         ctx.key, ctx.key_id, ctx.owner = key, key.id, key.name
+        if key.previous_secret:
+            ctx.detail = {"secret": "previous", "valid_until": key.prev_valid_until}
+        limits = c.settings.serving.rate_limit_enabled and key is not ANONYMOUS
+        if limits and key.limited:
+            ctx.on_committed = c.quotas.record
         key.require(self.scope, model)
-        if self.limited and c.settings.serving.rate_limit_enabled and key is not ANONYMOUS:
+        if self.limited and limits:
             c.limiter.check(key)
+            if c.quotas.due(key):
+                await anyio.to_thread.run_sync(c.quotas.refresh, key)
             c.quotas.check(key)
         return key

@@ -1,4 +1,4 @@
-"""The served models and their hot reload.
+"""The served models, their hot reload, and the versions keys and requests pin.
 
 Each model name maps to one :class:`ServedModel`, replaced as a whole when
 ``champion`` moves: a request takes the reference once and finishes on that
@@ -8,6 +8,19 @@ A version that fails to load leaves the old one serving and is audited; an
 unreachable registry only delays the next check. What serving obeys of the
 model definition (may raw inputs be stored?) comes with the loaded version,
 from its registry tags: a serving host needs the registry, not ``models/``.
+
+Only a version with a signed promotion record serves. The source checks it
+before loading anything: the champion's record must be the one the audit
+chain recorded last (an alias moved by hand in MLflow, to a version never
+promoted or back to an old one, is refused); a pinned version must have been
+promoted at some time. A refused champion leaves the current version serving
+(or nothing, if there was none): :attr:`ModelHolder.refused` says why, and a
+``model.refused`` admin event is audited once per version and reason.
+
+Pinned versions (a request's path or ``X-Model-Version``, a key's pins) are
+loaded on demand in a worker thread, one load per version at a time. Those an
+active key pins stay loaded (:meth:`ModelHolder.keep_pinned`, at each poll);
+others sit in a small LRU cache. A champion swap never touches them.
 """
 
 from __future__ import annotations
@@ -16,14 +29,16 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import BaseModel, TypeAdapter
 
-from aipaas.exceptions import AipaasError, RegistryUnavailableError
-from aipaas.inference import predictor
+from aipaas.exceptions import AipaasError, RegistryUnavailableError, UnsignedVersionError
+from aipaas.inference import keys, predictor
 from aipaas.inference.predictor import LoadedModel
 from aipaas.settings import Settings
 from aipaas.training import signals
@@ -31,15 +46,29 @@ from serving.schemas import request_model
 
 log = logging.getLogger(__name__)
 
+# Pinned versions no active key pins, kept loaded for later requests.
+PIN_CACHE_SIZE = 4
+
 
 class ModelSource(Protocol):
     """Where versions come from: the MLflow registry, or a fake in tests."""
 
     def champion(self, name: str) -> str | None:
-        """The version that should serve, None if no champion is set."""
+        """The version the ``champion`` alias names, None if it is unset."""
 
     def load(self, name: str, version: str) -> LoadedModel:
-        """Load and warm a version (slow; runs in a worker thread)."""
+        """Load and warm the champion's version (slow; runs in a worker thread).
+
+        Raises:
+            UnsignedVersionError: it is not the champion on record.
+        """
+
+    def load_pinned(self, name: str, version: str) -> LoadedModel:
+        """Load and warm a version addressed explicitly (slow; a worker thread).
+
+        Raises:
+            UnsignedVersionError: it was never promoted.
+        """
 
 
 class RegistrySource:
@@ -52,7 +81,10 @@ class RegistrySource:
         return predictor.champion_version(self._settings, name)
 
     def load(self, name: str, version: str) -> LoadedModel:
-        return predictor.load_model(self._settings, name, version)
+        return predictor.load_model(self._settings, name, version, require="champion")
+
+    def load_pinned(self, name: str, version: str) -> LoadedModel:
+        return predictor.load_model(self._settings, name, version, require="promoted")
 
 
 @dataclass
@@ -95,10 +127,20 @@ def serve_model(loaded: LoadedModel) -> ServedModel:
 AuditEvent = Callable[[str, str, str | None, dict[str, Any]], None]
 
 
-class ModelHolder:
-    """The models this process serves, swapped atomically."""
+Pin = tuple[str, str]  # (model, version)
 
-    def __init__(self, source: ModelSource, on_event: AuditEvent, names: list[str]) -> None:
+
+class ModelHolder:
+    """The models this process serves, swapped atomically, and the pinned versions."""
+
+    def __init__(
+        self,
+        source: ModelSource,
+        on_event: AuditEvent,
+        names: list[str],
+        *,
+        cache_size: int = PIN_CACHE_SIZE,
+    ) -> None:
         self._source = source
         self._on_event = on_event
         self.names = list(dict.fromkeys(names))
@@ -107,9 +149,18 @@ class ModelHolder:
         self.last_error: dict[str, str] = {}
         # model -> why the version its alias points at was refused (e.g. unsigned)
         self.refused: dict[str, str] = {}
+        self._refusals: dict[str, tuple[str, str]] = {}  # model -> (version, reason) audited
         self.follower_error: str | None = None
         self.loads = 0
         self.failures = 0
+        # Pinned versions: kept (an active key pins them) or cached (LRU, bounded).
+        self._wanted: frozenset[Pin] = frozenset()
+        self._kept: dict[Pin, ServedModel] = {}  # replaced whole: read without the lock
+        self._cache: OrderedDict[Pin, ServedModel] = OrderedDict()
+        self._cache_size = cache_size
+        self._guard = threading.Lock()  # the pin tables above
+        self._loading: dict[Pin, Future[ServedModel]] = {}  # one load per version at a time
+        self._pin_errors: dict[Pin, str] = {}
 
     def get(self, name: str) -> ServedModel | None:
         return self._models.get(name)
@@ -121,7 +172,8 @@ class ModelHolder:
         """Bring ``name`` to its champion; returns what happened (for logs and tests).
 
         Outcomes: ``unchanged``, ``no-champion``, ``loaded``, ``swapped``,
-        ``failed`` (old version keeps serving), ``registry-unavailable``.
+        ``refused`` and ``failed`` (old version keeps serving),
+        ``registry-unavailable``.
         """
         with self._locks.setdefault(name, threading.Lock()):
             current = self._models.get(name)
@@ -131,17 +183,37 @@ class ModelHolder:
                 self.last_error[name] = str(err)
                 log.warning("registry unavailable, %s keeps serving: %s", name, err)
                 return "registry-unavailable"
-            if version is None:
-                return "no-champion"
-            if current is not None and current.version == version:
-                return "unchanged"
+            if version is None or (current is not None and current.version == version):
+                self._clear_refusal(name)
+                return "no-champion" if version is None else "unchanged"
             started = time.perf_counter()
             try:
                 served = serve_model(self._source.load(name, version))
+            except UnsignedVersionError as err:
+                self._refuse(name, version, current, err)
+                return "refused"
             except AipaasError as err:
                 self._load_failed(name, version, current, err)
                 return "failed"
+            self._clear_refusal(name)
             return self._swap_in(name, served, current, time.perf_counter() - started)
+
+    def _refuse(
+        self, name: str, version: str, current: ServedModel | None, err: UnsignedVersionError
+    ) -> None:
+        """Keep the current version; say why; audit it once per (version, reason)."""
+        reason = str(err)
+        self.refused[name] = reason
+        if self._refusals.get(name) == (version, reason):
+            return
+        self._refusals[name] = (version, reason)
+        serving = current.version if current else None
+        log.error("refused %s v%s (serving: %s): %s", name, version, serving, reason)
+        self._on_event("model.refused", name, version, {"reason": reason, "serving": serving})
+
+    def _clear_refusal(self, name: str) -> None:
+        self.refused.pop(name, None)
+        self._refusals.pop(name, None)
 
     def _load_failed(
         self, name: str, version: str, current: ServedModel | None, err: AipaasError
@@ -167,18 +239,150 @@ class ModelHolder:
         log.info("%s %s v%s (was %s)", event, name, served.version, old)
         return "swapped" if old else "loaded"
 
+    # --- pinned versions ---------------------------------------------------------
+
+    def get_version(self, name: str, version: str) -> ServedModel | None:
+        """``version`` of ``name`` if it is in memory (champion, kept or cached); never loads."""
+        champion = self._models.get(name)
+        if champion is not None and champion.version == version:
+            return champion
+        pin = (name, version)
+        kept = self._kept.get(pin)
+        if kept is not None:
+            return kept
+        with self._guard:
+            cached = self._cache.get(pin)
+            if cached is not None:
+                self._cache.move_to_end(pin)
+        return cached
+
+    def load_version(self, name: str, version: str) -> ServedModel:
+        """``version`` of ``name``, loaded now if need be: blocking, call it in a worker thread.
+
+        One load per version at a time; concurrent callers wait for it and share it.
+
+        Raises:
+            UnsignedVersionError: the version was never promoted.
+            ModelNotFoundError: no such version, or it does not load.
+            RegistryUnavailableError: the registry did not answer.
+        """
+        served = self.get_version(name, version)
+        if served is not None:
+            self._remember(served)
+            return served
+        pin = (name, version)
+        with self._guard:  # loaded meanwhile (a load remembers before it is done)?
+            served = self._kept.get(pin) or self._cache.get(pin)
+            loading = self._loading.get(pin)
+            if served is None and loading is None:
+                self._loading[pin] = mine = Future[ServedModel]()
+        if served is not None:
+            return served
+        if loading is not None:
+            return loading.result()
+        try:
+            served = self._load_pinned(name, version)
+        except BaseException as err:
+            mine.set_exception(err)
+            raise
+        else:
+            mine.set_result(served)
+        finally:
+            with self._guard:
+                del self._loading[pin]
+        return served
+
+    def _load_pinned(self, name: str, version: str) -> ServedModel:
+        started = time.perf_counter()
+        served = serve_model(self._source.load_pinned(name, version))
+        self._remember(served)
+        load_s = round(time.perf_counter() - started, 3)
+        self._on_event("model.pin_loaded", name, version, {"load_s": load_s})
+        log.info("loaded pinned %s v%s in %.3f s", name, version, load_s)
+        return served
+
+    def _remember(self, served: ServedModel) -> None:
+        pin = (served.name, served.version)
+        with self._guard:
+            if pin in self._wanted:
+                if self._kept.get(pin) is not served:
+                    self._kept = {**self._kept, pin: served}
+                self._cache.pop(pin, None)
+            elif self._models.get(served.name) is not served:
+                self._cache_put(pin, served)
+
+    def _cache_put(self, pin: Pin, served: ServedModel) -> None:
+        """Under ``_guard``: the newest entry of the LRU cache, the oldest evicted."""
+        self._cache[pin] = served
+        self._cache.move_to_end(pin)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def keep_pinned(self, pins: Mapping[str, Collection[str]]) -> None:
+        """Keep loaded exactly the versions active keys pin (``{model: {version, ...}}``).
+
+        Versions no longer pinned move to the LRU cache. A pinned version
+        that cannot be loaded is logged (once per error) and left to the
+        requests that ask for it, which get the error.
+        """
+        wanted = frozenset((n, str(v)) for n, vs in pins.items() if n in self.names for v in vs)
+        with self._guard:
+            self._wanted = wanted
+            for pin, served in self._kept.items():
+                if pin not in wanted:
+                    self._cache_put(pin, served)
+            self._kept = {p: m for p, m in self._kept.items() if p in wanted}
+        for name, version in sorted(wanted):
+            try:
+                self.load_version(name, version)
+            except AipaasError as err:
+                if self._pin_errors.get((name, version)) != str(err):
+                    log.warning("cannot keep %s v%s loaded for a key's pin: %s", name, version, err)
+                self._pin_errors[(name, version)] = str(err)
+            else:
+                self._pin_errors.pop((name, version), None)
+
+    def pinned(self) -> dict[Pin, str]:
+        """The pinned versions in memory: ``"kept"`` (a key pins it) or ``"cached"``."""
+        with self._guard:
+            return {**dict.fromkeys(self._cache, "cached"), **dict.fromkeys(self._kept, "kept")}
+
+
+def key_pins(settings: Settings) -> dict[str, set[str]]:
+    """``{model: {version, ...}}`` pinned by the active API keys (the ``api_keys`` table)."""
+    out: dict[str, set[str]] = {}
+    for key in keys.list_keys(settings):
+        if key.active:
+            for model, version in key.pins.items():
+                out.setdefault(model, set()).add(str(version))
+    return out
+
+
+def sync_pins(holder: ModelHolder, settings: Settings) -> None:
+    """Keep the versions active keys pin loaded (blocking: a worker thread)."""
+    holder.keep_pinned(key_pins(settings))
+
 
 async def follow_champions(holder: ModelHolder, settings: Settings, *, tick_s: float = 0.5) -> None:
-    """Poll the registry every ``reload_poll_s``; reload at once when promotion signals."""
+    """Poll the registry every ``reload_poll_s``; reload at once when promotion signals.
+
+    Each poll also reads the keys' pins, so a version a new key pins is loaded
+    before its first request (and one no key pins any more is let go).
+    """
     poll = settings.serving.reload_poll_s
     next_poll = {n: time.monotonic() + poll for n in holder.names}
     marks = {n: signals.marker_mtime(settings, n) for n in holder.names}
+    await asyncio.to_thread(sync_pins, holder, settings)
     while True:
         await asyncio.sleep(tick_s)
         now = time.monotonic()
+        polled = False
         for name in holder.names:
             mark = signals.marker_mtime(settings, name)
             if mark != marks[name] or now >= next_poll[name]:
                 marks[name] = mark
                 next_poll[name] = now + poll
                 await asyncio.to_thread(holder.refresh, name)
+                polled = True
+        if polled:
+            await asyncio.to_thread(sync_pins, holder, settings)

@@ -1,10 +1,17 @@
-"""Pure ASGI middleware: request id, body limit, timing, audit, metrics.
+"""Pure ASGI middleware: request id, body limit, end user, timing, audit, metrics.
 
 It wraps every HTTP request, so rejected ones (401, 413, 404, 422...) are
 audited like answered ones. The response start is held until the request's
 audit record is committed by the group-commit writer: a client never sees a
 response the trail does not have. If the audit write fails, the client gets
 503 instead of an unaudited answer.
+
+An application may say whom a request is for with ``X-End-User``: the
+record keeps only its keyed pseudonym (:func:`aipaas.audit.end_user_pseudonym`),
+never the id. A value longer than :data:`END_USER_MAX_BYTES` (UTF-8) or
+holding a control character is refused with 422 before any route runs, and
+that refusal is audited without an end user (and without a key: the key
+is not looked at yet).
 """
 
 from __future__ import annotations
@@ -12,13 +19,20 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from aipaas.audit import AuditRecord, AuditWriter, PredictionRecord, input_hmac
+from aipaas.audit import (
+    AuditRecord,
+    AuditWriter,
+    PredictionRecord,
+    end_user_pseudonym,
+    input_hmac,
+)
 from aipaas.settings import Settings
 from serving.metrics import Metrics, route_label
 
@@ -32,7 +46,12 @@ def _next_id() -> str:
 
 
 # Probes and docs are not client requests; everything else is audited.
-UNAUDITED = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc"})
+UNAUDITED = frozenset(
+    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
+)
+UNAUDITED_PREFIX = "/docs-static/"  # the docs pages' own scripts and styles
+END_USER_HEADER = b"x-end-user"
+END_USER_MAX_BYTES = 128
 
 
 @dataclass(slots=True)
@@ -47,6 +66,28 @@ class RequestContext:
     version: str | None = None
     compute_s: float | None = None
     predictions: list[PredictionRecord] = field(default_factory=list)
+    end_user: str | None = None  # the pseudonym of X-End-User, never the raw id
+    detail: dict[str, Any] | None = None  # goes into the record's ``detail`` (JSON)
+    # Called with the record once it is committed (the Guard sets it: quota counts).
+    on_committed: Callable[[AuditRecord], None] | None = None
+
+
+END_USER_PROBLEM = (
+    f"X-End-User must be 1 to {END_USER_MAX_BYTES} bytes of UTF-8 text without control characters"
+)
+
+
+def end_user_id(value: bytes) -> str | None:
+    """The end-user id an ``X-End-User`` header value carries, or None if it is not acceptable."""
+    if not value or len(value) > END_USER_MAX_BYTES:
+        return None
+    try:
+        text = value.decode()
+    except UnicodeDecodeError:
+        return None
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        return None
+    return text
 
 
 def context(scope: Scope) -> RequestContext:
@@ -65,10 +106,12 @@ class AuditMiddleware:
         self.app = app
         self.writer = writer
         self.metrics = metrics
+        self.metrics_enabled = settings.serving.metrics_enabled
         self.audit_enabled = settings.serving.audit_enabled
         self.max_body = settings.serving.max_body_bytes
         self.price = settings.serving.cost_per_compute_second
         self.hmac_key = settings.audit.hmac_key.get_secret_value().encode()
+        self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,7 +135,9 @@ class AuditMiddleware:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        audited = self.audit_enabled and path not in UNAUDITED
+        audited = (
+            self.audit_enabled and path not in UNAUDITED and not path.startswith(UNAUDITED_PREFIX)
+        )
         state = {"started": False, "swallow": False}
 
         async def send_wrapper(message: Message) -> None:
@@ -115,6 +160,10 @@ class AuditMiddleware:
             detail = orjson.dumps({"detail": f"request body exceeds {self.max_body} bytes"})
             await _send_plain(send_wrapper, 413, detail)
             return
+        problem = self._end_user(scope, ctx)
+        if problem is not None:
+            await _send_plain(send_wrapper, 422, orjson.dumps({"detail": problem}))
+            return
         try:
             await self.app(scope, replay, send_wrapper)
         except Exception:
@@ -123,6 +172,17 @@ class AuditMiddleware:
                 # sends the 500, the trail still gets its record.
                 await self._finish(ctx, scope, 500, t0, body, audited)
             raise
+
+    def _end_user(self, scope: Scope, ctx: RequestContext) -> str | None:
+        """Set ``ctx.end_user`` from ``X-End-User``; what is wrong with the value, if anything."""
+        for name, value in scope.get("headers", ()):
+            if name == END_USER_HEADER:
+                text = end_user_id(value)
+                if text is None:
+                    return END_USER_PROBLEM
+                ctx.end_user = end_user_pseudonym(self.settings, text)
+                return None
+        return None
 
     async def _read_body(self, scope: Scope, receive: Receive) -> tuple[bytes, bool]:
         for name, value in scope.get("headers", ()):
@@ -154,10 +214,14 @@ class AuditMiddleware:
         """Audit (and wait for the commit) and count; False if the audit write failed."""
         latency = time.perf_counter() - t0
         path: str = scope["path"]
-        self.metrics.observe(route_label(scope), ctx.model, ctx.version, status, latency)
+        if self.metrics_enabled:
+            self.metrics.observe(route_label(scope), ctx.model, ctx.version, status, latency)
+        cost = (ctx.compute_s or 0.0) * self.price
         if not audited:
             if ctx.predictions:  # still joinable by /feedback, without waiting
                 self.writer.submit(None, ctx.predictions)
+            if ctx.on_committed is not None:  # not in the trail (seq 0): counted in memory
+                ctx.on_committed(AuditRecord(key_id=ctx.key_id, status=status, cost=cost))
             return True
         record = AuditRecord(
             request_id=ctx.request_id,
@@ -170,12 +234,18 @@ class AuditMiddleware:
             status=status,
             latency_ms=latency * 1000.0,
             compute_s=ctx.compute_s,
-            cost=(ctx.compute_s or 0.0) * self.price,
+            cost=cost,
+            end_user=ctx.end_user,
+            detail=orjson.dumps(ctx.detail, option=orjson.OPT_SORT_KEYS).decode()
+            if ctx.detail
+            else None,
         )
         try:
             await self.writer.submit_async(record, ctx.predictions)
         except Exception:  # noqa: BLE001 - the writer logged it; the client gets 503
             return False
+        if ctx.on_committed is not None:
+            ctx.on_committed(record)
         return True
 
 

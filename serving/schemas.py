@@ -89,9 +89,32 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
+    """Whether the default model answers; per served model, the loaded version.
+
+    ``refused`` names the models whose ``champion`` points at a version serving
+    refuses to load (no valid promotion record), and why; the version loaded
+    before, if any, keeps serving.
+    """
+
     ready: bool
     models: dict[str, str | None]
     error: str | None = None
+    refused: dict[str, str] = Field(default_factory=dict)
+
+
+class ErrorOut(BaseModel):
+    """Why a request was refused or failed, in words a person can act on."""
+
+    detail: str
+
+
+class QuotaExceededOut(ErrorOut):
+    """A 429 for a quota or budget: which limit, what was counted, and when it resets."""
+
+    quota: str = Field(description='As configured: "10000/day", "50/month".')
+    kind: str = Field(description='"requests" (a quota) or "cost" (a budget).')
+    used: float = Field(description="Requests or cost counted in the current period.")
+    resets_at: str = Field(description="ISO 8601 UTC start of the next period.")
 
 
 class UsageOut(BaseModel):
@@ -107,3 +130,15 @@ class UsageOut(BaseModel):
 
 class ReloadOut(BaseModel):
     outcomes: dict[str, str]
+
+
+class RollbackOut(BaseModel):
+    """A rollback on record: who, when, from which version to which."""
+
+    model: str
+    version: str  # the champion now
+    previous: str | None  # the champion before
+    decided_by: str
+    at: str
+    signature: str | None
+    serving: str  # what this process did: swapped, unchanged, refused, ...

@@ -4,6 +4,7 @@ import dataclasses
 import sqlite3
 
 import pytest
+from pydantic import SecretStr
 
 from aipaas import audit, db
 from aipaas.exceptions import AuditIntegrityError
@@ -175,3 +176,29 @@ def test_prediction_records_are_the_predictions_table(settings):
     stored = conn.execute("SELECT request_id, row, input FROM predictions ORDER BY 1, 2").fetchall()
     conn.close()
     assert stored == [("r", 0, '{"a":1.5}'), ("r", 1, '{"a":-1.0}'), ("s", 0, None), ("s", 1, None)]
+
+
+def test_query_by_end_user_hashes_the_raw_id_with_the_audit_key(settings):
+    alice = audit.end_user_pseudonym(settings, "alice@example.com")
+    writer = audit.AuditWriter(settings, commit_window_ms=0)
+    for rid, user in [
+        ("a1", alice),
+        ("b1", audit.end_user_pseudonym(settings, "bob")),
+        ("n", None),
+    ]:
+        writer.submit(audit.AuditRecord(request_id=rid, key_id="k1", end_user=user)).result(10)
+    writer.submit(audit.AuditRecord(request_id="a2", key_id="k2", end_user=alice)).result(10)
+    writer.close()
+    mine = audit.query(settings, end_user="alice@example.com", newest_first=False)
+    assert [(r["request_id"], r["end_user"]) for r in mine] == [("a1", alice), ("a2", alice)]
+    assert [
+        r["request_id"] for r in audit.query(settings, end_user="alice@example.com", key_id="k2")
+    ] == ["a2"]
+    assert audit.query(settings, end_user="carol") == []
+    stored = b"".join(p.read_bytes() for p in settings.home.glob("platform.db*"))  # and the WAL
+    assert alice.encode() in stored and b"alice@example.com" not in stored
+    other = settings.model_copy(
+        update={"audit": settings.audit.model_copy(update={"hmac_key": SecretStr("another")})}
+    )
+    assert audit.end_user_pseudonym(other, "alice@example.com") != alice  # keyed
+    assert audit.verify(settings).ok

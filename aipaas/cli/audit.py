@@ -16,9 +16,11 @@ def _line(r: dict[str, Any]) -> str:
         what = f"{r['event']} {r['model'] or ''}{' v' + r['version'] if r['version'] else ''}"
         return f"{r['seq']:>7} {r['ts']} admin  {what} {r['detail'] or ''}"
     mv = f"{r['model']} v{r['version']}" if r["version"] else (r["model"] or "-")
+    user = f" user={r['end_user'][:12]}" if r.get("end_user") else ""
+    note = f" {r['detail']}" if r.get("detail") else ""
     return (
         f"{r['seq']:>7} {r['ts']} {r['status']:>3} {r['route']:22} key={r['key_id'] or '-':13} "
-        f"{mv:18} {r['latency_ms'] or 0:8.2f}ms req={r['request_id']}"
+        f"{mv:18} {r['latency_ms'] or 0:8.2f}ms req={r['request_id']}{user}{note}"
     )
 
 
@@ -58,14 +60,24 @@ def query_cmd(
     key: Annotated[str | None, typer.Option(help="Key id.")] = None,
     since: Annotated[datetime | None, typer.Option(help="From (UTC, inclusive).")] = None,
     until: Annotated[datetime | None, typer.Option(help="To (UTC, exclusive).")] = None,
+    end_user: Annotated[
+        str | None,
+        typer.Option("--end-user", help="End user id as sent in X-End-User (hashed to match)."),
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many records.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
-    """Records by key and time range, oldest first."""
+    """Records by key, end user and time range, oldest first."""
     from aipaas import audit
 
     rows = audit.query(
-        settings(), key_id=key, since=since, until=until, limit=limit, newest_first=False
+        settings(),
+        key_id=key,
+        since=since,
+        until=until,
+        end_user=end_user,
+        limit=limit,
+        newest_first=False,
     )
     for r in rows:
         typer.echo(json.dumps(r) if as_json else _line(r))

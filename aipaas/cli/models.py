@@ -50,14 +50,15 @@ def list_cmd(as_json: JsonOpt = False) -> None:
 
 @models_app.command("show")
 def show_cmd(model: ModelArg, as_json: JsonOpt = False) -> None:
-    """Versions, aliases, gate results, data versions and the promotion history of a model."""
+    """Versions, aliases, gates, data versions and history; whether serving refuses the champion."""
     status = promote.model_status(settings(), model)
     if as_json:
         typer.echo(json.dumps(status.to_dict(), indent=2, default=str))
         return
     aliases = ", ".join(f"{a}=v{v}" for a, v in status.aliases.items()) or "none"
-    typer.echo(f"model {model}   aliases: {aliases}\n")
-    typer.echo(f"{'ver':>4}  {'aliases':<28} {'status':<12} {'suite':<6} {'data':<14} created")
+    typer.echo(f"model {model}   aliases: {aliases}")
+    _echo_champion(status)
+    typer.echo(f"\n{'ver':>4}  {'aliases':<28} {'status':<12} {'suite':<6} {'data':<14} created")
     for v in status.versions:
         typer.echo(
             f"{v.version:>4}  {','.join(v.aliases) or '-':<28} {v.status or '-':<12} "
@@ -69,13 +70,30 @@ def show_cmd(model: ModelArg, as_json: JsonOpt = False) -> None:
     if latest:
         typer.echo(f"\ngates of v{latest.version} ({latest.status}, {latest.decided_by}):")
         typer.echo(format_gates(latest.gates))
-    if status.history:
-        typer.echo("\nhistory:")
-        for h in status.history:
-            typer.echo(
-                f"  {h.at}  {h.action:<8} v{h.version:<4} {h.result:<12} by {h.decided_by}"
-                + (f", approved by {h.approved_by}" if h.approved_by else "")
-            )
+    _echo_history(status)
+
+
+def _echo_champion(status: promote.ModelStatus) -> None:
+    """Whether serving takes the champion, checked as serving checks it, and if not why."""
+    champion = status.aliases.get(tags.CHAMPION)
+    if status.champion_refused:
+        typer.secho(
+            f"serving REFUSES champion v{champion}: {status.champion_refused}",
+            fg=typer.colors.RED,
+        )
+    elif champion:
+        typer.echo(f"champion v{champion} serves: its signed promotion record is the latest")
+
+
+def _echo_history(status: promote.ModelStatus) -> None:
+    if not status.history:
+        return
+    typer.echo("\nhistory (from the audit trail):")
+    for h in status.history:
+        typer.echo(
+            f"  {h.at}  {h.action:<8} v{h.version:<4} {h.result:<12} by {h.decided_by}"
+            + (f", approved by {h.approved_by}" if h.approved_by else "")
+        )
 
 
 @models_app.command("lineage")

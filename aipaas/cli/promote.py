@@ -1,4 +1,8 @@
-"""``aipaas promote``, ``aipaas rollback``: the decision, in this process (no Prefect needed)."""
+"""``aipaas promote``, ``aipaas rollback``: the decision, in this process (no Prefect needed).
+
+Who acted is the OS user (``alice (cli)``); the decision is signed, tagged on
+the version and appended to the audit trail before the alias moves.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from aipaas.cli._app import app, settings
 from aipaas.modeldef import load_definition
 from aipaas.training import promote
 from aipaas.training.gates import Approval, format_gates
+from aipaas.training.promotion_log import PromotionRecord
 
 ModelArg = Annotated[str, typer.Argument(help="Model name: a definition in models/.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
@@ -49,6 +54,11 @@ def promote_cmd(
         f"promoted {model} v{record.version} to champion (previous: {before})",
         fg=typer.colors.GREEN,
     )
+    typer.echo(f"signed by {record.decided_by}; on the audit trail (sig {_short(record)})")
+
+
+def _short(record: PromotionRecord) -> str:
+    return (record.signature or "-")[:12]
 
 
 @app.command("rollback")
@@ -63,3 +73,4 @@ def rollback_cmd(model: ModelArg, as_json: JsonOpt = False) -> None:
         f"(was v{record.champion_before})",
         fg=typer.colors.YELLOW,
     )
+    typer.echo(f"signed by {record.decided_by}; on the audit trail (sig {_short(record)})")

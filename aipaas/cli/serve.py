@@ -20,10 +20,15 @@ def serve_cmd(
     One process, one worker: the model runs on one thread, and the audit
     writer, key cache and rate limits live in this process. Scale out with
     replicas behind a load balancer and the platform DB on PostgreSQL.
+    With ``serving.tls_certfile`` and ``serving.tls_keyfile`` it serves HTTPS
+    only (checked first: both or neither, files that load).
     """
     import uvicorn
 
+    from aipaas.ops.up import serving_tls
+
     s = settings()
+    tls = serving_tls(s)
     uvicorn.run(
         "serving.app:create_app",
         factory=True,
@@ -32,6 +37,8 @@ def serve_cmd(
         workers=1,
         log_level=log_level,
         access_log=False,  # the audit trail is the access log
+        ssl_certfile=str(tls[0]) if tls else None,
+        ssl_keyfile=str(tls[1]) if tls else None,
     )
 
 

@@ -10,7 +10,7 @@ from aipaas.cli._app import app, settings
 from aipaas.modeldef import list_definitions
 from aipaas.ops import up
 from aipaas.settings import Settings
-from aipaas.training import registry, tags
+from aipaas.training import promote, registry, tags
 
 
 @app.command("up")
@@ -63,7 +63,9 @@ def start_missing_lifecycles(s: Settings) -> None:
             continue
         champion = registry.get_alias(model, tags.CHAMPION)
         if champion is not None:
-            typer.echo(f"  {model}: champion is v{champion.version}")
+            refusal = promote.serving_refusal(s, champion)
+            note = f"; serving REFUSES it: {refusal}" if refusal else ""
+            typer.echo(f"  {model}: champion is v{champion.version}{note}")
             continue
         flow_run = run_deployment_at(
             s.prefect_api_url, "lifecycle/lifecycle", {"model": model}, tags=(*TAGS, "up")

@@ -1,4 +1,4 @@
-"""Per-client API keys: created from the CLI, stored hashed, scoped, revocable.
+"""Per-client API keys: created from the CLI, stored hashed, scoped, revocable, rotatable.
 
 A key reads ``aip_<id>_<secret>``: the public ``id`` finds the row (and is
 what the audit trail and usage name), the secret is only ever shown once.
@@ -8,6 +8,18 @@ Comparison is constant-time.
 
 Scopes: ``predict`` (every model) or ``predict:<model>``, ``feedback``
 (or ``feedback:<model>``), and ``admin`` (usage, admin routes; implies all).
+
+A key may also carry *pins* (``{"diagnosis": "3"}``: its requests are
+answered by that version instead of the champion; only a version with a
+valid signed promotion record may be pinned, checked when the key is
+created), a *quota* of requests per period (``"10000/day"``) and a *budget*
+of cost per period (``"50/month"``), enforced by
+:class:`aipaas.inference.quotas.Quotas`.
+
+Rotation gives a key a new secret under the same id; the previous secret
+keeps working until the grace period ends (one previous secret at a time),
+so clients can switch without downtime. Serving trusts a looked-up row for
+``KeyStore.ttl_s``: a rotation, like a revocation, takes effect within it.
 
 A refusal is an exception from :mod:`aipaas.exceptions`: who is calling is
 not established (:class:`KeyRejectedError`), the key lacks the scope
@@ -25,8 +37,9 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from functools import lru_cache
 
@@ -36,16 +49,29 @@ from aipaas import audit, db
 from aipaas.exceptions import (
     ConfigurationError,
     KeyRejectedError,
+    ModelNotFoundError,
     RateLimitedError,
+    RegistryUnavailableError,
+    RetiredSecretError,
     ScopeDeniedError,
+    UnsignedVersionError,
 )
+from aipaas.inference.quotas import parse_budget, parse_quota
 from aipaas.settings import Settings
+from aipaas.training import attestation
 
 PREFIX = "aip"
 KNOWN_SCOPES = ("predict", "feedback", "admin")
 _KEY_RE = re.compile(rf"^{PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_\-]{{20,}})$")
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+_PIN_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.\-]*)\s*=\s*(\d+)\s*$")
+_GRACE_RE = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
+_GRACE_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_NO_HASH = "0" * 64  # compared against when there is no hash, so timing tells nothing
+
+# (model, version) -> that registry version's tags; the seam pins are checked through.
+VersionTags = Callable[[str, str], Mapping[str, str]]
 
 
 @dataclass(frozen=True)
@@ -61,6 +87,11 @@ class ApiKey:
     pins: dict[str, str] = field(default_factory=dict)
     quota: str | None = None  # "10000/day"
     budget: str | None = None  # "50/month"
+    # After a rotation: until when the previous secret is still accepted.
+    prev_valid_until: str | None = None
+    # True on the key :meth:`KeyStore.authenticate` returns for a caller that
+    # used the previous secret (within its grace period).
+    previous_secret: bool = False
 
     @property
     def active(self) -> bool:
@@ -69,6 +100,11 @@ class ApiKey:
     @property
     def expired(self) -> bool:
         return self.expires_at is not None and self.expires_at <= _now_iso()
+
+    @property
+    def limited(self) -> bool:
+        """Whether the key has a quota or a budget to count."""
+        return self.quota is not None or self.budget is not None
 
     def allows(self, scope: str, model: str | None = None) -> bool:
         """Whether this key may use ``scope`` (on ``model``, for model routes)."""
@@ -89,12 +125,30 @@ class ApiKey:
             raise ScopeDeniedError(f"API key {self.id} lacks scope {scope!r}{target}")
 
 
+@dataclass(frozen=True)
+class Rotation:
+    """A rotated key: its new secret (shown once) and when the previous one stops working."""
+
+    key: ApiKey
+    plaintext: str
+    grace: str
+    previous_valid_until: str
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
 def _now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
+
+
+def _new_plaintext(key_id: str) -> str:
+    return f"{PREFIX}_{key_id}_{secrets.token_urlsafe(24)}"
 
 
 @lru_cache(maxsize=256)
@@ -143,6 +197,85 @@ def parse_expiry(expires: str | None) -> str | None:
     return when.isoformat(timespec="microseconds")
 
 
+def parse_pins(pins: Mapping[str, str | int] | Iterable[str] | None) -> dict[str, str]:
+    """``{"diagnosis": 3}`` or ``["diagnosis=3"]`` (the CLI's ``--pin``) -> ``{"diagnosis": "3"}``.
+
+    Raises:
+        ConfigurationError: not ``model=version`` with a numeric version, or a model twice.
+    """
+    if not pins:
+        return {}
+    items = (
+        [f"{m}={v}" for m, v in pins.items()]
+        if isinstance(pins, Mapping)
+        else [str(p) for p in pins]
+    )
+    out: dict[str, str] = {}
+    for item in items:
+        m = _PIN_RE.match(item)
+        if not m:
+            raise ConfigurationError(
+                f"pin {item!r} is not like 'diagnosis=3' (a model and a registry version number)"
+            )
+        model, version = m.group(1), str(int(m.group(2)))
+        if model in out:
+            raise ConfigurationError(
+                f"model {model!r} is pinned twice ({out[model]} and {version})"
+            )
+        out[model] = version
+    return out
+
+
+def parse_grace(grace: str) -> timedelta:
+    """``"1h"``, ``"30m"``, ``"2d"``, ``"90s"`` -> the grace period of a rotation."""
+    m = _GRACE_RE.match(grace or "")
+    if not m:
+        raise ConfigurationError(f"grace {grace!r} is not like '1h', '30m', '2d' or '0s'")
+    return timedelta(seconds=int(m.group(1)) * _GRACE_UNIT[m.group(2)])
+
+
+def _registry_tags(settings: Settings) -> VersionTags:
+    """Reads a version's tags from the MLflow registry (connected once, here)."""
+    from aipaas.training import registry
+
+    registry.connect(settings)
+    return lambda model, version: registry.get_version(model, version).tags
+
+
+def check_pins(
+    settings: Settings, pins: Mapping[str, str], version_tags: VersionTags | None = None
+) -> None:
+    """Refuse pins on versions that were never promoted: only a signed promotion record counts.
+
+    Args:
+        version_tags: where a version's tags come from (default: the MLflow registry).
+
+    Raises:
+        UnsignedVersionError: the version has no valid promotion record.
+        ModelNotFoundError: the registry has no such model version.
+        RegistryUnavailableError: the registry did not answer, so nothing can be checked.
+    """
+    if not pins:
+        return
+    listed = ", ".join(f"{m}={v}" for m, v in pins.items())
+    try:
+        lookup = version_tags or _registry_tags(settings)
+    except RegistryUnavailableError as err:
+        raise RegistryUnavailableError(f"cannot check the pins {listed}: {err}") from err
+    for model, version in pins.items():
+        where = f"cannot pin {model}={version}"
+        try:
+            attestation.verify(settings, model, version, lookup(model, version))
+        except UnsignedVersionError as err:
+            raise UnsignedVersionError(
+                f"{where}: only a version that was promoted at some time may be pinned; {err}"
+            ) from err
+        except ModelNotFoundError as err:
+            raise ModelNotFoundError(f"{where}: {err}") from err
+        except RegistryUnavailableError as err:
+            raise RegistryUnavailableError(f"{where}: {err}") from err
+
+
 def _row(r: object) -> ApiKey:
     return ApiKey(
         id=r.id,  # type: ignore[attr-defined]
@@ -155,6 +288,41 @@ def _row(r: object) -> ApiKey:
         pins=json.loads(r.pins) if r.pins else {},  # type: ignore[attr-defined]
         quota=r.quota,  # type: ignore[attr-defined]
         budget=r.budget,  # type: ignore[attr-defined]
+        prev_valid_until=r.prev_valid_until,  # type: ignore[attr-defined]
+    )
+
+
+def _new_record(
+    name: str,
+    scopes: str | list[str],
+    *,
+    rate: str | None,
+    expires: str | None,
+    pins: Mapping[str, str | int] | Iterable[str] | None,
+    quota: str | None,
+    budget: str | None,
+) -> ApiKey:
+    """A new key's record, every field validated (nothing stored yet)."""
+    if not name.strip():
+        raise ConfigurationError("a key needs a --name naming its client")
+    scope_t = parse_scopes(scopes)
+    if rate is not None:
+        parse_rate(rate)
+    if quota is not None:
+        parse_quota(quota)
+    if budget is not None:
+        parse_budget(budget)
+    return ApiKey(
+        id=secrets.token_hex(6),
+        name=name.strip(),
+        scopes=scope_t,
+        rate=rate,
+        created_at=_now_iso(),
+        expires_at=parse_expiry(expires),
+        revoked_at=None,
+        pins=parse_pins(pins),
+        quota=quota.strip() if quota else None,
+        budget=budget.strip() if budget else None,
     )
 
 
@@ -165,24 +333,22 @@ def create_key(
     *,
     rate: str | None = None,
     expires: str | None = None,
+    pins: Mapping[str, str | int] | Iterable[str] | None = None,
+    quota: str | None = None,
+    budget: str | None = None,
+    version_tags: VersionTags | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key (audited); returns its record and the plaintext key, never stored."""
-    if not name.strip():
-        raise ConfigurationError("a key needs a --name naming its client")
-    scope_t = parse_scopes(scopes)
-    if rate is not None:
-        parse_rate(rate)
-    key_id = secrets.token_hex(6)
-    plaintext = f"{PREFIX}_{key_id}_{secrets.token_urlsafe(24)}"
-    record = ApiKey(
-        id=key_id,
-        name=name.strip(),
-        scopes=scope_t,
-        rate=rate,
-        created_at=_now_iso(),
-        expires_at=parse_expiry(expires),
-        revoked_at=None,
+    """Create a key (audited); returns its record and the plaintext key, never stored.
+
+    Everything is checked before anything is written: a malformed field, or a
+    pin on a version that was never promoted (see :func:`check_pins`), leaves
+    no key behind.
+    """
+    record = _new_record(
+        name, scopes, rate=rate, expires=expires, pins=pins, quota=quota, budget=budget
     )
+    check_pins(settings, record.pins, version_tags)
+    plaintext = _new_plaintext(record.id)
     with db.engine(settings).begin() as conn:
         conn.execute(
             db.api_keys.insert().values(
@@ -193,6 +359,9 @@ def create_key(
                 rate=record.rate,
                 created_at=record.created_at,
                 expires_at=record.expires_at,
+                pins=json.dumps(record.pins, sort_keys=True) if record.pins else None,
+                quota=record.quota,
+                budget=record.budget,
             )
         )
     audit.append_event(
@@ -203,6 +372,9 @@ def create_key(
             "scopes": list(record.scopes),
             "rate": record.rate,
             "expires_at": record.expires_at,
+            "pins": record.pins,
+            "quota": record.quota,
+            "budget": record.budget,
         },
         key_id=record.id,
         owner=record.name,
@@ -222,6 +394,11 @@ def get_key(settings: Settings, key_id: str) -> ApiKey | None:
     return _row(r) if r is not None else None
 
 
+def _unknown(settings: Settings, key_id: str) -> ConfigurationError:
+    known = ", ".join(k.id for k in list_keys(settings)) or "none"
+    return ConfigurationError(f"no key with id {key_id!r} (known: {known})")
+
+
 def revoke_key(settings: Settings, key_id: str) -> ApiKey:
     """Revoke a key; serving refuses it within :data:`KeyStore` ``ttl_s``."""
     with db.engine(settings).begin() as conn:
@@ -232,8 +409,7 @@ def revoke_key(settings: Settings, key_id: str) -> ApiKey:
         )
     key = get_key(settings, key_id)
     if key is None:
-        known = ", ".join(k.id for k in list_keys(settings)) or "none"
-        raise ConfigurationError(f"no key with id {key_id!r} (known: {known})")
+        raise _unknown(settings, key_id)
     if res.rowcount == 0 and key.revoked_at is None:  # pragma: no cover - race
         raise ConfigurationError(f"key {key_id} could not be revoked")
     if res.rowcount:
@@ -243,33 +419,95 @@ def revoke_key(settings: Settings, key_id: str) -> ApiKey:
     return key
 
 
+def rotate_key(
+    settings: Settings, key_id: str, grace: str = "1h", *, now: datetime | None = None
+) -> Rotation:
+    """Give a key a new secret; the current one keeps working for ``grace`` (audited).
+
+    A secret replaced by an earlier rotation stops at once: a key has at most
+    one previous secret. The ``key.rotated`` record names the grace deadline.
+
+    Raises:
+        ConfigurationError: unknown, revoked or expired key, or a malformed ``grace``.
+    """
+    span = parse_grace(grace)
+    key = get_key(settings, key_id)
+    if key is None:
+        raise _unknown(settings, key_id)
+    if key.revoked_at is not None:
+        raise ConfigurationError(f"key {key_id} was revoked at {key.revoked_at}; create a new key")
+    if key.expired:
+        raise ConfigurationError(f"key {key_id} expired at {key.expires_at}; create a new key")
+    until = audit.iso_utc((now or _utcnow()) + span)
+    plaintext = _new_plaintext(key_id)
+    t = db.api_keys
+    with db.engine(settings).begin() as conn:
+        current = conn.execute(select(t.c.key_hash).where(t.c.id == key_id)).scalar_one()
+        conn.execute(
+            update(t)
+            .where(t.c.id == key_id, t.c.key_hash == current)
+            .values(key_hash=_hash(plaintext), prev_key_hash=current, prev_valid_until=until)
+        )
+    audit.append_event(
+        settings,
+        "key.rotated",
+        {"name": key.name, "grace": grace.strip(), "previous_secret_valid_until": until},
+        key_id=key.id,
+        owner=key.name,
+    )
+    return Rotation(
+        key=replace(key, prev_valid_until=until),
+        plaintext=plaintext,
+        grace=grace.strip(),
+        previous_valid_until=until,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """A cached lookup: when, the hashes of the current and previous secrets, the key."""
+
+    at: float
+    key_hash: str | None
+    prev_hash: str | None
+    key: ApiKey | None
+
+
 class KeyStore:
     """Authenticates bearer tokens for serving, with a short cache.
 
-    The cache keeps the database off the request path; a revocation made by
-    another process (the CLI) takes effect within ``ttl_s``.
+    The cache keeps the database off the request path; a revocation or a
+    rotation made by another process (the CLI) takes effect within ``ttl_s``.
+    A previous secret's grace deadline is checked on every request against
+    ``clock`` (injectable for tests), so it ends on time.
     """
 
-    def __init__(self, settings: Settings, ttl_s: float = 2.0) -> None:
+    def __init__(
+        self, settings: Settings, ttl_s: float = 2.0, *, clock: Callable[[], datetime] = _utcnow
+    ) -> None:
         self._settings = settings
         self._ttl = ttl_s
-        self._cache: dict[str, tuple[float, str, ApiKey] | tuple[float, None, None]] = {}
+        self._clock = clock
+        self._cache: dict[str, _Entry] = {}
         self._lock = threading.Lock()
 
-    def _lookup(self, key_id: str) -> tuple[str | None, ApiKey | None]:
+    def _lookup(self, key_id: str) -> _Entry:
         now = time.monotonic()
         hit = self._cache.get(key_id)
-        if hit is not None and now - hit[0] < self._ttl:
-            return hit[1], hit[2]
+        if hit is not None and now - hit.at < self._ttl:
+            return hit
         with db.engine(self._settings).connect() as conn:
             r = conn.execute(select(db.api_keys).where(db.api_keys.c.id == key_id)).first()
-        entry: tuple[float, str, ApiKey] | tuple[float, None, None]
-        entry = (now, r.key_hash, _row(r)) if r is not None else (now, None, None)
+        entry = (
+            _Entry(now, r.key_hash, r.prev_key_hash, _row(r))
+            if r is not None
+            else _Entry(now, None, None, None)
+        )
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
             self._cache[key_id] = entry
-        return entry[1], entry[2]
+        return entry
 
     @staticmethod
     def _parse(authorization: str | None) -> tuple[str, str]:
@@ -284,25 +522,32 @@ class KeyStore:
             raise KeyRejectedError("malformed API key")
         return token, m.group(1)
 
-    @staticmethod
-    def _check(token: str, key_hash: str | None, key: ApiKey | None) -> ApiKey:
+    def _check(self, token: str, entry: _Entry) -> ApiKey:
         given = _hash(token)
-        # Compare even when the id is unknown, so timing does not tell ids apart.
-        if not hmac.compare_digest(given, key_hash or "0" * 64) or key is None:
+        # Compare both, even when the id is unknown, so timing does not tell ids apart.
+        current = hmac.compare_digest(given, entry.key_hash or _NO_HASH)
+        previous = hmac.compare_digest(given, entry.prev_hash or _NO_HASH)
+        key = entry.key
+        if not (current or previous) or key is None:
             raise KeyRejectedError("unknown API key")
         if key.revoked_at is not None:
             raise KeyRejectedError(f"API key {key.id} was revoked")
         if key.expired:
             raise KeyRejectedError(f"API key {key.id} expired at {key.expires_at}")
-        return key
+        if current:
+            return key
+        ends = key.prev_valid_until
+        if ends is None or audit.iso_utc(self._clock()) >= ends:
+            raise RetiredSecretError(key.id, ends)
+        return replace(key, previous_secret=True)
 
     def authenticate_cached(self, authorization: str | None) -> ApiKey | None:
         """Like :meth:`authenticate` from the cache only; None when it must ask the database."""
         token, key_id = self._parse(authorization)
         hit = self._cache.get(key_id)
-        if hit is None or time.monotonic() - hit[0] >= self._ttl:
+        if hit is None or time.monotonic() - hit.at >= self._ttl:
             return None
-        return self._check(token, hit[1], hit[2])
+        return self._check(token, hit)
 
     def authenticate(self, authorization: str | None) -> ApiKey:
         """The key behind an ``Authorization: Bearer`` header.
@@ -310,10 +555,10 @@ class KeyStore:
         Raises:
             KeyRejectedError: the header is missing or malformed, or the key is
                 unknown, revoked or expired.
+            RetiredSecretError: the key's previous secret, past its grace period.
         """
         token, key_id = self._parse(authorization)
-        key_hash, key = self._lookup(key_id)
-        return self._check(token, key_hash, key)
+        return self._check(token, self._lookup(key_id))
 
 
 class RateLimiter:

@@ -9,6 +9,10 @@ straight to its booster with one thread, a scikit-learn model to
 Any other flavour goes through pyfunc. Its MLflow signature becomes
 :class:`FieldSpec` s, from which serving generates its request schema.
 
+Serving asks :func:`load_model` to check a version's signed promotion record
+before it loads anything (``require``): the champion must be the one the
+audit chain recorded last, a pinned version must have been promoted once.
+
 What serving needs of the model definition comes from the version's tags,
 written at training time (:class:`VersionMeta`), so a serving host needs the
 registry, not the ``models/`` folder. No MLflow type leaves this module.
@@ -26,9 +30,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from aipaas.exceptions import AipaasError, ConfigurationError, RegistryUnavailableError
+from aipaas.exceptions import (
+    AipaasError,
+    ConfigurationError,
+    RegistryUnavailableError,
+    UnsignedVersionError,
+)
 from aipaas.settings import Settings
-from aipaas.training import registry, tags
+from aipaas.training import attestation, registry, tags
 
 log = logging.getLogger(__name__)
 
@@ -219,10 +228,23 @@ def _build(model: Any, flavor: str, fields: tuple[FieldSpec, ...]) -> tuple[Call
     return _plain_predict(model.predict, frame), None
 
 
-def load_model(settings: Settings, name: str, version: str) -> LoadedModel:
+# What a version must prove before it is loaded: that it is the champion on
+# record (the alias's version), or that it was promoted at some time (a pin).
+Require = Literal["champion", "promoted"]
+
+
+def load_model(
+    settings: Settings, name: str, version: str, *, require: Require | None = None
+) -> LoadedModel:
     """Load ``models:/<name>/<version>`` through its native flavour, warmed.
 
+    ``require`` checks the version's signed promotion record *before*
+    anything is loaded: ``"champion"`` as serving's champion
+    (:func:`aipaas.training.attestation.verify_current`), ``"promoted"`` for
+    a version addressed explicitly (:func:`aipaas.training.attestation.verify`).
+
     Raises:
+        UnsignedVersionError: ``require`` was given and the version may not serve.
         ModelNotFoundError: the version does not exist or cannot be loaded.
         RegistryUnavailableError: the tracking server did not answer.
         ConfigurationError: the model has no usable signature.
@@ -230,6 +252,15 @@ def load_model(settings: Settings, name: str, version: str) -> LoadedModel:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     registry.connect(settings, check=False)
     info = _call(lambda: registry.get_version(name, version))
+    if require == "champion":
+        attestation.verify_current(settings, name, info.version, info.tags)
+    elif require == "promoted":
+        try:
+            attestation.verify(settings, name, info.version, info.tags)
+        except UnsignedVersionError as err:
+            raise UnsignedVersionError(
+                f"only a version that was promoted at some time can be asked for; {err}"
+            ) from err
     flavor, model = registry.load_native(info.uri)
     fields = fields_from_signature(_call(lambda: _signature(info.uri)))
     predict, classes = _build(model, flavor, fields)

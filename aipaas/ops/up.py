@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import ipaddress
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -52,6 +55,7 @@ class Service:
     description: str
     url: str | None = None  # what a person opens; printed
     health_url: str | None = None  # answers 200 when ready
+    ca_file: Path | None = None  # an https health URL's certificate is verified against it
     host: str = "127.0.0.1"
     port: int | None = None  # must be free before starting
     port_setting: str = ""  # the setting that moves it, for the error message
@@ -181,19 +185,71 @@ def runner_service(settings: Settings) -> Service:
 
 
 def serving_service(settings: Settings, argv: list[str]) -> Service:
-    """The inference API (stage 1: loads champions from the registry)."""
+    """The inference API (stage 1: loads champions from the registry); HTTPS when TLS is set.
+
+    With ``serving.tls_certfile`` and ``tls_keyfile``, the child gets them in
+    its environment and the readiness probe uses https, verified against
+    that certificate (see :func:`http_ok`).
+    """
     host, port = settings.serving.host, settings.serving.port
+    tls = serving_tls(settings)
+    scheme = "https" if tls else "http"
+    env: dict[str, str] = {}
+    if tls is not None:
+        env = {
+            "AIPAAS_SERVING__TLS_CERTFILE": str(tls[0]),
+            "AIPAAS_SERVING__TLS_KEYFILE": str(tls[1]),
+        }
     return Service(
         name="serving",
         argv=argv,
         description="inference API (POST /predict, /docs)",
-        url=f"http://{host}:{port}/docs",
-        health_url=f"http://{host}:{port}/healthz",
+        url=f"{scheme}://{host}:{port}/docs",
+        health_url=f"{scheme}://{host}:{port}/healthz",
+        ca_file=tls[0] if tls else None,
         host=host,
         port=port,
         port_setting="AIPAAS_SERVING__PORT",
         stage=1,
+        env=env,
     )
+
+
+def serving_tls(settings: Settings) -> tuple[Path, Path] | None:
+    """The serving certificate chain and key, checked; None when TLS is off.
+
+    Raises:
+        ConfigurationError: only one of the two is set, a file is missing,
+            or they do not load together (not PEM, key and certificate do
+            not match, an encrypted key).
+    """
+    cert, key = settings.serving.tls_certfile, settings.serving.tls_keyfile
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        given, missing = (
+            ("tls_certfile", "tls_keyfile") if key is None else ("tls_keyfile", "tls_certfile")
+        )
+        raise ConfigurationError(
+            f"serving.{given} is set but serving.{missing} is not: set both "
+            f"(AIPAAS_SERVING__TLS_CERTFILE, AIPAAS_SERVING__TLS_KEYFILE) or neither"
+        )
+    for name, path in (("tls_certfile", cert), ("tls_keyfile", key)):
+        if not path.is_file():
+            raise ConfigurationError(f"serving.{name}: no such file {path}")
+    try:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(cert, key, password=_no_password)
+    except (ssl.SSLError, OSError) as err:
+        raise ConfigurationError(
+            f"serving TLS: {cert} and {key} do not load as a PEM certificate chain and its "
+            f"unencrypted private key: {err}"
+        ) from err
+    return cert.resolve(), key.resolve()
+
+
+def _no_password() -> bytes:
+    raise ssl.SSLError("the private key is encrypted; give an unencrypted key")
 
 
 def profiler_service(argv: list[str]) -> Service:
@@ -335,7 +391,7 @@ class Supervisor:
             if svc.health_url is None:
                 if time.monotonic() >= deadline:  # no probe: alive long enough
                     return
-            elif http_ok(svc.health_url):
+            elif http_ok(svc.health_url, ca_file=svc.ca_file):
                 return
             elif time.monotonic() >= deadline:
                 raise AipaasError(
@@ -486,12 +542,36 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def http_ok(url: str, timeout: float = 2.0) -> bool:
+def http_ok(url: str, timeout: float = 2.0, *, ca_file: Path | None = None) -> bool:
+    """Whether ``url`` answers 200.
+
+    For an https URL with ``ca_file``, the server's certificate chain must
+    verify against that file: the CA, or the served certificate itself
+    (a partial chain is accepted, so a self-signed or leaf certificate can
+    be given). The host name is checked too, except for a loopback or
+    unspecified address, where the probe reaches the child ``up`` started
+    itself and a certificate for a public name would not match.
+    """
+    context = None
+    if url.startswith("https://"):
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        context.check_hostname = not _local(urllib.parse.urlsplit(url).hostname or "")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def _local(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
 
 
 def tail(path: Path, lines: int = 20) -> str:

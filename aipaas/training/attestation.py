@@ -4,9 +4,13 @@ Anyone who can reach MLflow can move the ``champion`` alias; nobody without the
 platform's audit key can sign. :func:`sign` is called by promotion and
 rollback after the gates decided; the :class:`Attestation` goes on the
 version as the :data:`~aipaas.training.tags.ATTESTATION` tag (and into the
-audit chain). Serving calls :func:`verify` on the version the alias points
-at and refuses it unless the record is signed with the key, names that very
-model and version, and records a promotion (or a rollback to it).
+audit chain). Serving calls :func:`verify_current` on the version the alias points at and
+refuses it unless the record is signed with the key, names that very model
+and version, records a promotion (or a rollback to it), and is the one the
+model's latest decision in the audit chain recorded: a valid but stale
+record (the alias moved back by hand to an old, once-promoted version) is
+refused too. A version addressed explicitly (a key's pin, a request's
+``X-Model-Version``) needs only :func:`verify`: it was promoted at some time.
 
 The signature is an HMAC-SHA256 under ``audit.hmac_key`` over the record's
 canonical JSON: model, version, action, result, who decided and when, who
@@ -24,10 +28,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from aipaas.exceptions import UnsignedVersionError
+from aipaas.exceptions import AuditIntegrityError, UnsignedVersionError
 from aipaas.schemas import GateResult
 from aipaas.settings import Settings
-from aipaas.training import tags
+from aipaas.training import promotion_log, tags
 
 # The results under which a record lets a version serve.
 SERVABLE = ("promoted", "rolled-back")
@@ -142,4 +146,43 @@ def verify(
         )
     if att.result not in SERVABLE:
         raise UnsignedVersionError(f"{where}: its promotion record says {att.result!r}")
+    return att
+
+
+def verify_current(
+    settings: Settings, model: str, version: str, version_tags: Mapping[str, str]
+) -> Attestation:
+    """The valid attestation of the version that should be champion now, or why not.
+
+    On top of :func:`verify`: the model's latest promotion or rollback in the
+    audit chain must name this version, with this very record.
+
+    Raises:
+        UnsignedVersionError: as :func:`verify`; or the chain has no such
+            decision, names another version (the alias was moved without
+            one), or its latest decision was edited.
+    """
+    att = verify(settings, model, version, version_tags)
+    where = f"{model} v{version}"
+    try:
+        latest = promotion_log.latest_servable(settings, model)
+    except AuditIntegrityError as err:
+        raise UnsignedVersionError(f"{where}: {err}") from err
+    if latest is None:
+        raise UnsignedVersionError(
+            f"{where} has a promotion record but the audit trail has no promotion of {model} "
+            "(was the trail reset?)"
+        )
+    if latest.version != att.version:
+        raise UnsignedVersionError(
+            f"{where} was promoted once, but the latest decision in the audit trail made "
+            f"v{latest.version} champion ({latest.action} by {latest.decided_by} at "
+            f"{latest.at}): the alias was moved without a promotion or rollback; "
+            f"use `aipaas rollback {model}` or `aipaas promote {model} --version {version}`"
+        )
+    if latest.signature != att.signature:
+        raise UnsignedVersionError(
+            f"{where}: its promotion record is not the one the audit trail recorded last "
+            "(an older record copied back?)"
+        )
     return att

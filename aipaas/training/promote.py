@@ -5,12 +5,16 @@ the registry side of it, in two steps, each usable alone:
 
 - :func:`assess` reads the registry and scores the versions, with no side
   effect, so a Prefect flow can show the gates and pause for approval;
-- :func:`decide_promotion` applies the outcome: aliases, version tags, the
-  promotion log, and a nudge to serving.
+- :func:`decide_promotion` applies the outcome through :func:`record_decision`.
 
-:func:`promote` chains them for the CLI; :func:`rollback` moves ``champion``
-back to ``previous-champion`` in one step; :func:`model_status` reads it all
-back.
+:func:`record_decision` is the one way ``champion`` moves: it signs the
+decision (:mod:`aipaas.training.attestation`), tags the version, appends the
+decision to the audit chain (:mod:`aipaas.training.promotion_log`), and only
+then moves the aliases and nudges serving. Serving loads only a version whose
+signed record is the chain's latest decision, so an alias moved by hand in
+MLflow is refused. :func:`promote` chains assess and decide for the CLI;
+:func:`rollback` moves ``champion`` back to ``previous-champion`` in one
+step; :func:`model_status` reads it all back.
 
 Champion and challenger are compared on the *same* holdout, the current
 dataset version's, scored now; metrics logged at training time may come from
@@ -23,18 +27,24 @@ from __future__ import annotations
 import getpass
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from aipaas.exceptions import DatasetNotFoundError, GateFailedError, ModelNotFoundError
+from aipaas.exceptions import (
+    DatasetNotFoundError,
+    GateFailedError,
+    ModelNotFoundError,
+    UnsignedVersionError,
+)
 from aipaas.modeldef import ModelDefinition
 from aipaas.schemas import GateResult
 from aipaas.settings import Settings
-from aipaas.training import promotion_log, registry, signals, tags
+from aipaas.training import attestation, promotion_log, registry, signals, tags
+from aipaas.training.attestation import tag_for
 from aipaas.training.gates import (
     Approval,
     Candidate,
@@ -113,11 +123,14 @@ def assess(
     champion_info = registry.get_alias(model, tags.CHAMPION)
     champion_version = champion_info.version if champion_info else None
     requires = definition.gates.require_approval
-    if champion_version == target.version:
+    refusal = serving_refusal(settings, champion_info)
+    if champion_version == target.version and refusal is None:
         return Assessment(model, target.version, champion_version, (), requires, True, "unchanged")
     comparable: str | None = None
     champion: Candidate | None = None
-    if champion_info is None:
+    if champion_info is None or champion_version == target.version:
+        # No champion, or the alias points at this version but serving refuses
+        # it (e.g. promoted before records were signed): it stands on its own.
         basis = "holdout metrics logged at training"
         ours = _logged_metrics(target)
     else:
@@ -230,17 +243,18 @@ def decide_promotion(
     *,
     decided_by: str | None = None,
     approval: Approval | None = None,
+    key_id: str | None = None,
 ) -> PromotionRecord:
-    """Apply an assessment: promote on a pass, tag rejected on a fail.
+    """Apply an assessment: promote on a pass, record the rejection on a fail.
 
-    Promoting the current champion again changes nothing and is not logged.
+    Promoting the current champion again changes nothing and is not recorded.
     When the definition requires approval and none was given, nothing is
     recorded (no one has decided yet) and :class:`GateFailedError` says how to
-    give it.
+    give it. A given approval is recorded (``model.approved``) before the decision.
 
     Raises:
-        GateFailedError: a gate failed (the version is now tagged rejected), or
-            approval is required and missing. ``err.gates`` holds the record.
+        GateFailedError: a gate failed (the rejection is now on record), or
+            approval is required and missing. ``err.gates`` holds the gates.
     """
     decider = decided_by or default_decider()
     model, version = assessment.model, assessment.version
@@ -257,9 +271,21 @@ def decide_promotion(
             gates=pending,
         )
     gates = with_approval(assessment.gates, assessment.requires_approval, approval)
-    record = _record(model, version, gates, decider, approval)
-    promotion_log.append(settings, record)
-    if record.result != "promoted":
+    approver = _record_approval(settings, assessment, approval, decider, key_id)
+    passed = all(g.passed for g in gates)
+    decision = PromotionRecord(
+        model=model,
+        version=version,
+        action="promote",
+        result="promoted" if passed else "rejected",
+        decided_by=decider,
+        gates=gates,
+        reasons=failure_reasons(gates),
+        approved_by=approver,
+        key_id=key_id,
+    )
+    record = record_decision(settings, decision)
+    if not passed:
         before = record.champion_before
         champion_note = f"champion stays v{before}" if before else "there is still no champion"
         raise GateFailedError(
@@ -267,54 +293,123 @@ def decide_promotion(
             f"{format_gates(gates)}",
             gates=gates,
         )
-    signals.notify_champion_changed(settings, model)
     return record
 
 
-def _record(
-    model: str, version: str, gates: list[GateResult], decider: str, approval: Approval | None
-) -> PromotionRecord:
-    """Move the aliases (on a pass) and tag the version with the decision."""
-    passed = all(g.passed for g in gates)
-    reasons = failure_reasons(gates)
-    at = now()
+def _record_approval(
+    settings: Settings,
+    assessment: Assessment,
+    approval: Approval | None,
+    decider: str,
+    key_id: str | None,
+) -> str | None:
+    """Put a person's approval on the chain (``model.approved``); returns the approver."""
+    if approval is None or not approval.approved or not assessment.requires_approval:
+        return None
+    promotion_log.append_approval(
+        settings,
+        assessment.model,
+        assessment.version,
+        approver=approval.reviewer,
+        at=approval.at,
+        comment=approval.comment,
+        recorded_by=decider,
+        key_id=key_id,
+    )
+    return approval.reviewer
+
+
+def record_decision(settings: Settings, decision: PromotionRecord) -> PromotionRecord:
+    """Record one decision and act on it: the only way ``champion`` moves.
+
+    A promotion or a rollback is signed (:func:`attestation.sign`) and the
+    signed record goes on the version as its attestation tag; every decision
+    is tagged on the version and appended to the audit chain; only then are
+    the aliases moved and serving nudged. The record precedes the act: if
+    moving the alias fails, serving refuses the lagging alias rather than
+    serve a version nobody recorded. ``decision``'s time, champion before and
+    after and signature are filled in here.
+    """
+    registry.connect(settings)
+    model, version = decision.model, decision.version
     current = registry.get_alias(model, tags.CHAMPION)
     before = current.version if current else None
-    if passed:
-        if current is not None and current.version != version:
-            registry.set_alias(model, tags.PREVIOUS_CHAMPION, current.version)
-        registry.set_alias(model, tags.CHAMPION, version)
-    registry.set_tags(model, version, _decision_tags(gates, decider, reasons, at))
-    return PromotionRecord(
-        model=model,
-        version=version,
-        action="promote",
-        result="promoted" if passed else "rejected",
-        decided_by=decider,
-        at=at,
-        gates=gates,
-        reasons=reasons,
+    servable = decision.result in attestation.SERVABLE
+    record = replace(
+        decision,
+        at=now(),
         champion_before=before,
-        champion_after=version if passed else before,
-        approved_by=approval.reviewer if approval and approval.approved else None,
+        champion_after=version if servable else before,
+    )
+    att = _sign(settings, record) if servable else None
+    record = replace(record, signature=att.signature if att else None)
+    # A promotion keeps the last champion on record (read before this decision
+    # joins the chain) as previous-champion; a rollback clears it.
+    promoting = servable and record.action == "promote"
+    on_record = promotion_log.latest_servable(settings, model) if promoting else None
+    registry.set_tags(model, version, _decision_tags(record) | (tag_for(att) if att else {}))
+    promotion_log.append(settings, record)
+    if servable:
+        _move_aliases(record, on_record.version if on_record else None)
+        signals.notify_champion_changed(settings, model)
+    return record
+
+
+def _sign(settings: Settings, record: PromotionRecord) -> attestation.Attestation:
+    return attestation.sign(
+        settings,
+        model=record.model,
+        version=record.version,
+        action=record.action,
+        result=record.result,
+        decided_by=record.decided_by,
+        at=record.at,
+        gates=record.gates,
+        approved_by=record.approved_by,
     )
 
 
-def _decision_tags(
-    gates: list[GateResult], decider: str, reasons: list[str], at: str
-) -> dict[str, str]:
-    out = {
-        tags.PROMOTION_GATES: json.dumps([g.to_dict() for g in gates], default=str)[:TAG_LIMIT],
-        tags.PROMOTION_DECIDED_BY: decider,
-    }
-    if reasons:
-        out |= {
+def _move_aliases(record: PromotionRecord, last_champion: str | None) -> None:
+    """Point ``champion`` at the decided version.
+
+    A promotion keeps the last champion *on record* (the chain's, not
+    whatever the alias pointed at) as ``previous-champion``. A rollback
+    clears ``previous-champion``, so a second rollback refuses rather than
+    bouncing back, and marks the version rolled away from.
+    """
+    model, version, before = record.model, record.version, record.champion_before
+    if record.action == "rollback":
+        registry.set_alias(model, tags.CHAMPION, version)
+        registry.delete_alias(model, tags.PREVIOUS_CHAMPION)
+        if before is not None and before != version:
+            away = {
+                tags.PROMOTION_STATUS: "rolled-back",
+                tags.PROMOTION_REASONS: f"rolled back to v{version} by {record.decided_by}",
+                tags.PROMOTION_DECIDED_BY: record.decided_by,
+            }
+            registry.set_tags(model, before, away)
+        return
+    if last_champion is not None and last_champion != version:
+        registry.set_alias(model, tags.PREVIOUS_CHAMPION, last_champion)
+    registry.set_alias(model, tags.CHAMPION, version)
+
+
+def _decision_tags(record: PromotionRecord) -> dict[str, str]:
+    """The decided version's tags; a rollback only stamps when it became champion again."""
+    if record.action == "rollback":
+        return {tags.PROMOTED_AT: record.at}
+    gates = json.dumps([g.to_dict() for g in record.gates], default=str)[:TAG_LIMIT]
+    out = {tags.PROMOTION_GATES: gates, tags.PROMOTION_DECIDED_BY: record.decided_by}
+    if record.result == "rejected":
+        return out | {
             tags.PROMOTION_STATUS: "rejected",
-            tags.PROMOTION_REASONS: "; ".join(reasons)[:TAG_LIMIT],
+            tags.PROMOTION_REASONS: "; ".join(record.reasons)[:TAG_LIMIT],
         }
-    else:
-        out |= {tags.PROMOTION_STATUS: "promoted", tags.PROMOTION_REASONS: "", tags.PROMOTED_AT: at}
-    return out
+    return out | {
+        tags.PROMOTION_STATUS: "promoted",
+        tags.PROMOTION_REASONS: "",
+        tags.PROMOTED_AT: record.at,
+    }
 
 
 def promote(
@@ -326,14 +421,19 @@ def promote(
     approval: Approval | None = None,
     scorer: Scorer | None = None,
     holdout: pd.DataFrame | None = None,
+    key_id: str | None = None,
 ) -> PromotionRecord:
     """Assess and decide in one call: what ``aipaas promote`` runs."""
     assessment = assess(settings, definition, version, scorer=scorer, holdout=holdout)
-    return decide_promotion(settings, assessment, decided_by=decided_by, approval=approval)
+    return decide_promotion(
+        settings, assessment, decided_by=decided_by, approval=approval, key_id=key_id
+    )
 
 
-def rollback(settings: Settings, model: str, *, decided_by: str | None = None) -> PromotionRecord:
-    """Move ``champion`` back to ``previous-champion`` in one step, on record.
+def rollback(
+    settings: Settings, model: str, *, decided_by: str | None = None, key_id: str | None = None
+) -> PromotionRecord:
+    """Move ``champion`` back to ``previous-champion`` in one step, signed and on record.
 
     The rolled-back version is tagged ``rolled-back``; ``previous-champion`` is
     cleared, so a second rollback refuses rather than bouncing back to the
@@ -341,6 +441,8 @@ def rollback(settings: Settings, model: str, *, decided_by: str | None = None) -
 
     Raises:
         ModelNotFoundError: there is no previous champion to go back to.
+        UnsignedVersionError: ``previous-champion`` points at a version that
+            was never promoted (a rollback does not launder one).
     """
     decider = decided_by or default_decider()
     registry.connect(settings)
@@ -351,34 +453,22 @@ def rollback(settings: Settings, model: str, *, decided_by: str | None = None) -
             f"see `aipaas models show {model}` and promote a version explicitly with "
             f"`aipaas promote {model} --version V`"
         )
-    current = registry.get_alias(model, tags.CHAMPION)
-    at = now()
-    registry.set_alias(model, tags.CHAMPION, previous.version)
-    registry.delete_alias(model, tags.PREVIOUS_CHAMPION)
-    if current is not None and current.version != previous.version:
-        registry.set_tags(
-            model,
-            current.version,
-            {
-                tags.PROMOTION_STATUS: "rolled-back",
-                tags.PROMOTION_REASONS: f"rolled back to v{previous.version} by {decider}",
-                tags.PROMOTION_DECIDED_BY: decider,
-            },
-        )
-    registry.set_tags(model, previous.version, {tags.PROMOTED_AT: at})
-    record = PromotionRecord(
+    try:
+        attestation.verify(settings, model, previous.version, previous.tags)
+    except UnsignedVersionError as err:
+        raise UnsignedVersionError(
+            f"cannot roll {model} back to {tags.PREVIOUS_CHAMPION} v{previous.version}: "
+            f"only a version that was promoted may serve again; {err}"
+        ) from err
+    decision = PromotionRecord(
         model=model,
         version=previous.version,
         action="rollback",
         result="rolled-back",
         decided_by=decider,
-        at=at,
-        champion_before=current.version if current else None,
-        champion_after=previous.version,
+        key_id=key_id,
     )
-    promotion_log.append(settings, record)
-    signals.notify_champion_changed(settings, model)
-    return record
+    return record_decision(settings, decision)
 
 
 # --- reading -------------------------------------------------------------------
@@ -404,19 +494,25 @@ class VersionStatus:
 
 @dataclass(frozen=True)
 class ModelStatus:
-    """Versions, aliases, gate results and promotion history of one model."""
+    """Versions, aliases, gate results and promotion history of one model.
+
+    ``history`` is read from the audit chain. ``champion_refused`` says why
+    serving refuses the version ``champion`` points at (None when it serves,
+    or there is no champion).
+    """
 
     model: str
     aliases: dict[str, str]
     versions: list[VersionStatus]
     history: list[PromotionRecord]
+    champion_refused: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def model_status(settings: Settings, model: str) -> ModelStatus:
-    """Versions, aliases, gate results and data versions of one model."""
+    """Versions, aliases, gate results, data versions and history of one model."""
     registry.connect(settings)
     versions = registry.list_versions(model)
     if not versions:
@@ -431,7 +527,25 @@ def model_status(settings: Settings, model: str) -> ModelStatus:
         if found is not None:
             aliases[alias] = found.version
     rows = [_version_status(v, aliases) for v in versions]
-    return ModelStatus(model, aliases, rows, promotion_log.read(settings, model))
+    champion = next((v for v in versions if v.version == aliases.get(tags.CHAMPION)), None)
+    return ModelStatus(
+        model,
+        aliases,
+        rows,
+        promotion_log.read(settings, model),
+        serving_refusal(settings, champion),
+    )
+
+
+def serving_refusal(settings: Settings, champion: ModelVersionInfo | None) -> str | None:
+    """Why serving would refuse ``champion`` (see :func:`attestation.verify_current`), or None."""
+    if champion is None:
+        return None
+    try:
+        attestation.verify_current(settings, champion.name, champion.version, champion.tags)
+    except UnsignedVersionError as err:
+        return str(err)
+    return None
 
 
 def _version_status(v: ModelVersionInfo, aliases: dict[str, str]) -> VersionStatus:

@@ -1,32 +1,59 @@
-"""The append-only promotion log: every promotion decision and rollback, in order.
+"""Promotion decisions on the audit chain: the one record of who moved ``champion``.
 
-MLflow tags on a version say what was decided about that version; this log
-says what happened to a model over time (who moved ``champion``, when, on which
-evidence), and it survives a version being deleted from the registry. One JSON
-object per line in ``<home>/promotions.jsonl`` (:func:`aipaas.files.append_jsonl`:
-one ``write`` per record, so concurrent writers never interleave), fsynced
-before the call returns; a torn last line is skipped when read.
+Every decision is an admin event in the hash-chained audit trail
+(:mod:`aipaas.audit`), in order with everything else the platform did:
+``model.promoted``, ``model.rejected``, ``model.rolled_back``, and
+``model.approved`` when a person approved a promotion. The event's ``model``,
+``version``, ``owner`` (who acted) and ``key_id`` (when an API key acted) are
+columns; its ``detail`` is the rest of the :class:`PromotionRecord`: gates,
+reasons, champion before and after, the approver and the signature of the
+version's promotion record (:mod:`aipaas.training.attestation`).
+
+MLflow tags say what was decided about one version; this says what happened
+to a model over time, and nobody without the audit key can edit it unseen
+(``aipaas audit verify``). Serving reads the model's latest servable decision
+from here to refuse an alias moved back by hand to an old, once-promoted
+version (:func:`latest_servable`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
-from aipaas.files import append_jsonl, iter_jsonl
+from sqlalchemy import select
+
+from aipaas import audit, db
+from aipaas.exceptions import AuditIntegrityError
 from aipaas.schemas import GateResult
 from aipaas.settings import Settings
 
 Action = Literal["promote", "rollback"]
-# "unchanged" is returned (promoting the champion again) but never logged.
+# "unchanged" is returned (promoting the champion again) but never recorded.
 Result = Literal["promoted", "rejected", "rolled-back", "unchanged"]
+
+EVENTS: dict[str, str] = {
+    "promoted": "model.promoted",
+    "rejected": "model.rejected",
+    "rolled-back": "model.rolled_back",
+}
+APPROVED = "model.approved"
+# The decisions after which the decided version is the one that should serve.
+SERVABLE_EVENTS = (EVENTS["promoted"], EVENTS["rolled-back"])
+# Columns of the event, not repeated in its detail.
+_COLUMNS = ("model", "version", "decided_by", "key_id")
 
 
 @dataclass(frozen=True)
 class PromotionRecord:
-    """One decision about one model version: what the promote flow returns."""
+    """One decision about one model version: what promotion and rollback return.
+
+    ``signature`` is that of the version's signed promotion record (None for
+    a rejection, which signs nothing); ``key_id`` names the API key that
+    acted, if one did.
+    """
 
     model: str
     version: str
@@ -39,6 +66,8 @@ class PromotionRecord:
     champion_before: str | None = None
     champion_after: str | None = None
     approved_by: str | None = None
+    signature: str | None = None
+    key_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,25 +80,88 @@ class PromotionRecord:
         return cls(**known)
 
 
-def log_path(settings: Settings) -> Path:
-    return settings.home / "promotions.jsonl"
+def append(settings: Settings, record: PromotionRecord) -> audit.AuditRecord:
+    """Append one decision to the audit chain, durably (committed when this returns)."""
+    detail = {k: v for k, v in record.to_dict().items() if k not in _COLUMNS}
+    return audit.append_event(
+        settings,
+        EVENTS[record.result],
+        detail,
+        model=record.model,
+        version=record.version,
+        owner=record.decided_by,
+        key_id=record.key_id,
+    )
 
 
-def append(settings: Settings, record: PromotionRecord) -> Path:
-    """Append one record durably: on disk when this returns."""
-    return append_jsonl(log_path(settings), record.to_dict(), fsync=True)
+def append_approval(
+    settings: Settings,
+    model: str,
+    version: str,
+    *,
+    approver: str,
+    at: str,
+    comment: str = "",
+    recorded_by: str,
+    key_id: str | None = None,
+) -> audit.AuditRecord:
+    """Record a person's approval of a promotion; the approver is the event's owner."""
+    detail = {"approver": approver, "at": at, "comment": comment, "recorded_by": recorded_by}
+    return audit.append_event(
+        settings, APPROVED, detail, model=model, version=version, owner=approver, key_id=key_id
+    )
+
+
+def _record(row: dict[str, Any]) -> PromotionRecord:
+    detail = json.loads(row["detail"] or "{}")
+    columns = {
+        "model": row["model"],
+        "version": row["version"],
+        "decided_by": row["owner"],
+        "key_id": row["key_id"],
+    }
+    return PromotionRecord.from_dict({**detail, **columns})
+
+
+def _rows(
+    settings: Settings, events: tuple[str, ...], model: str | None, *, newest: int | None = None
+) -> list[dict[str, Any]]:
+    t = db.audit_log
+    stmt = select(t).where(t.c.kind == "admin", t.c.event.in_(events))
+    if model is not None:
+        stmt = stmt.where(t.c.model == model)
+    stmt = stmt.order_by(t.c.seq.desc()).limit(newest) if newest else stmt.order_by(t.c.seq)
+    with db.engine(settings).connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(stmt).all()]
 
 
 def read(settings: Settings, model: str | None = None) -> list[PromotionRecord]:
-    """Every record, oldest first, optionally only one model's."""
-    return [
-        PromotionRecord.from_dict(data)
-        for data in iter_jsonl(log_path(settings))
-        if model is None or data.get("model") == model
-    ]
+    """Every decision (promoted, rejected, rolled back), oldest first, optionally one model's."""
+    return [_record(row) for row in _rows(settings, tuple(EVENTS.values()), model)]
 
 
 def last(settings: Settings, model: str) -> PromotionRecord | None:
-    """The most recent record for ``model``, or None."""
-    records = read(settings, model)
-    return records[-1] if records else None
+    """The most recent decision about ``model``, or None."""
+    rows = _rows(settings, tuple(EVENTS.values()), model, newest=1)
+    return _record(rows[0]) if rows else None
+
+
+def latest_servable(settings: Settings, model: str) -> PromotionRecord | None:
+    """The latest promotion or rollback of ``model``: the version that should be champion.
+
+    The event's own hash is checked (cheap; the walk of the whole chain is
+    ``aipaas audit verify``), so an edited decision is not believed.
+
+    Raises:
+        AuditIntegrityError: that event's contents do not match its hash.
+    """
+    rows = _rows(settings, SERVABLE_EVENTS, model, newest=1)
+    if not rows:
+        return None
+    row = rows[0]
+    if audit.record_hash(audit.chain_key(settings), row) != row["hash"]:
+        raise AuditIntegrityError(
+            f"the audit trail's latest decision about {model} (seq {row['seq']}) was edited: "
+            "its contents do not match its hash; run `aipaas audit verify`"
+        )
+    return _record(row)

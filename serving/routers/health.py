@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, Response
 
 from serving.deps import ComponentsDep
+from serving.metrics import CONTENT_TYPE
 from serving.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -19,17 +20,25 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
 async def readyz(c: ComponentsDep) -> JSONResponse:
-    """200 once the default model has a loaded version, 503 before."""
+    """200 once the default model has a loaded version, 503 before.
+
+    ``refused`` names each model whose ``champion`` points at a version
+    serving refuses (never promoted), and why.
+    """
     models = {n: (m.version if (m := c.holder.get(n)) else None) for n in c.holder.names}
     ready = models.get(c.settings.serving.default_model) is not None
     ready = ready and c.holder.follower_error is None
-    body = Readiness(ready=ready, models=models, error=c.holder.follower_error).model_dump()
+    body = Readiness(
+        ready=ready, models=models, error=c.holder.follower_error, refused=dict(c.holder.refused)
+    ).model_dump()
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-async def metrics(c: ComponentsDep) -> PlainTextResponse:
-    """Prometheus text format."""
-    c.metrics.models_loaded = c.holder.loads
-    c.metrics.reload_failures = c.holder.failures
-    return PlainTextResponse(c.metrics.render(), media_type="text/plain; version=0.0.4")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(c: ComponentsDep) -> Response:
+    """Prometheus text format; every label is bounded (route template, served model, version)."""
+    return Response(c.metrics.render(), media_type=CONTENT_TYPE)

@@ -1,4 +1,12 @@
-"""``/predict``, ``/invocations`` and ``/model``, for the default model or one by path/header."""
+"""``/predict``, ``/invocations`` and ``/model``: the champion, or a pinned version.
+
+Which version answers, first match wins: the path
+(``/models/{name}/versions/{version}/predict``), the ``X-Model-Version``
+header, the key's pin for the model, else the champion. A pinned version
+must have been promoted at some time (a signed promotion record); it is
+loaded on demand in a worker thread, never on the event loop. The response's
+``model_version`` and the audit record name the version that answered.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +15,7 @@ import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import anyio
 import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,13 +31,37 @@ from serving.holder import ServedModel
 from serving.middleware import RequestContext
 from serving.schemas import FieldOut, InvocationsResponse, ModelOut, PredictResponse
 
+VERSION_HEADER = "x-model-version"
 
-async def served_model(request: Request) -> ServedModel:
-    """The addressed model's current version.
+
+def pinned_version(request: Request, ctx: RequestContext, name: str) -> str | None:
+    """The version asked for: path, then ``X-Model-Version``, then the key's pin; None: champion.
 
     Raises:
-        ModelNotFoundError: this process does not serve the model (404).
-        ModelNotReadyError: no version of it is loaded yet (503).
+        ModelNotFoundError: the version is not a registry version number (404).
+    """
+    version = (
+        request.path_params.get("version")
+        or request.headers.get(VERSION_HEADER)
+        or (ctx.key.pins.get(name) if ctx.key is not None else None)
+    )
+    if version is None:
+        return None
+    version = str(version).strip()
+    if not version.isdigit():
+        raise ModelNotFoundError(
+            f"model {name!r} has no version {version!r}: versions are registry numbers"
+        )
+    return str(int(version))
+
+
+async def served_model(request: Request) -> ServedModel:
+    """The version that answers this request: pinned (path, header, key) or the champion.
+
+    Raises:
+        ModelNotFoundError: this process does not serve the model, or no such version (404).
+        UnsignedVersionError: a pinned version that was never promoted (404).
+        ModelNotReadyError: no champion is loaded yet (503).
     """
     c = components(request)
     ctx = context(request)
@@ -36,11 +69,26 @@ async def served_model(request: Request) -> ServedModel:
     ctx.model = name
     if name not in c.holder.names:
         raise ModelNotFoundError(f"model {name!r} is not served here (served: {c.holder.names})")
+    version = pinned_version(request, ctx, name)
+    if version is None:
+        served = _champion(c, name)
+    elif (found := c.holder.get_version(name, version)) is not None:
+        served = found
+    else:
+        served = await anyio.to_thread.run_sync(c.holder.load_version, name, version)
+    ctx.version = served.version
+    return served
+
+
+def _champion(c: Components, name: str) -> ServedModel:
     served = c.holder.get(name)
     if served is None:
-        reason = c.holder.last_error.get(name) or f"no version has the alias {CHAMPION!r} yet"
+        reason = (
+            c.holder.refused.get(name)
+            or c.holder.last_error.get(name)
+            or f"no version has the alias {CHAMPION!r} yet"
+        )
         raise ModelNotReadyError(f"model {name!r} has no champion loaded: {reason}")
-    ctx.version = served.version
     return served
 
 
@@ -157,13 +205,25 @@ async def _predict(request: Request, served: ServedModel) -> Response:
 
 @router.post("/predict", response_model=PredictResponse, openapi_extra=BODY_DOC)
 async def predict(request: Request, served: ServedModelDep) -> Response:
-    """Predict with the champion of the default model (or the one named in ``X-Model``)."""
+    """Predict with the default model (or the one in ``X-Model``): champion, or a pinned version."""
     return await _predict(request, served)
 
 
 @router.post("/models/{name}/predict", response_model=PredictResponse, openapi_extra=BODY_DOC)
 async def predict_named(name: str, request: Request, served: ServedModelDep) -> Response:
     """Predict with the champion of model ``name``."""
+    return await _predict(request, served)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/predict",
+    response_model=PredictResponse,
+    openapi_extra=BODY_DOC,
+)
+async def predict_version(
+    name: str, version: str, request: Request, served: ServedModelDep
+) -> Response:
+    """Predict with version ``version`` of model ``name`` (it must have been promoted once)."""
     return await _predict(request, served)
 
 
@@ -213,6 +273,18 @@ async def invocations(request: Request, served: ServedModelDep) -> Response:
     "/models/{name}/invocations", response_model=InvocationsResponse, openapi_extra=BODY_DOC
 )
 async def invocations_named(name: str, request: Request, served: ServedModelDep) -> Response:
+    return await _invocations(request, served)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/invocations",
+    response_model=InvocationsResponse,
+    openapi_extra=BODY_DOC,
+)
+async def invocations_version(
+    name: str, version: str, request: Request, served: ServedModelDep
+) -> Response:
+    """MLflow's scoring protocol, answered by version ``version`` of model ``name``."""
     return await _invocations(request, served)
 
 

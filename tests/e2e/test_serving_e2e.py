@@ -13,8 +13,7 @@ import httpx
 import pytest
 
 from aipaas import audit
-from aipaas.training import registry, signals
-from tests.support.models import FEATURES, log_lgbm
+from tests.support.models import FEATURES, log_lgbm, make_champion
 from tests.support.net import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -95,8 +94,7 @@ def test_champion_swap_under_concurrent_load(settings):
         for t in threads:
             t.start()
         time.sleep(1.5)
-        registry.set_alias("diagnosis", "champion", v2)  # what promotion does ...
-        signals.notify_champion_changed(settings, "diagnosis")  # ... and its nudge
+        make_champion(settings, "diagnosis", v2)  # a promotion: signed, on record, nudged
         deadline = time.monotonic() + 30
         while not any(v == v2 for _, _, v in list(results)):
             assert time.monotonic() < deadline, "never swapped to v2"
@@ -118,10 +116,16 @@ def test_champion_swap_under_concurrent_load(settings):
     answered = {r["request_id"]: r["version"] for r in audit.query(settings, limit=100_000)}
     assert all(answered[rid] == v for _, rid, v in results)
     events = [r["event"] for r in audit.tail(settings, 100_000) if r["kind"] == "admin"]
-    assert events == ["key.created", "model.loaded", "model.swapped"]
+    assert events == [
+        "model.promoted",
+        "key.created",
+        "model.loaded",
+        "model.promoted",
+        "model.swapped",
+    ]
 
     verified = _cli(settings, "audit", "verify")
     assert verified.returncode == 0, verified.stderr
-    assert f"{len(results) + 3} records" in verified.stdout
+    assert f"{len(results) + len(events)} records" in verified.stdout
     usage = _cli(settings, "usage", "--json")
     assert usage.returncode == 0 and '"requests"' in usage.stdout

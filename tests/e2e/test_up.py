@@ -173,7 +173,7 @@ def test_up_runs_the_lifecycle_when_no_champion_serves(platform: Platform) -> No
     assert platform.url("prefect", "/runs/flow-run/") in text
     decisions = promotion_log.read(Settings(_env_file=None, home=platform.home))
     assert [(r.model, r.version, r.result) for r in decisions] == [("diagnosis", "1", "promoted")]
-    assert decisions[0].decided_by.startswith("prefect flow run ")
+    assert decisions[0].decided_by.startswith("flow-run ")
 
 
 def test_demo_closes_the_loop_on_the_running_platform(platform: Platform) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from aipaas import audit
 from aipaas.exceptions import GateFailedError
 from aipaas.settings import Settings
 from aipaas.training import registry, tags
@@ -50,6 +52,10 @@ def test_flow_promotes_then_fails_on_a_bad_challenger(flow_settings: Settings) -
     v1 = register_tiny(flow_settings)
     result = promote_flow(MODEL)
     assert result.result == "promoted" and result.version == v1
+    # Who decided is this flow run, on the version and on the audit chain.
+    assert re.fullmatch(r"flow-run [0-9a-f-]{36} \(promote\)", result.decided_by)
+    [event] = [r for r in audit.tail(flow_settings, 100) if r["event"] == "model.promoted"]
+    assert event["owner"] == result.decided_by and event["version"] == v1
     assert [g.name for g in result.gates if not g.passed] == []
     assert registry.get_alias(MODEL, tags.CHAMPION).version == v1  # type: ignore[union-attr]
     assert promote_flow(MODEL, v1).result == "unchanged"
@@ -103,5 +109,7 @@ def test_flow_pauses_for_approval_and_records_the_reviewer(
     runner.join(60)
     [record] = out
     assert record.result == "promoted" and record.approved_by == "erin"
+    approved = [r for r in audit.tail(s, 100) if r["event"] == "model.approved"]
+    assert [(r["owner"], r["version"]) for r in approved] == [("erin", v1)]
     assert [g.name for g in record.gates][-1] == "approval"
     assert registry.get_alias(MODEL, tags.CHAMPION).version == v1  # type: ignore[union-attr]

@@ -1,14 +1,24 @@
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
+from aipaas import audit
 from aipaas.exceptions import (
     ConfigurationError,
     KeyRejectedError,
+    ModelNotFoundError,
     RateLimitedError,
+    RegistryUnavailableError,
+    RetiredSecretError,
     ScopeDeniedError,
+    UnsignedVersionError,
 )
 from aipaas.inference import keys
+from aipaas.training import attestation
+from tests.support.net import free_port
 
 
 def test_key_is_shown_once_and_only_its_hash_is_stored(settings):
@@ -102,3 +112,205 @@ def test_check_raises_with_the_wait_and_the_rate_that_applies():
     with pytest.raises(RateLimitedError, match="rate limit of 1/m exceeded for key dflt") as err:
         limiter.check(default)
     assert 59 < err.value.retry_after_s <= 60.01
+
+
+# --- pins ---------------------------------------------------------------------
+
+
+def _signed(settings, model: str, version: str) -> dict[str, str]:
+    """The tags promotion leaves on a version it promoted."""
+    att = attestation.sign(
+        settings,
+        model=model,
+        version=version,
+        action="promote",
+        result="promoted",
+        decided_by="alice",
+        at="2026-01-01T00:00:00+00:00",
+    )
+    return attestation.tag_for(att)
+
+
+def _fake_registry(versions: dict[tuple[str, str], dict[str, str]]):
+    """A ``VersionTags`` over an in-memory registry: unknown versions are ModelNotFoundError."""
+
+    def tags_of(model: str, version: str) -> dict[str, str]:
+        if (model, version) not in versions:
+            raise ModelNotFoundError(f"model {model!r} has no registered version {version}")
+        return versions[(model, version)]
+
+    return tags_of
+
+
+def _events(settings, event: str) -> list[dict]:
+    return [r for r in audit.tail(settings, 1000) if r["event"] == event]
+
+
+def test_a_key_pins_only_versions_that_were_promoted(settings):
+    registry = _fake_registry(
+        {
+            ("diagnosis", "3"): _signed(settings, "diagnosis", "3"),
+            ("diagnosis", "4"): {},  # registered, never promoted
+            ("diagnosis", "5"): _signed(settings, "diagnosis", "3"),  # a copied record
+        }
+    )
+    record, _ = keys.create_key(
+        settings, "app", "predict", pins=["diagnosis=3"], version_tags=registry
+    )
+    assert record.pins == {"diagnosis": "3"}
+    assert keys.get_key(settings, record.id).pins == {"diagnosis": "3"}
+    (created,) = _events(settings, "key.created")
+    assert json.loads(created["detail"])["pins"] == {"diagnosis": "3"}
+
+    for pins, error, needle in [
+        ({"diagnosis": "4"}, UnsignedVersionError, "cannot pin diagnosis=4: only a version that"),
+        ({"diagnosis": "5"}, UnsignedVersionError, "is for diagnosis v3"),
+        ({"diagnosis": "9"}, ModelNotFoundError, "cannot pin diagnosis=9: model 'diagnosis' has"),
+        ({"other": "3"}, ModelNotFoundError, "cannot pin other=3"),
+        (["diagnosis=three"], ConfigurationError, "is not like 'diagnosis=3'"),
+        (["diagnosis=3", "diagnosis=4"], ConfigurationError, "pinned twice"),
+    ]:
+        with pytest.raises(error, match=needle):
+            keys.create_key(settings, "bad", "predict", pins=pins, version_tags=registry)
+    # nothing written for any refusal
+    assert [k.id for k in keys.list_keys(settings)] == [record.id]
+    assert len(_events(settings, "key.created")) == 1
+
+
+def test_pins_are_checked_in_the_real_registry(settings):
+    from mlflow import MlflowClient
+
+    from aipaas.training import registry
+
+    registry.connect(settings)
+    client = MlflowClient()
+    client.create_registered_model("diagnosis")
+    for _ in range(2):
+        client.create_model_version("diagnosis", source=str(settings.home / "artifact"))
+    registry.set_tags("diagnosis", "1", _signed(settings, "diagnosis", "1"))
+
+    record, _ = keys.create_key(settings, "app", "predict", pins={"diagnosis": 1})
+    assert record.pins == {"diagnosis": "1"}
+    with pytest.raises(UnsignedVersionError, match="diagnosis v2 has no promotion record"):
+        keys.create_key(settings, "app", "predict", pins={"diagnosis": "2"})
+    with pytest.raises(ModelNotFoundError, match="no registered version 7"):
+        keys.create_key(settings, "app", "predict", pins={"diagnosis": "7"})
+    assert len(keys.list_keys(settings)) == 1
+
+
+def test_an_unreachable_registry_refuses_the_pin_and_writes_nothing(settings, monkeypatch):
+    for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+        monkeypatch.setenv(name, "0")  # restored afterwards: connect() sets them process-wide
+    s = settings.model_copy(
+        update={
+            "mlflow": settings.mlflow.model_copy(
+                update={"tracking_uri": f"http://127.0.0.1:{free_port()}", "http_max_retries": 0}
+            )
+        }
+    )
+    with pytest.raises(RegistryUnavailableError, match="cannot check the pins diagnosis=3"):
+        keys.create_key(s, "app", "predict", pins={"diagnosis": "3"})
+    assert keys.list_keys(s) == []
+
+
+def test_quota_and_budget_are_checked_stored_and_audited(settings):
+    record, _ = keys.create_key(settings, "app", "predict", quota="100/day", budget="5/month")
+    stored = keys.get_key(settings, record.id)
+    assert (stored.quota, stored.budget, stored.limited) == ("100/day", "5/month", True)
+    detail = json.loads(_events(settings, "key.created")[0]["detail"])
+    assert (detail["quota"], detail["budget"]) == ("100/day", "5/month")
+    for kwargs, needle in [
+        ({"quota": "100/week"}, "quota '100/week' is not like '10000/day'"),
+        ({"quota": "1.5/day"}, "whole number"),
+        ({"budget": "0/month"}, "must be positive"),
+        ({"budget": "lots"}, "budget 'lots' is not like '50/month'"),
+    ]:
+        with pytest.raises(ConfigurationError, match=needle):
+            keys.create_key(settings, "bad", "predict", **kwargs)
+    assert len(keys.list_keys(settings)) == 1
+
+
+# --- rotation -------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_rotation_keeps_the_previous_secret_only_for_its_grace_period(settings):
+    record, old = keys.create_key(settings, "app", "predict")
+    t0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+    rotation = keys.rotate_key(settings, record.id, "30m", now=t0)
+    assert rotation.previous_valid_until == "2026-05-01T12:30:00.000000+00:00"
+    assert rotation.plaintext.startswith(f"aip_{record.id}_") and rotation.plaintext != old
+
+    clock = Clock(t0 + timedelta(minutes=29))
+    store = keys.KeyStore(settings, ttl_s=60, clock=clock)
+    new_key = store.authenticate(f"Bearer {rotation.plaintext}")
+    assert new_key.id == record.id and not new_key.previous_secret
+    during = store.authenticate(f"Bearer {old}")
+    assert during.id == record.id and during.previous_secret
+    assert during.prev_valid_until == rotation.previous_valid_until
+
+    clock.now = t0 + timedelta(minutes=30)  # from the cache: the deadline still holds
+    with pytest.raises(RetiredSecretError, match="stopped working at 2026-05-01T12:30") as err:
+        store.authenticate(f"Bearer {old}")
+    assert err.value.key_id == record.id
+    assert isinstance(err.value, KeyRejectedError)
+    assert store.authenticate(f"Bearer {rotation.plaintext}").id == record.id
+
+    (rotated,) = _events(settings, "key.rotated")
+    assert rotated["key_id"] == record.id
+    assert json.loads(rotated["detail"]) == {
+        "name": "app",
+        "grace": "30m",
+        "previous_secret_valid_until": "2026-05-01T12:30:00.000000+00:00",
+    }
+    assert audit.verify(settings).ok
+
+
+def test_a_second_rotation_ends_the_first_secret_at_once(settings):
+    record, first = keys.create_key(settings, "app", "predict")
+    second = keys.rotate_key(settings, record.id, "2d").plaintext
+    third = keys.rotate_key(settings, record.id, "1h").plaintext
+    store = keys.KeyStore(settings, ttl_s=0)
+    assert store.authenticate(f"Bearer {third}").id == record.id
+    assert store.authenticate(f"Bearer {second}").previous_secret
+    with pytest.raises(KeyRejectedError, match="unknown API key"):
+        store.authenticate(f"Bearer {first}")
+
+
+def test_a_rotation_takes_effect_within_the_cache_ttl(settings):
+    record, old = keys.create_key(settings, "app", "predict")
+    cached = keys.KeyStore(settings, ttl_s=60)
+    assert cached.authenticate(f"Bearer {old}").id == record.id
+    new = keys.rotate_key(settings, record.id, "0s").plaintext
+    # Within ttl_s the cached row still answers: the old secret as current, the new one unknown.
+    assert not cached.authenticate(f"Bearer {old}").previous_secret
+    with pytest.raises(KeyRejectedError, match="unknown API key"):
+        cached.authenticate(f"Bearer {new}")
+    fresh = keys.KeyStore(settings, ttl_s=0)  # past ttl_s: the database's word
+    assert fresh.authenticate(f"Bearer {new}").id == record.id
+    with pytest.raises(RetiredSecretError):
+        fresh.authenticate(f"Bearer {old}")
+
+
+def test_rotation_refuses_unknown_revoked_and_expired_keys_and_bad_graces(settings):
+    record, _ = keys.create_key(settings, "app", "predict")
+    for grace in ["1w", "", "soon", "-1h"]:
+        with pytest.raises(ConfigurationError, match="is not like '1h', '30m', '2d'"):
+            keys.rotate_key(settings, record.id, grace)
+    assert keys.parse_grace("2d") == timedelta(days=2)
+    with pytest.raises(ConfigurationError, match="no key with id 'feedfeedfeed'"):
+        keys.rotate_key(settings, "feedfeedfeed")
+    _, old = keys.create_key(settings, "old", "predict", expires="2020-01-01")
+    with pytest.raises(ConfigurationError, match="expired at 2020-01-01"):
+        keys.rotate_key(settings, old.split("_")[1])
+    keys.revoke_key(settings, record.id)
+    with pytest.raises(ConfigurationError, match="was revoked"):
+        keys.rotate_key(settings, record.id)
+    assert _events(settings, "key.rotated") == []

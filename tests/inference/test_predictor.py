@@ -2,12 +2,12 @@ from __future__ import annotations
 
 import pytest
 
-from aipaas.exceptions import ModelNotFoundError
+from aipaas.exceptions import ModelNotFoundError, UnsignedVersionError
 from aipaas.inference import predictor
 from aipaas.inference.predictor import VersionMeta
 from aipaas.training import tags
 from aipaas.training.registry import ModelVersionInfo
-from tests.support.models import FEATURES, log_lgbm, log_text
+from tests.support.models import FEATURES, log_lgbm, log_text, make_champion
 
 
 def test_lightgbm_version_loads_natively_with_signature_fields(settings):
@@ -41,6 +41,18 @@ def test_unknown_version_and_alias(settings):
     assert predictor.champion_version(settings, "diagnosis") is None
     with pytest.raises(ModelNotFoundError, match="no registered version 7"):
         predictor.load_model(settings, "diagnosis", "7")
+
+
+def test_a_version_must_show_its_promotion_record_to_be_loaded_for_serving(settings):
+    version = log_lgbm(settings, champion=False)
+    with pytest.raises(UnsignedVersionError, match="only a version that was promoted"):
+        predictor.load_model(settings, "diagnosis", version, require="promoted")
+    with pytest.raises(UnsignedVersionError, match="no promotion record"):
+        predictor.load_model(settings, "diagnosis", version, require="champion")
+    make_champion(settings, "diagnosis", version)
+    for require in ("champion", "promoted"):
+        loaded = predictor.load_model(settings, "diagnosis", version, require=require)
+        assert loaded.version == version
 
 
 def test_an_unreachable_registry_is_reported_as_such(settings, monkeypatch):

@@ -2,6 +2,8 @@
 
 ``version_tags`` are set on the registered version, as training does (e.g.
 ``{tags.LOG_INPUTS: "true"}``), so a test can prove what serving reads of them.
+``champion=True`` makes the version champion as a promotion does, through
+:func:`make_champion` (signed, on the audit chain): serving loads nothing else.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from aipaas.settings import Settings
-from aipaas.training import registry, tags
+from aipaas.training import promote, registry, tags
+from aipaas.training.promotion_log import PromotionRecord
 
 FEATURES = ["mean_radius", "mean_texture", "mean_area"]
 
@@ -48,7 +51,7 @@ def log_lgbm(
             signature=infer_signature(x, y),
             registered_model_name=name,
         )
-    return _registered(name, str(info.registered_model_version), champion, version_tags)
+    return _registered(settings, name, str(info.registered_model_version), champion, version_tags)
 
 
 def log_text(
@@ -80,14 +83,26 @@ def log_text(
             signature=infer_signature(frame, np.array(labels)),
             registered_model_name=name,
         )
-    return _registered(name, str(info.registered_model_version), champion, version_tags)
+    return _registered(settings, name, str(info.registered_model_version), champion, version_tags)
 
 
 def _registered(
-    name: str, version: str, champion: bool, version_tags: dict[str, str] | None
+    settings: Settings,
+    name: str,
+    version: str,
+    champion: bool,
+    version_tags: dict[str, str] | None,
 ) -> str:
     if version_tags:
         registry.set_tags(name, version, version_tags)
     if champion:
-        registry.set_alias(name, tags.CHAMPION, version)
+        make_champion(settings, name, version)
     return version
+
+
+def make_champion(
+    settings: Settings, name: str, version: str, *, by: str = "tests (support)"
+) -> PromotionRecord:
+    """The test equivalent of a promotion with no gates: signed, tagged, on the chain."""
+    decision = PromotionRecord(name, version, "promote", "promoted", decided_by=by)
+    return promote.record_decision(settings, decision)

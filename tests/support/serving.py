@@ -60,6 +60,9 @@ class FakeSource:
             raise RegistryUnavailableError("fake registry is down")
         return self.champions.get(name)
 
+    def load_pinned(self, name: str, version: str) -> LoadedModel:
+        return self.load(name, version)
+
     def load(self, name: str, version: str) -> LoadedModel:
         if (name, version) in self.broken:
             raise ModelNotFoundError(f"cannot load models:/{name}/{version}: corrupt artifact")

@@ -2,7 +2,8 @@
 
 Small scikit-learn versions are registered here: a good one, a worse one
 (trained on shuffled labels), a slow one, one with a changed signature. The
-policy itself is tested on plain evidence in ``test_gates.py``.
+policy itself is tested on plain evidence in ``test_gates.py``. Every
+decision is read back from the audit chain, as ``aipaas models show`` does.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
-from aipaas.exceptions import GateFailedError, ModelNotFoundError
+from aipaas import audit, db
+from aipaas.exceptions import GateFailedError, ModelNotFoundError, UnsignedVersionError
 from aipaas.modeldef import ModelDefinition, load_definition
 from aipaas.settings import Settings
-from aipaas.training import promotion_log, registry, signals, tags
+from aipaas.training import attestation, promotion_log, registry, signals, tags
 from aipaas.training.gates import Approval
 from aipaas.training.promote import (
     assess,
@@ -96,12 +99,74 @@ def test_promotion_rejection_idempotence_and_rollback(settings: Settings, tmp_pa
         ("promote", "promoted", v3, "bob"),
         ("rollback", "rolled-back", v1, "carol"),
     ]
+    assert (history[-1].champion_before, history[-1].champion_after) == (v3, v1)
     status = model_status(s, MODEL)
-    assert status.aliases[tags.CHAMPION] == v1
+    assert status.aliases[tags.CHAMPION] == v1 and status.champion_refused is None
     assert [v.status for v in status.versions] == ["rolled-back", "rejected", "promoted"]
     rejected_gates = status.versions[1].gates
     assert "vs champion roc_auc" in [g.name for g in rejected_gates if not g.passed]
     assert [r.version for r in status.history] == [v1, v2, v3, v1]
+    _signed_and_chained(s, history, v1, v2, v3)
+
+
+def _signed_and_chained(s: Settings, history: list, v1: str, v2: str, v3: str) -> None:
+    """Promotions and the rollback are signed on the version and on the chain; edits show."""
+
+    def signed(v: str) -> attestation.Attestation:
+        return attestation.verify(s, MODEL, v, registry.get_version(MODEL, v).tags)
+
+    assert signed(v1).action == "rollback" and signed(v1).signature == history[-1].signature
+    assert signed(v3).result == "promoted"  # rolled away from, still promoted once: pinnable
+    with pytest.raises(UnsignedVersionError, match="no promotion record"):
+        signed(v2)  # a rejection signs nothing
+    rows = [r for r in audit.tail(s, 100) if (r["event"] or "").startswith("model.")]
+    assert [(r["event"], r["version"], r["owner"]) for r in rows] == [
+        ("model.promoted", v1, "alice"),
+        ("model.rejected", v2, "alice"),
+        ("model.promoted", v3, "bob"),
+        ("model.rolled_back", v1, "carol"),
+    ]
+    detail = json.loads(rows[1]["detail"])
+    assert detail["champion_before"] == v1 and "roc_auc" in "; ".join(detail["reasons"])
+    assert json.loads(rows[3]["detail"])["signature"] == signed(v1).signature
+    assert audit.verify(s).ok
+    t = db.audit_log
+    with db.engine(s).begin() as conn:  # someone rewrites who decided
+        conn.execute(update(t).where(t.c.seq == rows[2]["seq"]).values(owner="mallory"))
+    report = audit.verify(s)
+    assert not report.ok and f"seq {rows[2]['seq']}: contents do not match" in report.problems[0]
+
+
+def test_a_hand_moved_alias_is_refused_and_never_laundered(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """MLflow's own client moves aliases without a record: promotion and rollback see it."""
+    from mlflow import MlflowClient
+
+    s = tiny_settings(settings, tmp_path)
+    v1 = register_tiny(s)
+    promote(s, _tiny(s), v1, decided_by="alice")
+    v2 = register_tiny(s)
+    MlflowClient().set_registered_model_alias(MODEL, tags.CHAMPION, v2)
+    refused = model_status(s, MODEL).champion_refused
+    assert refused is not None and "no promotion record" in refused
+
+    # Promoting the unsigned champion is not "unchanged": it earns its record
+    # through the gates (compared with nothing: it cannot be its own baseline).
+    record = promote(s, _tiny(s), v2, decided_by="bob")
+    assert record.result == "promoted" and record.champion_before == v2
+    assert model_status(s, MODEL).champion_refused is None
+    prev = registry.get_alias(MODEL, tags.PREVIOUS_CHAMPION)
+    assert prev is not None and prev.version == v1  # the last champion on record
+
+    # A previous-champion pointed by hand at a never-promoted version is not rolled back to.
+    v3 = register_tiny(s)
+    MlflowClient().set_registered_model_alias(MODEL, tags.PREVIOUS_CHAMPION, v3)
+    with pytest.raises(
+        UnsignedVersionError, match=f"cannot roll tiny back to previous-champion v{v3}"
+    ):
+        rollback(s, MODEL)
+    assert tiny_champion() == v2
 
 
 def test_gates_read_from_the_registry_fail_a_bad_first_model(
@@ -144,6 +209,13 @@ def test_approval_is_required_and_recorded(settings: Settings, tmp_path: Path) -
     [approval] = [g for g in record.gates if g.name == "approval"]
     assert approval.passed and "approved by erin" in approval.value
     assert tiny_champion() == v1
+    events = [(r["event"], r["owner"]) for r in audit.tail(s, 100) if r["kind"] == "admin"]
+    assert events == [
+        ("model.rejected", record.decided_by),  # dana said no
+        ("model.approved", "erin"),
+        ("model.promoted", record.decided_by),
+    ]
+    assert record.decided_by.endswith("(cli)")  # the OS user, when nobody is named
 
 
 def test_no_challenger_says_what_to_do(settings: Settings, tmp_path: Path) -> None:
@@ -193,10 +265,12 @@ def test_cli_exits_non_zero_on_a_failed_gate_and_shows_the_model(
     ok = run("promote", MODEL)
     assert ok.exit_code == 0, ok.output
     assert f"promoted tiny v{v2} to champion" in ok.stdout
+    assert "(cli); on the audit trail (sig " in ok.stdout
 
     shown = run("models", "show", MODEL)
     assert shown.exit_code == 0, shown.output
     assert "aliases: champion=v2, challenger=v2" in shown.stdout
+    assert "champion v2 serves" in shown.stdout and "history (from the audit trail)" in shown.stdout
     assert "rejected" in shown.stdout and "p99 latency ms" in shown.stdout
     listed = run("models", "list", "--json")
     assert listed.exit_code == 0, listed.output
