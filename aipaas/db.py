@@ -49,6 +49,10 @@ api_keys = Table(
     # Rotation: the previous secret's hash stays valid until ``prev_valid_until``.
     Column("prev_key_hash", String(64), nullable=True),
     Column("prev_valid_until", String(40), nullable=True),
+    # "publishable" for a browser app's key (None: a secret key), and the
+    # origins (comma-separated) a publishable key works from.
+    Column("kind", String(16), nullable=True),
+    Column("origins", Text, nullable=True),
 )
 
 audit_log = Table(

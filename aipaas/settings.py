@@ -122,6 +122,13 @@ class ServingSettings(BaseModel):
     profiling_enabled: bool = True
     # Prometheus counters per request (/metrics answers either way).
     metrics_enabled: bool = True
+    # Browser apps: origins allowed to call the API cross-origin (exact
+    # "https://shop.example" entries); publishable keys add their own.
+    cors_origins: list[str] = Field(default_factory=list)
+    # A folder of an app's static files, served at "/" (same origin as /predict).
+    static_dir: Path | None = None
+    # The web console at /console (admin login; see serving/console/).
+    console_enabled: bool = True
     default_rate: str = "50/s"
     max_body_bytes: int = 1_000_000
     max_batch_rows: int = 1000

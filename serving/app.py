@@ -40,7 +40,7 @@ from aipaas.inference.keys import KeyStore, RateLimiter
 from aipaas.inference.quotas import Quotas
 from aipaas.monitoring.spool import SpoolWriter
 from aipaas.settings import Settings, get_settings
-from serving import errors
+from serving import console, errors
 from serving.deps import Components, Guard
 from serving.holder import (
     AuditEvent,
@@ -229,6 +229,8 @@ def create_app(
     for router in (health, predict, feedback, admin, usage):
         app.include_router(router.router)
     errors.install(app)
+    if settings.serving.console_enabled:
+        console.install(app)
     app.add_middleware(AuditMiddleware, settings=settings, writer=writer, metrics=metrics)
     return app
 

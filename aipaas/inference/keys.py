@@ -87,6 +87,8 @@ class ApiKey:
     pins: dict[str, str] = field(default_factory=dict)
     quota: str | None = None  # "10000/day"
     budget: str | None = None  # "50/month"
+    kind: str = "secret"  # "secret" | "publishable" (a browser app's key)
+    origins: tuple[str, ...] = ()  # where a publishable key works from
     # After a rotation: until when the previous secret is still accepted.
     prev_valid_until: str | None = None
     # True on the key :meth:`KeyStore.authenticate` returns for a caller that
@@ -289,6 +291,8 @@ def _row(r: object) -> ApiKey:
         quota=r.quota,  # type: ignore[attr-defined]
         budget=r.budget,  # type: ignore[attr-defined]
         prev_valid_until=r.prev_valid_until,  # type: ignore[attr-defined]
+        kind=r.kind or "secret",  # type: ignore[attr-defined]
+        origins=tuple(o for o in (r.origins or "").split(",") if o),  # type: ignore[attr-defined]
     )
 
 
