@@ -289,15 +289,18 @@ def _profiler(home: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
 
-def _mlflow_server(tracking_uri: str, version: str, port: int) -> subprocess.Popen[bytes]:
+def _mlflow_server(
+    tracking_uri: str, version: str, port: int, log: Path
+) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OMP_NUM_THREADS": "1"}
+    # mlflow runs `uvicorn` by name: the venv's bin must be on PATH (it is under `uv run`).
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     cmd = [
         sys.executable, "-m", "mlflow", "models", "serve", "-m", f"models:/{MODEL}/{version}",
         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port),
     ]  # fmt: skip
-    return subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 @dataclass
@@ -339,8 +342,13 @@ class Bench:
 
     def start_mlflow(self, tracking_uri: str, version: str, body: str) -> None:
         port = _free_port()
-        self.procs.append(_mlflow_server(tracking_uri, version, port))
-        _wait_http(f"http://127.0.0.1:{port}/ping", 180, self.procs[-1])
+        log = self.tmp / "mlflow-serve.log"
+        self.procs.append(_mlflow_server(tracking_uri, version, port, log))
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/ping", 180, self.procs[-1])
+        except RuntimeError:
+            print(log.read_text(errors="replace")[-3000:])
+            raise
         self.targets[MLFLOW] = Target(f"http://127.0.0.1:{port}/invocations", body, {})
 
     def stop(self) -> None:
