@@ -34,13 +34,16 @@ from fastapi.openapi.utils import (
 from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute, iter_route_contexts
 from fastapi.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from aipaas.audit import AuditRecord, AuditWriter
+from aipaas.exceptions import ConfigurationError
 from aipaas.inference.keys import KeyStore, RateLimiter
 from aipaas.inference.quotas import Quotas
 from aipaas.monitoring.spool import SpoolWriter
 from aipaas.settings import Settings, get_settings
 from serving import console, errors
+from serving.cors import AllowedOrigins, CORSMiddleware
 from serving.deps import Components, Guard
 from serving.holder import (
     AuditEvent,
@@ -51,6 +54,7 @@ from serving.holder import (
 )
 from serving.metrics import Metrics
 from serving.middleware import UNAUDITED, AuditMiddleware
+from serving.middleware import context as request_context
 from serving.routers import admin, feedback, health, predict, usage
 from serving.sink import NoopSink, RowSink
 
@@ -231,8 +235,40 @@ def create_app(
     errors.install(app)
     if settings.serving.console_enabled:
         console.install(app)
+    if settings.serving.static_dir is not None:
+        _static_files(app, settings.serving.static_dir)
     app.add_middleware(AuditMiddleware, settings=settings, writer=writer, metrics=metrics)
+    # Outermost, so refusals from the audit middleware carry CORS headers too.
+    app.add_middleware(CORSMiddleware, origins=AllowedOrigins(settings, ttl_s=key_cache_s))
     return app
+
+
+def _static_files(app: FastAPI, directory: Path) -> None:
+    """An app's files at ``/`` (``index.html`` for a folder), same origin as ``/predict``.
+
+    They answer only a GET or HEAD that no route matched (the router's
+    default), so every API route keeps its answers, 405s included, whatever
+    the folder holds. A file served is not audited (see
+    :class:`serving.middleware.AuditMiddleware`).
+
+    Raises:
+        ConfigurationError: the folder does not exist.
+    """
+    if not directory.is_dir():
+        raise ConfigurationError(
+            f"serving.static_dir {str(directory)!r} is not a folder; create it or unset it"
+        )
+    files = StaticFiles(directory=directory, html=True)
+    not_found = app.router.default
+
+    async def static_or_not_found(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in ("GET", "HEAD"):
+            request_context(scope).static = True
+            await files(scope, receive, send)
+        else:
+            await not_found(scope, receive, send)
+
+    app.router.default = static_or_not_found
 
 
 def _offline_docs(app: FastAPI) -> None:

@@ -121,7 +121,9 @@ class Guard:
     each committed request is then counted through ``ctx.on_committed``.
     A request made with a key's previous secret (during a rotation's grace
     period) is noted in its audit record's detail, and so is a previous
-    secret refused after its grace period ended.
+    secret refused after its grace period ended. A publishable key without
+    an ``Origin`` among its own is a 401, audited under the key, before it
+    takes a token from the rate limiter or counts against the quota.
     """
 
     def __init__(self, scope: str, *, per_model: bool = False, limited: bool = True) -> None:
@@ -141,6 +143,12 @@ class Guard:
             ctx.detail = {"secret": "previous", "key_id": err.key_id, "ended_at": err.ended_at}
             raise
         ctx.key, ctx.key_id, ctx.owner = key, key.id, key.name
+        origin = request.headers.get("origin")
+        try:
+            key.check_origin(origin)
+        except KeyRejectedError:
+            ctx.detail = {"origin": origin[:200] if origin else None}
+            raise
         if key.previous_secret:
             ctx.detail = {"secret": "previous", "valid_until": key.prev_valid_until}
         limits = c.settings.serving.rate_limit_enabled and key is not ANONYMOUS

@@ -6,6 +6,10 @@ audit record is committed by the group-commit writer: a client never sees a
 response the trail does not have. If the audit write fails, the client gets
 503 instead of an unaudited answer.
 
+Probes, the docs, and the files of an app's static folder as they are
+served are not client requests of the API and are not audited (a request
+for a file that is not there is: a 404 like any other).
+
 An application may say whom a request is for with ``X-End-User``: the
 record keeps only its keyed pseudonym (:func:`aipaas.audit.end_user_pseudonym`),
 never the id. A value longer than :data:`END_USER_MAX_BYTES` (UTF-8) or
@@ -70,6 +74,8 @@ class RequestContext:
     detail: dict[str, Any] | None = None  # goes into the record's ``detail`` (JSON)
     # Called with the record once it is committed (the Guard sets it: quota counts).
     on_committed: Callable[[AuditRecord], None] | None = None
+    # Answered by the app's static files (serving.static_dir): a file served is not audited.
+    static: bool = False
 
 
 END_USER_PROBLEM = (
@@ -147,7 +153,8 @@ class AuditMiddleware:
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", ctx.request_id.encode()))
                 message = {**message, "headers": headers}
-                ok = await self._finish(ctx, scope, status, t0, body, audited)
+                served_file = ctx.static and status < 400
+                ok = await self._finish(ctx, scope, status, t0, body, audited and not served_file)
                 if not ok:
                     state["swallow"] = True
                     await _send_plain(send, 503, b'{"detail":"audit trail unavailable"}')

@@ -41,15 +41,44 @@ def create_cmd(
     budget: Annotated[
         str | None, typer.Option(help="Cost per UTC hour, day or month, like 50/month.")
     ] = None,
+    publishable: Annotated[
+        bool,
+        typer.Option(
+            "--publishable",
+            help="A key for a browser app (aip_pub_...): predict scopes only, "
+            "and only from --origins.",
+        ),
+    ] = False,
+    origins: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated web origins a publishable key works from, "
+            "like https://shop.example,http://localhost:3000."
+        ),
+    ] = None,
 ) -> None:
     """Create a key. It is shown once, on the last line; only its hash is stored."""
     from aipaas.inference import keys
 
     s = settings()
     record, plaintext = keys.create_key(
-        s, name, scopes, rate=rate, expires=expires, pins=pin, quota=quota, budget=budget
+        s,
+        name,
+        scopes,
+        rate=rate,
+        expires=expires,
+        pins=pin,
+        quota=quota,
+        budget=budget,
+        publishable=publishable,
+        origins=origins,
     )
-    typer.echo(f"created key {record.id} for {record.name!r}, scopes {','.join(record.scopes)}")
+    typer.echo(
+        f"created {record.kind} key {record.id} for {record.name!r}, "
+        f"scopes {','.join(record.scopes)}"
+    )
+    if record.publishable:
+        typer.echo(f"works only from: {','.join(record.origins)}")
     if record.pins:
         typer.echo(f"pinned: {_pins(record.pins)}")
     if record.quota or record.budget:
@@ -77,17 +106,18 @@ def list_cmd(
         typer.echo("no keys; create one with `aipaas keys create --name APP --scopes predict`")
         return
     typer.echo(
-        f"{'id':14} {'name':20} {'scopes':24} {'rate':8} {'quota':12} {'budget':12} "
-        f"{'pins':16} {'state':8} expires"
+        f"{'id':14} {'name':20} {'kind':11} {'scopes':24} {'rate':8} {'quota':12} "
+        f"{'budget':12} {'pins':16} {'state':8} {'expires':32} origins"
     )
     now = datetime.now(UTC).isoformat(timespec="microseconds")
     for k in rows:
         state = "revoked" if k.revoked_at else ("expired" if k.expired else "active")
         grace = k.prev_valid_until if k.active and (k.prev_valid_until or "") > now else None
         typer.echo(
-            f"{k.id:14} {k.name[:20]:20} {','.join(k.scopes)[:24]:24} {k.rate or '-':8} "
-            f"{k.quota or '-':12} {k.budget or '-':12} {_pins(k.pins):16} {state:8} "
-            f"{k.expires_at or '-'}" + (f"  (previous secret until {grace})" if grace else "")
+            f"{k.id:14} {k.name[:20]:20} {k.kind:11} {','.join(k.scopes)[:24]:24} "
+            f"{k.rate or '-':8} {k.quota or '-':12} {k.budget or '-':12} {_pins(k.pins):16} "
+            f"{state:8} {k.expires_at or '-':32} {','.join(k.origins) or '-'}"
+            + (f"  (previous secret until {grace})" if grace else "")
         )
 
 

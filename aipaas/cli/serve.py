@@ -25,9 +25,10 @@ def serve_cmd(
     """
     import uvicorn
 
-    from aipaas.ops.up import serving_tls
+    from aipaas.ops.up import check_browser_settings, serving_tls
 
     s = settings()
+    check_browser_settings(s)
     tls = serving_tls(s)
     uvicorn.run(
         "serving.app:create_app",

@@ -9,6 +9,16 @@ Comparison is constant-time.
 Scopes: ``predict`` (every model) or ``predict:<model>``, ``feedback``
 (or ``feedback:<model>``), and ``admin`` (usage, admin routes; implies all).
 
+A key is *secret* (for servers) or *publishable* (``aip_pub_<id>_<secret>``,
+for a browser app whose page anyone can read, like a payment or maps API's
+publishable key). A publishable key holds only predict scopes and works only
+with an ``Origin`` header among its origins (:meth:`ApiKey.check_origin`).
+Browsers set ``Origin`` and pages cannot forge it, so a leaked publishable
+key is useless to another web site; a non-browser client can send any
+``Origin``, so the key's rate limit and quota are the real bound on misuse.
+Origins are exact ``scheme://host[:port]`` (:func:`parse_origins`), as a
+browser serializes them: no path, no wildcard.
+
 A key may also carry *pins* (``{"diagnosis": "3"}``: its requests are
 answered by that version instead of the champion; only a version with a
 valid signed promotion record may be pinned, checked when the key is
@@ -61,8 +71,12 @@ from aipaas.settings import Settings
 from aipaas.training import attestation
 
 PREFIX = "aip"
+PUBLISHABLE_PREFIX = f"{PREFIX}_pub"
+SECRET, PUBLISHABLE = "secret", "publishable"
 KNOWN_SCOPES = ("predict", "feedback", "admin")
-_KEY_RE = re.compile(rf"^{PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_\-]{{20,}})$")
+_KEY_RE = re.compile(rf"^{PREFIX}_(?:pub_)?([0-9a-f]{{12}})_([A-Za-z0-9_\-]{{20,}})$")
+_ORIGIN_RE = re.compile(r"^(https?)://([a-z0-9.\-]+|\[[0-9a-f:.]+\])(?::(\d{1,5}))?/?$")
+_DEFAULT_PORT = {"http": "80", "https": "443"}
 _RATE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 _PIN_RE = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9_.\-]*)\s*=\s*(\d+)\s*$")
@@ -87,7 +101,7 @@ class ApiKey:
     pins: dict[str, str] = field(default_factory=dict)
     quota: str | None = None  # "10000/day"
     budget: str | None = None  # "50/month"
-    kind: str = "secret"  # "secret" | "publishable" (a browser app's key)
+    kind: str = SECRET  # SECRET | PUBLISHABLE (a browser app's key)
     origins: tuple[str, ...] = ()  # where a publishable key works from
     # After a rotation: until when the previous secret is still accepted.
     prev_valid_until: str | None = None
@@ -115,6 +129,32 @@ class ApiKey:
         if scope in self.scopes:
             return True
         return model is not None and f"{scope}:{model}" in self.scopes
+
+    @property
+    def publishable(self) -> bool:
+        return self.kind == PUBLISHABLE
+
+    def check_origin(self, origin: str | None) -> None:
+        """Refuse a publishable key used without an ``Origin`` among its origins.
+
+        A secret key is not tied to origins: servers send none.
+
+        Raises:
+            KeyRejectedError: a publishable key, and ``origin`` missing or not one of its own.
+        """
+        if not self.publishable:
+            return
+        allowed = ", ".join(self.origins)
+        if not origin:
+            raise KeyRejectedError(
+                f"API key {self.id} is publishable: it works only from a web page on "
+                f"{allowed} (the request has no Origin header)"
+            )
+        if normalize_origin(origin) not in self.origins:
+            raise KeyRejectedError(
+                f"API key {self.id} is publishable: it works only from {allowed}, "
+                f"not from {origin[:200]!r}"
+            )
 
     def require(self, scope: str, model: str | None = None) -> None:
         """Refuse unless :meth:`allows`.
@@ -149,8 +189,64 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _new_plaintext(key_id: str) -> str:
-    return f"{PREFIX}_{key_id}_{secrets.token_urlsafe(24)}"
+def _new_plaintext(key_id: str, kind: str = SECRET) -> str:
+    prefix = PUBLISHABLE_PREFIX if kind == PUBLISHABLE else PREFIX
+    return f"{prefix}_{key_id}_{secrets.token_urlsafe(24)}"
+
+
+def normalize_origin(origin: str) -> str | None:
+    """``origin`` as a browser serializes it (lower case, no default port), or None if not one.
+
+    ``"https://Shop.Example:443/"`` -> ``"https://shop.example"``; a path, a
+    query, a wildcard, user info or a scheme other than http(s) -> None.
+    """
+    m = _ORIGIN_RE.match(origin.strip().lower())
+    if not m:
+        return None
+    scheme, host, port = m.groups()
+    if port is not None and (not 0 < int(port) < 65536):
+        return None
+    if port is None or int(port) == int(_DEFAULT_PORT[scheme]):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{int(port)}"
+
+
+def parse_origins(origins: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``"https://shop.example,http://localhost:3000"`` (or a list) -> normalized origins.
+
+    Raises:
+        ConfigurationError: an entry that is not ``scheme://host[:port]``; the
+            message says what a valid one looks like.
+    """
+    items = origins.split(",") if isinstance(origins, str) else list(origins or ())
+    out = []
+    for raw in (i.strip() for i in items):
+        if not raw:
+            continue
+        origin = normalize_origin(raw)
+        if origin is None:
+            raise ConfigurationError(
+                f"origin {raw!r} is not like https://shop.example or http://localhost:3000 "
+                "(http or https, a host and an optional port; no path, no wildcard)"
+            )
+        out.append(origin)
+    return tuple(dict.fromkeys(out))
+
+
+def _check_publishable(scopes: tuple[str, ...], origins: tuple[str, ...]) -> None:
+    """A publishable key predicts from its origins, nothing else: its text is public."""
+    wider = [s for s in scopes if s.split(":", 1)[0] != "predict"]
+    if wider:
+        raise ConfigurationError(
+            f"a publishable key may only hold predict scopes (predict or predict:<model>), "
+            f"not {','.join(wider)}: its text is readable by anyone who loads the page; "
+            "use a secret key on a server for feedback or admin"
+        )
+    if not origins:
+        raise ConfigurationError(
+            "a publishable key needs --origins: the web origins it works from, "
+            "like https://shop.example"
+        )
 
 
 @lru_cache(maxsize=256)
@@ -291,7 +387,7 @@ def _row(r: object) -> ApiKey:
         quota=r.quota,  # type: ignore[attr-defined]
         budget=r.budget,  # type: ignore[attr-defined]
         prev_valid_until=r.prev_valid_until,  # type: ignore[attr-defined]
-        kind=r.kind or "secret",  # type: ignore[attr-defined]
+        kind=r.kind or SECRET,  # type: ignore[attr-defined]
         origins=tuple(o for o in (r.origins or "").split(",") if o),  # type: ignore[attr-defined]
     )
 
@@ -305,11 +401,21 @@ def _new_record(
     pins: Mapping[str, str | int] | Iterable[str] | None,
     quota: str | None,
     budget: str | None,
+    origins: str | Iterable[str] | None = None,
+    publishable: bool = False,
 ) -> ApiKey:
     """A new key's record, every field validated (nothing stored yet)."""
     if not name.strip():
         raise ConfigurationError("a key needs a --name naming its client")
     scope_t = parse_scopes(scopes)
+    origin_t = parse_origins(origins)
+    if publishable:
+        _check_publishable(scope_t, origin_t)
+    elif origin_t:
+        raise ConfigurationError(
+            "--origins is for publishable keys (add --publishable); a secret key "
+            "is used from servers, which send no Origin"
+        )
     if rate is not None:
         parse_rate(rate)
     if quota is not None:
@@ -327,6 +433,8 @@ def _new_record(
         pins=parse_pins(pins),
         quota=quota.strip() if quota else None,
         budget=budget.strip() if budget else None,
+        kind=PUBLISHABLE if publishable else SECRET,
+        origins=origin_t,
     )
 
 
@@ -341,18 +449,29 @@ def create_key(
     quota: str | None = None,
     budget: str | None = None,
     version_tags: VersionTags | None = None,
+    publishable: bool = False,
+    origins: str | Iterable[str] | None = None,
 ) -> tuple[ApiKey, str]:
     """Create a key (audited); returns its record and the plaintext key, never stored.
 
-    Everything is checked before anything is written: a malformed field, or a
-    pin on a version that was never promoted (see :func:`check_pins`), leaves
-    no key behind.
+    Everything is checked before anything is written: a malformed field, a
+    publishable key with a scope beyond predict or without origins, or a pin
+    on a version that was never promoted (see :func:`check_pins`), leaves no
+    key behind.
     """
     record = _new_record(
-        name, scopes, rate=rate, expires=expires, pins=pins, quota=quota, budget=budget
+        name,
+        scopes,
+        rate=rate,
+        expires=expires,
+        pins=pins,
+        quota=quota,
+        budget=budget,
+        origins=origins,
+        publishable=publishable,
     )
     check_pins(settings, record.pins, version_tags)
-    plaintext = _new_plaintext(record.id)
+    plaintext = _new_plaintext(record.id, record.kind)
     with db.engine(settings).begin() as conn:
         conn.execute(
             db.api_keys.insert().values(
@@ -366,6 +485,8 @@ def create_key(
                 pins=json.dumps(record.pins, sort_keys=True) if record.pins else None,
                 quota=record.quota,
                 budget=record.budget,
+                kind=PUBLISHABLE if record.publishable else None,
+                origins=",".join(record.origins) or None,
             )
         )
     audit.append_event(
@@ -379,6 +500,8 @@ def create_key(
             "pins": record.pins,
             "quota": record.quota,
             "budget": record.budget,
+            "kind": record.kind,
+            "origins": list(record.origins),
         },
         key_id=record.id,
         owner=record.name,
@@ -390,6 +513,16 @@ def list_keys(settings: Settings) -> list[ApiKey]:
     with db.engine(settings).connect() as conn:
         rows = conn.execute(select(db.api_keys).order_by(db.api_keys.c.created_at)).all()
     return [_row(r) for r in rows]
+
+
+def publishable_origins(settings: Settings) -> frozenset[str]:
+    """The origins of every active publishable key: where browser apps may call from."""
+    t = db.api_keys
+    with db.engine(settings).connect() as conn:
+        rows = conn.execute(
+            select(t).where(t.c.kind == PUBLISHABLE, t.c.revoked_at.is_(None))
+        ).all()
+    return frozenset(o for k in map(_row, rows) if k.active for o in k.origins)
 
 
 def get_key(settings: Settings, key_id: str) -> ApiKey | None:
@@ -443,7 +576,7 @@ def rotate_key(
     if key.expired:
         raise ConfigurationError(f"key {key_id} expired at {key.expires_at}; create a new key")
     until = audit.iso_utc((now or _utcnow()) + span)
-    plaintext = _new_plaintext(key_id)
+    plaintext = _new_plaintext(key_id, key.kind)
     t = db.api_keys
     with db.engine(settings).begin() as conn:
         current = conn.execute(select(t.c.key_hash).where(t.c.id == key_id)).scalar_one()

@@ -192,6 +192,7 @@ def serving_service(settings: Settings, argv: list[str]) -> Service:
     that certificate (see :func:`http_ok`).
     """
     host, port = settings.serving.host, settings.serving.port
+    check_browser_settings(settings)
     tls = serving_tls(settings)
     scheme = "https" if tls else "http"
     env: dict[str, str] = {}
@@ -213,6 +214,22 @@ def serving_service(settings: Settings, argv: list[str]) -> Service:
         stage=1,
         env=env,
     )
+
+
+def check_browser_settings(settings: Settings) -> None:
+    """The CORS origins and static folder, checked before a server is started with them.
+
+    Raises:
+        ConfigurationError: a malformed origin, or a static folder that is not one.
+    """
+    from aipaas.inference.keys import parse_origins
+
+    parse_origins(settings.serving.cors_origins)
+    static = settings.serving.static_dir
+    if static is not None and not static.is_dir():
+        raise ConfigurationError(
+            f"serving.static_dir {str(static)!r} is not a folder; create it or unset it"
+        )
 
 
 def serving_tls(settings: Settings) -> tuple[Path, Path] | None:

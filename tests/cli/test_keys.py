@@ -116,3 +116,52 @@ def test_bad_input_ends_with_a_message_and_an_exit_code_not_a_traceback(settings
         )
         assert done.returncode == ConfigurationError.exit_code, done.stderr
         assert needle in done.stderr and "Traceback" not in done.stderr
+
+
+def test_create_a_publishable_key_then_list_shows_kind_and_origins(cli_settings):
+    result = run(
+        "keys", "create", "--name", "shop-web", "--publishable",
+        "--origins", "https://shop.example,http://localhost:3000",
+        "--scopes", "predict", "--rate", "5/s", "--quota", "1000/day",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    token = lines[-1]
+    assert token.startswith("aip_pub_")
+    key_id = token.split("_")[2]
+    assert lines[0] == f"created publishable key {key_id} for 'shop-web', scopes predict"
+    assert "works only from: https://shop.example,http://localhost:3000" in lines
+    _, server_token = keys.create_key(cli_settings, "server", "predict")
+
+    listed = run("keys", "list").output.splitlines()
+    assert listed[0].split()[:3] == ["id", "name", "kind"] and listed[0].endswith("origins")
+    (row,) = [line for line in listed if line.startswith(key_id)]
+    assert " publishable " in row and "5/s" in row and "1000/day" in row
+    assert row.endswith("https://shop.example,http://localhost:3000")
+    (server,) = [line for line in listed if line.startswith(server_token.split("_")[1])]
+    assert " secret " in server and server.endswith(" -")
+    pub = next(k for k in json.loads(run("keys", "list", "--json").output) if k["id"] == key_id)
+    assert (pub["kind"], pub["origins"]) == (
+        "publishable",
+        ["https://shop.example", "http://localhost:3000"],
+    )
+
+
+def test_a_publishable_key_with_feedback_or_no_origin_is_refused_with_a_message(settings):
+    env = {**settings_env(settings), "PATH": "/usr/bin:/bin"}
+    for args, needle in [
+        (
+            ["--publishable", "--origins", "https://shop.example", "--scopes", "predict,feedback"],
+            "error: a publishable key may only hold predict scopes",
+        ),
+        (["--publishable", "--scopes", "predict"], "a publishable key needs --origins"),
+        (["--publishable", "--origins", "https://*.shop.example"], "no path, no wildcard"),
+        (["--origins", "https://shop.example"], "add --publishable"),
+    ]:
+        done = subprocess.run(
+            [AIPAAS, "keys", "create", "--name", "web", *args],
+            env=env, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert done.returncode == ConfigurationError.exit_code, done.stderr
+        assert needle in done.stderr and "Traceback" not in done.stderr
+    assert keys.list_keys(settings) == []

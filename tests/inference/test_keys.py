@@ -314,3 +314,116 @@ def test_rotation_refuses_unknown_revoked_and_expired_keys_and_bad_graces(settin
     with pytest.raises(ConfigurationError, match="was revoked"):
         keys.rotate_key(settings, record.id)
     assert _events(settings, "key.rotated") == []
+
+
+# --- publishable keys (browser apps) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "origin"),
+    [
+        ("https://shop.example", "https://shop.example"),
+        ("HTTPS://Shop.Example:443/", "https://shop.example"),
+        ("http://localhost:3000", "http://localhost:3000"),
+        ("http://127.0.0.1:80", "http://127.0.0.1"),
+        ("http://[::1]:8080", "http://[::1]:8080"),
+    ],
+)
+def test_origins_are_normalized_as_a_browser_sends_them(given, origin):
+    assert keys.normalize_origin(given) == origin
+    assert keys.parse_origins(f" {given} , {origin}") == (origin,)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "*",
+        "https://*.shop.example",
+        "shop.example",
+        "https://shop.example/app",
+        "https://shop.example?x=1",
+        "https://user@shop.example",
+        "ftp://shop.example",
+        "https://shop.example:99999",
+        "null",
+    ],
+)
+def test_an_origin_with_a_path_a_wildcard_or_another_scheme_is_refused(bad):
+    assert keys.normalize_origin(bad) is None
+    with pytest.raises(ConfigurationError, match="no path, no wildcard"):
+        keys.parse_origins(["https://ok.example", bad])
+
+
+def test_a_publishable_key_is_recognisable_stored_audited_and_listed(settings):
+    record, plaintext = keys.create_key(
+        settings,
+        "shop-web",
+        "predict",
+        rate="5/s",
+        quota="1000/day",
+        publishable=True,
+        origins="https://shop.example, http://localhost:3000/",
+    )
+    assert plaintext.startswith(f"aip_pub_{record.id}_")
+    stored = keys.get_key(settings, record.id)
+    assert (stored.kind, stored.publishable) == ("publishable", True)
+    assert stored.origins == ("https://shop.example", "http://localhost:3000")
+    assert (stored.rate, stored.quota) == ("5/s", "1000/day")
+    assert keys.KeyStore(settings, ttl_s=0).authenticate(f"Bearer {plaintext}").id == record.id
+    detail = json.loads(_events(settings, "key.created")[0]["detail"])
+    assert detail["kind"] == "publishable" and tuple(detail["origins"]) == stored.origins
+    secret, _ = keys.create_key(settings, "server", "predict")
+    assert (secret.kind, secret.origins) == ("secret", ())
+    assert keys.publishable_origins(settings) == {"https://shop.example", "http://localhost:3000"}
+    keys.revoke_key(settings, record.id)
+    assert keys.publishable_origins(settings) == frozenset()
+
+
+def test_rotating_a_publishable_key_keeps_it_publishable(settings):
+    record, _ = keys.create_key(
+        settings, "shop-web", "predict", publishable=True, origins="https://shop.example"
+    )
+    assert keys.rotate_key(settings, record.id, "0s").plaintext.startswith("aip_pub_")
+
+
+@pytest.mark.parametrize(
+    ("scopes", "origins", "needle"),
+    [
+        ("predict,feedback", "https://shop.example", "only hold predict scopes .* not feedback"),
+        ("admin", "https://shop.example", "not admin"),
+        ("feedback:diagnosis", "https://shop.example", "not feedback:diagnosis"),
+        ("predict", None, "needs --origins"),
+        ("predict", "", "needs --origins"),
+        ("predict", "https://shop.example/checkout", "no path, no wildcard"),
+    ],
+)
+def test_a_publishable_key_beyond_predict_or_without_origins_is_refused(
+    settings, scopes, origins, needle
+):
+    with pytest.raises(ConfigurationError, match=needle):
+        keys.create_key(settings, "web", scopes, publishable=True, origins=origins)
+    assert keys.list_keys(settings) == []
+
+
+def test_origins_on_a_secret_key_are_refused(settings):
+    with pytest.raises(ConfigurationError, match="add --publishable"):
+        keys.create_key(settings, "web", "predict", origins="https://shop.example")
+
+
+def test_a_publishable_key_works_only_from_its_origins(settings):
+    record, _ = keys.create_key(
+        settings, "web", "predict:diagnosis", publishable=True, origins="https://shop.example"
+    )
+    record.check_origin("https://shop.example")
+    record.check_origin("https://SHOP.example:443")
+    for origin, needle in [
+        (None, "no Origin header"),
+        ("", "no Origin header"),
+        ("https://evil.example", "not from 'https://evil.example'"),
+        ("null", "works only from https://shop.example"),
+    ]:
+        with pytest.raises(KeyRejectedError, match=needle):
+            record.check_origin(origin)
+    secret, _ = keys.create_key(settings, "server", "predict")
+    secret.check_origin(None)  # a server's key is not tied to an origin
+    secret.check_origin("https://anything.example")

@@ -19,6 +19,7 @@ from schemathesis.schemas import APIOperation
 from aipaas.exceptions import UnsignedVersionError
 from aipaas.inference import keys
 from aipaas.inference.predictor import LoadedModel
+from aipaas.training import registry
 from tests.support.serving import FakeSource, bearer
 
 MAX_EXAMPLES = 25  # per operation and mode: the file runs in about 20 s on 2 cores
@@ -45,7 +46,10 @@ def every_scope(settings) -> dict[str, str]:
 
 
 @pytest.fixture
-def api(make_client):
+def api(make_client, settings):
+    # The admin rollback route reaches the real registry: create its store now,
+    # not inside the first fuzzed request (seconds on a busy machine).
+    registry.connect(settings)
     app = make_client().app  # started: the champion is loaded
     return schemathesis.openapi.from_asgi("/openapi.json", app)
 
