@@ -115,7 +115,10 @@ class ServingSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     default_model: str = "diagnosis"
-    models: list[str] = Field(default_factory=lambda: ["diagnosis"])
+    # An allow-list of the models this server serves (besides default_model).
+    # Empty: every registered model with a champion, discovered at start-up and
+    # at each poll, with no setting to edit when a team adds a model.
+    models: list[str] = Field(default_factory=list)
     auth_enabled: bool = True
     rate_limit_enabled: bool = True
     audit_enabled: bool = True

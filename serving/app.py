@@ -203,10 +203,13 @@ def create_app(
     writer = AuditWriter(settings)
     if row_sink is None:
         row_sink = SpoolWriter(settings) if settings.serving.profiling_enabled else NoopSink()
-    names = list(dict.fromkeys([settings.serving.default_model, *settings.serving.models]))
+    # The default model and the allow-list; without one, every model with a
+    # champion is discovered (at start-up and at each poll) and added here.
+    allow = settings.serving.models
+    names = list(dict.fromkeys([settings.serving.default_model, *allow]))
     metrics = Metrics(names, is_loaded=lambda m, v: holder.get_version(m, v) is not None)
     source = model_source or RegistrySource(settings)
-    holder = ModelHolder(source, _admin_events(writer, metrics), names)
+    holder = ModelHolder(source, _admin_events(writer, metrics), names, discover=not allow)
     components = Components(
         settings=settings,
         keys=KeyStore(settings, ttl_s=key_cache_s),
@@ -335,7 +338,8 @@ def _lifespan(components: Components, writer: AuditWriter, *, follow: bool) -> A
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        for name in holder.names:
+        await asyncio.to_thread(holder.discover)
+        for name in list(holder.names):
             outcome = await asyncio.to_thread(holder.refresh, name)
             log.info("startup: %s -> %s", name, outcome)
         task = asyncio.create_task(follow_champions(holder, settings)) if follow else None

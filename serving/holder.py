@@ -63,6 +63,9 @@ class ModelSource(Protocol):
             UnsignedVersionError: it is not the champion on record.
         """
 
+    def served_models(self) -> list[str]:
+        """Every registered model that has a ``champion`` (discovery, when no allow-list)."""
+
     def load_pinned(self, name: str, version: str) -> LoadedModel:
         """Load and warm a version addressed explicitly (slow; a worker thread).
 
@@ -79,6 +82,9 @@ class RegistrySource:
 
     def champion(self, name: str) -> str | None:
         return predictor.champion_version(self._settings, name)
+
+    def served_models(self) -> list[str]:
+        return predictor.models_with_champion(self._settings)
 
     def load(self, name: str, version: str) -> LoadedModel:
         return predictor.load_model(self._settings, name, version, require="champion")
@@ -140,10 +146,15 @@ class ModelHolder:
         names: list[str],
         *,
         cache_size: int = PIN_CACHE_SIZE,
+        discover: bool = False,
     ) -> None:
         self._source = source
         self._on_event = on_event
-        self.names = list(dict.fromkeys(names))
+        # Kept as given (the caller's list: metrics reads the same one) and
+        # grown by :meth:`discover` when there is no allow-list.
+        names[:] = list(dict.fromkeys(names))
+        self.names = names
+        self.discovering = discover
         self._models: dict[str, ServedModel] = {}
         self._locks = {n: threading.Lock() for n in self.names}
         self.last_error: dict[str, str] = {}
@@ -164,6 +175,26 @@ class ModelHolder:
 
     def get(self, name: str) -> ServedModel | None:
         return self._models.get(name)
+
+    def discover(self) -> list[str]:
+        """Add every registered model with a champion to :attr:`names`; the ones added.
+
+        Only without an allow-list (``serving.models`` empty). A registry that
+        does not answer adds nothing this time.
+        """
+        if not self.discovering:
+            return []
+        try:
+            found = self._source.served_models()
+        except RegistryUnavailableError as err:
+            log.warning("model discovery skipped: %s", err)
+            return []
+        added = [n for n in found if n not in self.names]
+        for name in added:
+            self._locks.setdefault(name, threading.Lock())
+            self.names.append(name)  # one append: readers see it or not
+            log.info("discovered model %s (it has a champion)", name)
+        return added
 
     def all(self) -> dict[str, ServedModel]:
         return dict(self._models)
@@ -194,6 +225,13 @@ class ModelHolder:
                 return "refused"
             except AipaasError as err:
                 self._load_failed(name, version, current, err)
+                return "failed"
+            except Exception as err:  # noqa: BLE001 - one model's bug never stops serving
+                log.exception("loading %s v%s raised", name, version)
+                wrapped = AipaasError(
+                    f"{name} v{version} failed to load: {type(err).__name__}: {err}"
+                )
+                self._load_failed(name, version, current, wrapped)
                 return "failed"
             self._clear_refusal(name)
             return self._swap_in(name, served, current, time.perf_counter() - started)
@@ -372,12 +410,17 @@ async def follow_champions(holder: ModelHolder, settings: Settings, *, tick_s: f
     poll = settings.serving.reload_poll_s
     next_poll = {n: time.monotonic() + poll for n in holder.names}
     marks = {n: signals.marker_mtime(settings, n) for n in holder.names}
+    next_discovery = time.monotonic() + poll
     await asyncio.to_thread(sync_pins, holder, settings)
     while True:
         await asyncio.sleep(tick_s)
         now = time.monotonic()
         polled = False
-        for name in holder.names:
+        if holder.discovering and now >= next_discovery:
+            next_discovery = now + poll
+            for name in await asyncio.to_thread(holder.discover):
+                next_poll[name], marks[name] = now, 0.0  # load it on this tick
+        for name in list(holder.names):
             mark = signals.marker_mtime(settings, name)
             if mark != marks[name] or now >= next_poll[name]:
                 marks[name] = mark

@@ -82,7 +82,7 @@ class Metrics:
         models: Collection[str] = (),
         is_loaded: Callable[[str, str], bool] = lambda _m, _v: False,
     ) -> None:
-        self._models = frozenset(models)
+        self._models = models  # kept, not copied: serving adds models it discovers
         self._is_loaded = is_loaded
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
         self.registry = reg = CollectorRegistry()

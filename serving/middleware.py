@@ -53,7 +53,8 @@ def _next_id() -> str:
 UNAUDITED = frozenset(
     {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
 )
-UNAUDITED_PREFIX = "/docs-static/"  # the docs pages' own scripts and styles
+# The docs' and the console's own scripts and styles.
+UNAUDITED_PREFIX = ("/docs-static/", "/console/static/")
 END_USER_HEADER = b"x-end-user"
 END_USER_MAX_BYTES = 128
 

@@ -100,6 +100,8 @@ class Readiness(BaseModel):
     models: dict[str, str | None]
     error: str | None = None
     refused: dict[str, str] = Field(default_factory=dict)
+    # model -> why its champion failed to load or warm up (it answers 503; others serve)
+    failed: dict[str, str] = Field(default_factory=dict)
 
 
 class ErrorOut(BaseModel):

@@ -20,7 +20,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 # Tests never read the developer's .env or environment overrides.
-for _key in [k for k in os.environ if k.startswith("AIPAAS_")]:
+# (AIPAAS_UPDATE_SCREENSHOTS is the test run's own switch, not a setting.)
+for _key in [k for k in os.environ if k.startswith("AIPAAS_") and k != "AIPAAS_UPDATE_SCREENSHOTS"]:
     del os.environ[_key]
 
 from aipaas.settings import Settings, get_settings  # noqa: E402

@@ -57,7 +57,9 @@ def start_missing_lifecycles(s: Settings) -> None:
     registry.connect(s)
     defined = set(list_definitions(s.models_dir))
     ui = s.prefect_api_url.removesuffix("/api")
-    for model in s.serving.models:
+    # The allow-list if there is one, else every model the project defines.
+    wanted = [s.serving.default_model, *(s.serving.models or sorted(defined))]
+    for model in dict.fromkeys(wanted):
         if model not in defined:
             typer.echo(f"  {model}: no definition in {s.models_dir}; skipped")
             continue

@@ -290,6 +290,17 @@ def champion_version(settings: Settings, name: str, alias: str = tags.CHAMPION) 
     return None if info is None else info.version
 
 
+def models_with_champion(settings: Settings, alias: str = tags.CHAMPION) -> list[str]:
+    """Every registered model that has ``alias`` set, by name."""
+    registry.connect(settings, check=False)
+    names: list[str] = _call(registry.list_models)
+
+    def has(name: str) -> bool:
+        return _call(lambda: registry.get_alias(name, alias)) is not None
+
+    return [n for n in names if has(n)]
+
+
 def _call(fn: Callable[[], Any]) -> Any:
     try:
         return fn()

@@ -24,9 +24,10 @@ router = APIRouter(tags=["admin"], dependencies=[Depends(Guard("admin", limited=
 
 @router.post("/admin/reload", response_model=ReloadOut)
 async def reload(c: ComponentsDep) -> ReloadOut:
-    """Check every served model's champion, and the keys' pins, now instead of at the next poll."""
+    """Discover new models (no allow-list), check every champion and the keys' pins, now."""
     outcomes = {}
-    for name in c.holder.names:
+    await anyio.to_thread.run_sync(c.holder.discover)
+    for name in list(c.holder.names):
         outcomes[name] = await anyio.to_thread.run_sync(c.holder.refresh, name)
     await anyio.to_thread.run_sync(sync_pins, c.holder, c.settings)
     return ReloadOut(outcomes=outcomes)

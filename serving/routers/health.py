@@ -23,13 +23,19 @@ async def readyz(c: ComponentsDep) -> JSONResponse:
     """200 once the default model has a loaded version, 503 before.
 
     ``refused`` names each model whose ``champion`` points at a version
-    serving refuses (never promoted), and why.
+    serving refuses (never promoted), and why; ``failed`` each model whose
+    champion failed to load or warm up (the others serve).
     """
     models = {n: (m.version if (m := c.holder.get(n)) else None) for n in c.holder.names}
     ready = models.get(c.settings.serving.default_model) is not None
     ready = ready and c.holder.follower_error is None
+    failed = {n: e for n, e in c.holder.last_error.items() if models.get(n) is None}
     body = Readiness(
-        ready=ready, models=models, error=c.holder.follower_error, refused=dict(c.holder.refused)
+        ready=ready,
+        models=models,
+        error=c.holder.follower_error,
+        refused=dict(c.holder.refused),
+        failed={n: e for n, e in failed.items() if n not in c.holder.refused},
     ).model_dump()
     return JSONResponse(body, status_code=200 if ready else 503)
 

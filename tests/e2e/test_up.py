@@ -88,6 +88,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         # One retrain per demo: the demo's 5 min cooldown can end while a slow
         # machine still retrains, and a second retrain would share the CPU.
         "AIPAAS_RETRAIN__COOLDOWN_MINUTES": "60",
+        # The demo model only: every defined model would get a lifecycle (minutes).
+        "AIPAAS_SERVING__MODELS": '["diagnosis"]',
         # The runner picks up the lifecycle run within 1 s instead of Prefect's 10 s.
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }

@@ -126,6 +126,7 @@ def test_503_without_a_champion_then_ready_after_reload(make_client, source, set
         "models": {"diagnosis": "4"},
         "error": None,
         "refused": {},
+        "failed": {},
     }
     assert c.post("/predict", json=ROW, headers=bearer(predict_key)).json()["model_version"] == "4"
 

@@ -50,6 +50,7 @@ class FakeSource:
     def __init__(self) -> None:
         self.champions: dict[str, str | None] = {"diagnosis": "1"}
         self.broken: set[tuple[str, str]] = set()
+        self.crashing: set[tuple[str, str]] = set()  # load raises a non-aipaas error (a bug)
         self.down = False
         self.fields: dict[str, tuple[FieldSpec, ...]] = {}
         self.log_inputs: set[str] = set()
@@ -63,7 +64,14 @@ class FakeSource:
     def load_pinned(self, name: str, version: str) -> LoadedModel:
         return self.load(name, version)
 
+    def served_models(self) -> list[str]:
+        if self.down:
+            raise RegistryUnavailableError("fake registry is down")
+        return [name for name, version in self.champions.items() if version is not None]
+
     def load(self, name: str, version: str) -> LoadedModel:
+        if (name, version) in self.crashing:
+            raise ValueError("warm-up prediction failed: could not convert string to float")
         if (name, version) in self.broken:
             raise ModelNotFoundError(f"cannot load models:/{name}/{version}: corrupt artifact")
         if (name, version) in self.models:
