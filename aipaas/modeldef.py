@@ -73,7 +73,8 @@ class DriftPolicy:
     # Per-feature drift score threshold; a feature above it is "drifting".
     default_threshold: float = 0.15
     feature_thresholds: Mapping[str, float] = field(default_factory=dict)
-    # Retrain when at least this many features drift ...
+    # Retrain when at least this many features drift (or every feature, when
+    # the model has fewer: a one-feature text model retrains when it drifts) ...
     max_drifting_features: int = 3
     # ... or accuracy on labelled feedback drops this much below the holdout.
     max_accuracy_drop: float = 0.05

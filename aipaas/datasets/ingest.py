@@ -30,6 +30,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,9 @@ from aipaas.exceptions import (
 from aipaas.files import atomic_write, atomic_write_json
 from aipaas.schemas import DatasetVersion, ValidationReport
 from aipaas.settings import DatasetSpec, DataSettings, Settings
+
+# Where Debian's ``fortunes`` package installs its quotes (``fortunes:`` sources).
+FORTUNES_DIR = Path("/usr/share/games/fortunes")
 
 # The stages dvc.yaml declares for each dataset, in order.
 STAGES = ("ingest", "validate", "split")
@@ -461,11 +465,14 @@ def load_source(spec: DatasetSpec, settings: Settings, dataset: str = "") -> pd.
     kind, _, arg = spec.source.partition(":")
     if kind == "sklearn" and arg:
         return _load_sklearn(arg, spec.target)
+    if kind == "fortunes" and arg:
+        return load_fortunes(_categories(arg), spec.target, FORTUNES_DIR)
     if kind == "csv" and arg:
         file = _source_file(arg, Path(settings.versioning.repo), sources_dir(settings))
         return _read_table(file, dataset or spec.source, f"source csv:{arg}")
     raise ConfigurationError(
-        f"unknown dataset source {spec.source!r}: use 'sklearn:<name>' or 'csv:<path>'"
+        f"unknown dataset source {spec.source!r}: use 'sklearn:<name>', 'csv:<path>' "
+        "or 'fortunes:<category>,<category>,...'"
     )
 
 
@@ -487,6 +494,61 @@ def _load_sklearn(name: str, target: str) -> pd.DataFrame:
         labels = labels.map(dict(enumerate(str(n) for n in names)))
     frame[target] = labels.to_numpy()
     return frame
+
+
+def load_fortunes(categories: Sequence[str], target: str, directory: Path) -> pd.DataFrame:
+    """Quotes from Debian's ``fortunes`` package, labelled with their category.
+
+    Each category is a file of entries separated by lines holding only ``%``.
+    Text is normalised (overstrike sequences and runs of whitespace collapsed,
+    the ``-- author`` attribution kept as part of the quote), then
+    deduplicated: a text filed under two categories has no single label and
+    is dropped, a repeat within one category is kept once. Rows come out in
+    category order, then file order, so the same files always give the same
+    ``raw.csv``. Nothing is downloaded: the files ship with the package.
+
+    Raises:
+        DatasetNotFoundError: a category's file is missing (the package is not installed).
+    """
+    rows = [
+        (_normalise(entry), category)
+        for category in categories
+        for entry in _fortune_entries(directory / category, category)
+    ]
+    frame = pd.DataFrame(rows, columns=["text", target])
+    frame = frame[frame["text"] != ""].drop_duplicates()
+    labels = frame.groupby("text")[target].nunique()
+    ambiguous = set(labels.index[labels > 1])
+    frame = frame[~frame["text"].isin(ambiguous)]
+    return frame.reset_index(drop=True)
+
+
+def _categories(arg: str) -> list[str]:
+    names = [c.strip() for c in arg.split(",") if c.strip()]
+    bad = [c for c in names if not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", c)]
+    if not names or bad:
+        raise ConfigurationError(
+            f"source fortunes:{arg}: name categories as files of {FORTUNES_DIR}, "
+            "comma-separated, e.g. fortunes:computers,science"
+        )
+    return names
+
+
+def _fortune_entries(file: Path, category: str) -> list[str]:
+    """The raw entries of one fortunes file."""
+    if not file.is_file():
+        raise DatasetNotFoundError(
+            f"source fortunes:{category}: {file} is missing; it ships in Debian's "
+            "`fortunes` package (apt-get install fortunes)"
+        )
+    text = file.read_bytes().decode("utf-8", errors="replace")
+    return re.split(r"^%[ \t]*$", text, flags=re.MULTILINE)
+
+
+def _normalise(entry: str) -> str:
+    """One line of plain text: overstriking (``x\\bx``, ``_\\bx``) undone, whitespace collapsed."""
+    entry = re.sub(r".\x08", "", entry, flags=re.DOTALL).replace("\b", "")
+    return " ".join(entry.split())
 
 
 def _source_file(path: str, repo: Path, sources: Path) -> Path:

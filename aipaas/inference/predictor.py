@@ -189,6 +189,13 @@ def _text_x(rows: list[list[Any]]) -> Any:
     return [r[0] for r in rows]
 
 
+def _text_frame(rows: list[list[Any]]) -> Any:
+    """A one-column ``text`` DataFrame: what a pipeline fitted on a DataFrame takes."""
+    import pandas as pd
+
+    return pd.DataFrame({"text": [r[0] for r in rows]})
+
+
 def _build(model: Any, flavor: str, fields: tuple[FieldSpec, ...]) -> tuple[Callable, Any]:
     """The fastest call path the loaded object supports, and its classes."""
     text = tuple(f.name for f in fields) == ("text",)
@@ -213,6 +220,10 @@ def _build(model: Any, flavor: str, fields: tuple[FieldSpec, ...]) -> tuple[Call
                 pass
         # Fitted on a DataFrame, called with an array: same columns, same order.
         warnings.filterwarnings("ignore", message="X does not have valid feature names")
+        if text and hasattr(model, "feature_names_in_"):
+            # A text pipeline fitted on a DataFrame (a ColumnTransformer over
+            # ``text``) selects its column by name: it needs the frame.
+            make_x = _text_frame
         classes = getattr(model, "classes_", None)
         if classes is not None and hasattr(model, "predict_proba"):
             return _classifier_predict(model.predict_proba, classes, make_x), classes

@@ -17,7 +17,22 @@ Scores, all in [0, 1] so one threshold reads the same everywhere:
   L-infinity distance between value frequencies (a chi-square p-value is
   reported beside it);
 - a missing-value fraction up by more than the threshold, a changed type or
-  an absent column also make a feature drift.
+  an absent column also make a feature drift;
+- text features (a column profiled as text, see
+  :mod:`aipaas.datasets.profiles`) are judged by four statistics, each its
+  own row named ``<feature>.<statistic>`` with its own threshold
+  (``feature_thresholds`` takes these names): ``length`` (Hellinger on the
+  character-length deciles, like a number), ``tokens`` (Hellinger between
+  the frequencies of the reference's most frequent tokens plus "other",
+  corrected for sampling noise), ``oov`` (the out-of-vocabulary rate
+  against the training vocabulary in excess of the rate ordinary traffic
+  shows, the Good-Turing estimate) and ``empty`` (the share of empty or
+  whitespace-only inputs in excess of the training data's). A text feature
+  drifts when any of its statistics does.
+
+The policy counts drifting *features*: at least ``max_drifting_features``,
+or every feature when the model has fewer (a one-feature text model
+retrains when its one feature drifts).
 
 The numbers come from :mod:`aipaas.datasets.profiles`: no whylogs type
 reaches this module.
@@ -28,7 +43,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import pandas as pd
@@ -62,6 +77,13 @@ class FeatureDrift:
     reference_type: str = ""
     current_type: str = ""
     reasons: tuple[str, ...] = ()
+    # The model feature this row judges ("" : ``feature`` itself); the rows of a
+    # text feature's statistics name it, and the policy counts features, not rows.
+    source: str = ""
+
+    @property
+    def of_feature(self) -> str:
+        return self.source or self.feature
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -251,6 +273,44 @@ def score_column(cmp: ColumnComparison, threshold: float, name: str | None = Non
     )
 
 
+def score_text(
+    comparisons: Sequence[ColumnComparison], policy: DriftPolicy, feature: str
+) -> list[FeatureDrift]:
+    """Score the aligned statistics of one text feature (:func:`profiles.compare_text`)."""
+    out = []
+    for cmp in comparisons:
+        threshold = policy.feature_thresholds.get(cmp.column, policy.default_threshold)
+        statistic = cmp.column.rpartition(".")[2]
+        if statistic == profiles.TEXT_LENGTH:
+            scored = score_column(cmp, threshold)
+        elif statistic == profiles.TEXT_TOKENS:
+            scored = _text_score(
+                cmp, threshold, "hellinger",
+                hellinger_corrected(cmp.reference_freq, cmp.current_freq,
+                                    cmp.reference.count, cmp.current.count),
+            )  # fmt: skip
+        else:  # oov, empty: the share of the second category, above the reference's
+            excess = max(0.0, cmp.current_freq[1] - cmp.reference_freq[1])
+            scored = _text_score(cmp, threshold, "excess", excess)
+        out.append(replace(scored, source=feature))
+    return out
+
+
+def _text_score(cmp: ColumnComparison, threshold: float, method: str, score: float) -> FeatureDrift:
+    reasons = (f"{method} {score:.3f} > {threshold:g}",) if score > threshold else ()
+    return FeatureDrift(
+        feature=cmp.column,
+        kind="text",
+        method=method,
+        score=score,
+        threshold=threshold,
+        drifting=bool(reasons),
+        reference_type="string",
+        current_type="string",
+        reasons=reasons,
+    )
+
+
 def _absent(name: str, threshold: float) -> FeatureDrift:
     return FeatureDrift(
         name, "absent", "-", 1.0, threshold, True, reasons=("column absent from served rows",)
@@ -275,7 +335,13 @@ def compare_profiles(
         if name not in cur_cols:
             features.append(_absent(name, threshold))
             continue
-        cmp = profiles.compare(reference, current, name, bins=bins_for(current.num_rows))
+        bins = bins_for(current.num_rows)
+        if reference.text(name) is not None and current.text(name) is not None:
+            text = profiles.compare_text(reference, current, name, bins=bins)
+            comparisons.extend(text)
+            features.extend(score_text(text, policy, name))
+            continue
+        cmp = profiles.compare(reference, current, name, bins=bins)
         comparisons.append(cmp)
         features.append(score_column(cmp, threshold))
     prediction = None
@@ -341,7 +407,11 @@ def decide_retrain(
     features: Sequence[FeatureDrift],
     accuracy: AccuracyCheck | None,
 ) -> DriftDecision:
-    """Apply the drift policy; every verdict carries its reasons."""
+    """Apply the drift policy; every verdict carries its reasons.
+
+    Features are counted, not rows: the statistics of one text feature drift
+    as one feature. A retrain needs :func:`needed_features` of them.
+    """
     if rows < policy.min_rows:
         return DriftDecision(
             decided=False,
@@ -352,11 +422,14 @@ def decide_retrain(
         )
     reasons: list[str] = []
     drifting = [f for f in features if f.drifting]
-    if len(drifting) >= policy.max_drifting_features:
+    judged = len({f.of_feature for f in features})
+    drifting_features = list(dict.fromkeys(f.of_feature for f in drifting))
+    k = needed_features(policy, judged)
+    if drifting and len(drifting_features) >= k:
         listed = ", ".join(f"{f.feature} ({'; '.join(f.reasons)})" for f in drifting[:8])
         more = f" and {len(drifting) - 8} more" if len(drifting) > 8 else ""
         reasons.append(
-            f"{len(drifting)} features drift (policy: {policy.max_drifting_features}): "
+            f"{len(drifting_features)} features drift (policy: {_policy_k(policy, k)}): "
             f"{listed}{more}"
         )
     if accuracy is not None and accuracy.violated:
@@ -367,11 +440,22 @@ def decide_retrain(
         )
     if reasons:
         return DriftDecision(decided=True, retrain=True, reasons=tuple(reasons))
-    k = policy.max_drifting_features
-    ok = [f"{len(drifting)} of {len(features)} features drift (policy: {k})"]
+    ok = [f"{len(drifting_features)} of {judged} features drift (policy: {_policy_k(policy, k)})"]
     if accuracy is not None:
         ok.append(f"accuracy {accuracy.accuracy:.3f} on {accuracy.labelled_rows} labelled rows")
     return DriftDecision(decided=True, retrain=False, reasons=tuple(ok))
+
+
+def needed_features(policy: DriftPolicy, features: int) -> int:
+    """How many drifting features ask for a retrain: ``max_drifting_features``, or all
+    of them when the model has fewer (a one-feature model could never reach 3)."""
+    return max(1, min(policy.max_drifting_features, features))
+
+
+def _policy_k(policy: DriftPolicy, k: int) -> str:
+    if k == policy.max_drifting_features:
+        return str(k)
+    return f"{k}, every feature; max_drifting_features is {policy.max_drifting_features}"
 
 
 def build_report(

@@ -134,13 +134,12 @@ def test_run_prints_the_version(tmp_path_factory, tmp_path, home, use_settings):
     listed = CliRunner().invoke(app, ["data", "version", "breast_cancer", "--json"])
     assert json.loads(listed.output)["hash"] == version.hash
     rows = json.loads(CliRunner().invoke(app, ["data", "list", "--json"]).output)
-    assert rows == [
-        {
-            "name": "breast_cancer",
-            "source": "sklearn:breast_cancer",
-            "target": "diagnosis",
-            "suite": "passed",
-            "hash": version.hash,
-            "rows": 569,
-        }
-    ]
+    assert [r["name"] for r in rows] == ["breast_cancer", "quotes"]  # params.yaml's order
+    assert rows[0] == {
+        "name": "breast_cancer",
+        "source": "sklearn:breast_cancer",
+        "target": "diagnosis",
+        "suite": "passed",
+        "hash": version.hash,
+        "rows": 569,
+    }

@@ -199,8 +199,61 @@ def test_unknown_dataset_and_never_produced(st):
             source="sklearn:breast_cancer",
             target="diagnosis",
             suite="not run",
-        )
+        ),
+        ingest.DatasetStatus(
+            name="quotes",
+            source="fortunes:computers,people,politics,science",
+            target="topic",
+            suite="not run",
+        ),
     ]
+
+
+# ---------------------------------------------------------------- the fortunes source
+
+
+def _fortunes(directory: Path, **files: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+def test_fortunes_entries_are_normalised_labelled_and_deduplicated(tmp_path: Path) -> None:
+    d = _fortunes(
+        tmp_path / "fortunes",
+        alpha="One  quote\non two lines.\n\t\t-- Someone\n%\nB\bBold and _\bu_\bn_\bder.\n%\n"
+        "Shared text.\n%\nOne quote on two lines. -- Someone\n%\n\n%\n",
+        beta="Shared text.\n%\nOnly in beta.\n",
+    )
+    frame = ingest.load_fortunes(["alpha", "beta"], "topic", d)
+    assert frame.to_dict("records") == [
+        {"text": "One quote on two lines. -- Someone", "topic": "alpha"},
+        {"text": "Bold and under.", "topic": "alpha"},
+        {"text": "Only in beta.", "topic": "beta"},
+    ]  # "Shared text." has two labels: dropped; the repeat in alpha kept once
+    again = ingest.load_fortunes(["alpha", "beta"], "topic", d)
+    pd.testing.assert_frame_equal(frame, again)
+
+
+def test_a_missing_fortunes_file_names_the_debian_package(tmp_path: Path) -> None:
+    d = _fortunes(tmp_path / "fortunes", alpha="A quote.\n")
+    with pytest.raises(DatasetNotFoundError, match=r"Debian's `fortunes` package") as err:
+        ingest.load_fortunes(["alpha", "gamma"], "topic", d)
+    assert str(d / "gamma") in str(err.value)
+
+
+@pytest.mark.parametrize("source_name", ["fortunes:", "fortunes:../etc/passwd", "fortunes:a,,B"])
+def test_bad_fortunes_categories_are_a_configuration_error(st, source_name):
+    with pytest.raises(ConfigurationError, match="fortunes"):
+        ingest.load_source(DatasetSpec(source=source_name, target="topic"), st)
+
+
+def test_the_declared_quotes_source_reads_the_installed_package(st):
+    frame = ingest.load_source(ingest.spec("quotes", st), st)
+    assert frame["topic"].value_counts().to_dict() == {
+        "people": 1251, "computers": 1051, "politics": 703, "science": 625,
+    }  # fmt: skip
 
 
 # ---------------------------------------------------------------- stage params
