@@ -21,10 +21,10 @@ install: uv ## build .venv from uv.lock (Python 3.11)
 up: install ## start Prefect, MLflow, the runner and the API; run the lifecycle if no champion serves
 	$(RUN) aipaas up
 
-# Tests wait on servers and subprocesses as much as on the CPU: two workers
-# (one test file each at a time, so a file's shared servers stay in one
-# worker) finish the suite in about two thirds of the time of one.
-TEST_WORKERS ?= 2
+# Tests wait on servers and subprocesses as much as on the CPU (two workers
+# kept 2 cores about 60% busy): three workers, one test file each at a time
+# (a file's shared servers stay in one worker), on this 2-core machine.
+TEST_WORKERS ?= 3
 
 test: install ## install, then run every test
 	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile
