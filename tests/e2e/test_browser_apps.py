@@ -33,21 +33,12 @@ from aipaas.inference import keys
 from aipaas.inference.predictor import FieldSpec, LoadedModel, Prediction, VersionMeta
 from aipaas.settings import Settings
 from serving.app import create_app
+from tests.support.browser import ARGS, CHROMIUM
 from tests.support.net import free_port
 from tests.support.serving import FakeSource
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 MODEL = "reviews"
 
 SHOP_PAGE = """<!doctype html>

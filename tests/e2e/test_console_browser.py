@@ -29,23 +29,14 @@ from aipaas.inference import keys
 from aipaas.inference.keys import ApiKey
 from aipaas.settings import Settings
 from serving.app import create_app
-from tests.serving.test_console import register_champion, write_drift_check
+from tests.support.browser import ARGS, CHROMIUM
+from tests.support.console import register_champion, write_drift_check
 from tests.support.net import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "docs" / "images"
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ROW = {"mean_radius": 1.2, "mean_texture": -0.3, "mean_area": 0.8}
 
 

@@ -24,23 +24,14 @@ from playwright.sync_api import Page, Route, expect, sync_playwright
 
 from aipaas.inference import keys
 from serving.app import create_app
+from tests.support.browser import ARGS, CHROMIUM
 from tests.support.net import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "images" / "api-docs.png"
-CHROMIUM = "/usr/bin/chromium"
 REDOCLY_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"  # built into redoc.standalone.js
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture
