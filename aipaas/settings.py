@@ -77,6 +77,12 @@ class MlflowSettings(BaseModel):
     backend_store_uri: str = ""
     artifacts_destination: str = ""
     experiment: str = "aipaas"
+    # The team setup: the server runs MLflow's basic-auth app (users and
+    # per-model permissions) and every component logs in as ``username``, the
+    # platform's own account (the auth app's admin). Off on one laptop.
+    auth_enabled: bool = False
+    username: str = "aipaas"
+    password: SecretStr = SecretStr(PLACEHOLDER_SECRET)
     # Bounded retries when the server is unreachable, then a clear error.
     http_max_retries: int = 2
     http_timeout_s: int = 10
@@ -87,6 +93,10 @@ class RaySettings(BaseModel):
 
     address: str = Field("", validation_alias=AliasChoices("address", "RAY_ADDRESS"))
     num_cpus: int | None = None
+    # Where Tune keeps trial results and checkpoints: a path every node sees
+    # (shared filesystem) or an object-store URI (s3://...). Empty:
+    # ``<home>/ray-results``, enough for one machine.
+    storage_path: str = ""
     object_store_memory_mb: int = 200
     include_dashboard: bool = False
 
@@ -109,6 +119,14 @@ class PrefectSettings(BaseModel):
     # Cron schedules of the deployments that ``aipaas up`` serves.
     lifecycle_cron: str = ""
     drift_cron: str = "*/15 * * * *"
+    # Prefect's own database (``postgresql+asyncpg://...``). Empty: Prefect's
+    # SQLite file under ``<home>/prefect``.
+    database_url: SecretStr = SecretStr("")
+    # The server's API auth string (``user:password``): the team setup sets it,
+    # and every client (worker, CLI, serving's triggers) sends it. Empty: open.
+    auth_string: SecretStr = SecretStr("")
+    # The process work pool the deployments run on; ``aipaas worker`` joins it.
+    work_pool: str = "aipaas"
 
 
 class ServingSettings(BaseModel):
@@ -217,6 +235,13 @@ class Settings(BaseSettings):
             if self.audit.hmac_key.get_secret_value() == PLACEHOLDER_SECRET:
                 raise ValueError(
                     "AIPAAS_AUDIT__HMAC_KEY is the placeholder; set a real secret "
+                    "outside development"
+                )
+            if self.mlflow.auth_enabled and (
+                self.mlflow.password.get_secret_value() == PLACEHOLDER_SECRET
+            ):
+                raise ValueError(
+                    "AIPAAS_MLFLOW__PASSWORD is the placeholder; set a real password "
                     "outside development"
                 )
         return self
