@@ -14,6 +14,7 @@ import typer
 from aipaas.cli import (
     audit,
     data,
+    db,
     demo,
     keys,
     models,
@@ -24,12 +25,30 @@ from aipaas.cli import (
     train,
     up,
     usage,
+    users,
+    worker,
 )
 from aipaas.cli._app import app
 from aipaas.exceptions import AipaasError
 
 __all__ = ["app", "main"]
-GROUPS = (audit, data, demo, keys, models, monitor, promote, run, serve, train, up, usage)
+GROUPS = (
+    audit,
+    data,
+    db,
+    demo,
+    keys,
+    models,
+    monitor,
+    promote,
+    run,
+    serve,
+    train,
+    up,
+    usage,
+    users,
+    worker,
+)
 
 
 def main() -> None:

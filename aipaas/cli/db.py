@@ -1,0 +1,3 @@
+"""``aipaas db``: the platform database schema (Alembic migrations)."""
+
+from __future__ import annotations
