@@ -5,6 +5,15 @@ own ``hash`` over its sequence number, fields and ``prev_hash``, so editing,
 deleting, inserting or reordering any record breaks the chain at a place
 :func:`verify` can name.
 
+Appends serialise on the database, not in a process: every writer takes
+the append lock (a PostgreSQL advisory lock, SQLite's write lock) and reads
+the tail inside it, so several serving processes, the CLI and other hosts on
+one PostgreSQL extend one chain and never fork it. The last committed (seq,
+hash) is kept in the one-row ``audit_head`` table, written in the same
+transaction and carrying an HMAC under the audit key: a chain alone cannot
+show that its last records were cut off; the head can, and nobody without
+the key can move it back.
+
 Serving must not answer before its record is durable, yet one fsync per
 request would cap throughput. :class:`AuditWriter` is a group commit: a
 single writer thread takes everything queued, writes it in one transaction
@@ -22,11 +31,11 @@ when the served version's ``aipaas.log_inputs`` tag allows it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
 import operator
-import os
 import queue
 import threading
 import time
@@ -34,7 +43,6 @@ from collections.abc import Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -159,21 +167,17 @@ def chain_key(settings: Settings) -> bytes:
     return b"aipaas-audit-chain:" + settings.audit.hmac_key.get_secret_value().encode()
 
 
-def head_file(settings: Settings) -> Path:
-    """Where the last committed (seq, hash) is noted, outside the database.
-
-    A chain alone cannot show that its last records were cut off; the head
-    noted here can.
-    """
-    return settings.home / "audit-head"
+def head_mac(key: bytes, seq: int, hash_: str) -> str:
+    """The HMAC the head row carries: someone without the key cannot move the head back."""
+    return hmac.new(key, f"audit-head:{seq}:{hash_}".encode(), hashlib.sha256).hexdigest()
 
 
-def _read_head(settings: Settings) -> tuple[int, str] | None:
-    try:
-        seq, hash_ = head_file(settings).read_text().split()[:2]
-        return int(seq), hash_
-    except (FileNotFoundError, ValueError):
-        return None
+def _read_head(settings: Settings) -> tuple[int, str, str] | None:
+    """The head row: (seq, hash, mac) of the last commit, or None before the first one."""
+    t = db.audit_head
+    with db.engine(settings).connect() as conn:
+        row = conn.execute(select(t.c.seq, t.c.hash, t.c.mac).where(t.c.id == 1)).first()
+    return None if row is None else (int(row.seq), str(row.hash), str(row.mac))
 
 
 def end_user_pseudonym(settings: Settings, end_user: str) -> str:
@@ -207,6 +211,8 @@ def _tail(conn: Connection) -> tuple[int, str]:
     return (0, GENESIS) if row is None else (int(row.seq), str(row.hash))
 
 
+# pg_advisory_xact_lock key every appender takes: any constant no other code uses.
+APPEND_LOCK = 0x61697061_0002
 _REC_FIELDS = tuple(f.name for f in fields(AuditRecord))
 _AUDIT_COLS = tuple(c.name for c in db.audit_log.columns)
 _PRED_COLS = tuple(c.name for c in db.predictions.columns)
@@ -215,13 +221,15 @@ _pred_values = operator.attrgetter(*_PRED_COLS)
 
 
 class _Chain:
-    """Appends to the chain on one DBAPI connection, remembering the tail.
+    """Appends to the chain on one DBAPI connection, one transaction per batch.
 
-    Plain positional ``executemany`` on the driver's connection: SQLAlchemy's
-    per-statement machinery would cost more than the commit. The tail is
-    cached; if another process (the CLI) appended meanwhile, our next ``seq``
-    collides with its primary key, and we re-read the tail and retry, so the
-    chain never forks.
+    Each append takes the database's append lock first (PostgreSQL: a
+    transaction-level advisory lock; SQLite: ``BEGIN IMMEDIATE``, the write
+    lock), then reads the tail inside it, so writers in any number of
+    processes queue up on the database and the chain never forks. The head
+    row is updated in the same transaction. Plain positional ``executemany``
+    on the driver's connection: SQLAlchemy's per-statement machinery would
+    cost more than the commit.
     """
 
     def __init__(self, settings: Settings, *, own_connection: bool = False) -> None:
@@ -233,6 +241,7 @@ class _Chain:
         self._retryable: tuple[type[Exception], ...] = (
             (dbapi.IntegrityError, dbapi.OperationalError) if dbapi else ()
         )
+        self._sqlite = self._eng.dialect.name == "sqlite"
         mark = "?" if self._eng.dialect.paramstyle == "qmark" else "%s"
 
         def insert(table: str, cols: tuple[str, ...]) -> str:
@@ -240,12 +249,17 @@ class _Chain:
                 f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
             )
 
+        self._begin = (
+            "BEGIN IMMEDIATE" if self._sqlite else f"SELECT pg_advisory_xact_lock({APPEND_LOCK})"
+        )
         self._audit_sql = insert("audit_log", _AUDIT_COLS)
         self._pred_sql = insert("predictions", _PRED_COLS)
+        self._head_sql = (
+            f"INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, {mark}, {mark}, {mark}) "
+            "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, "
+            "mac = excluded.mac"
+        )
         self._conn: Any = None
-        self._tail: tuple[int, str] | None = None
-        self._head_fd: int | None = None
-        self._noted = -1
 
     def append(self, records: list[AuditRecord], predictions: list[PredictionRecord]) -> None:
         for attempt in range(20):
@@ -254,79 +268,74 @@ class _Chain:
             conn = self._conn
             try:
                 cur = conn.cursor()
-                if self._tail is None:
+                if records:
+                    # The lock first, then the tail: nobody can append in between.
+                    cur.execute(self._begin)
                     cur.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
                     row = cur.fetchone()
-                    self._tail = (int(row[0]), str(row[1])) if row else (0, GENESIS)
-                seq, prev = self._tail
-                rows = []
-                for rec in records:
-                    seq += 1
-                    rec.seq = seq
-                    rec.prev_hash = prev
-                    rec.latency_ms = _round(rec.latency_ms)
-                    rec.compute_s = _round(rec.compute_s, 9)
-                    rec.cost = None if rec.cost is None else float(rec.cost)
-                    values = {name: getattr(rec, name) for name in _REC_FIELDS}
-                    rec.hash = values["hash"] = record_hash(self._key, values)
-                    prev = rec.hash
-                    rows.append(tuple(values[c] for c in _AUDIT_COLS))
-                if rows:
+                    seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS)
+                    rows = []
+                    for rec in records:
+                        seq += 1
+                        rec.seq = seq
+                        rec.prev_hash = prev
+                        rec.latency_ms = _round(rec.latency_ms)
+                        rec.compute_s = _round(rec.compute_s, 9)
+                        rec.cost = None if rec.cost is None else float(rec.cost)
+                        values = {name: getattr(rec, name) for name in _REC_FIELDS}
+                        rec.hash = values["hash"] = record_hash(self._key, values)
+                        prev = rec.hash
+                        rows.append(tuple(values[c] for c in _AUDIT_COLS))
                     cur.executemany(self._audit_sql, rows)
+                    cur.execute(self._head_sql, (seq, prev, head_mac(self._key, seq, prev)))
                 if predictions:
                     cur.executemany(self._pred_sql, [_pred_values(p) for p in predictions])
                 conn.commit()
                 cur.close()
             except self._retryable as err:
-                conn.rollback()
-                self._tail = None
+                self._abandon(conn)
                 if attempt == 19:
                     raise
                 log.debug("audit append retry %d: %s", attempt, err)
                 time.sleep(0.01 * (attempt + 1))
                 continue
             except BaseException:
-                conn.rollback()
-                self._tail = None
+                self._abandon(conn)
                 raise
-            if records:
-                self._tail = (seq, prev)
-                self._note_head(seq, prev)
             return
 
+    def _abandon(self, conn: Any) -> None:
+        """Roll back; a connection that cannot (the server restarted) is replaced next time."""
+        try:
+            conn.rollback()
+        except self._retryable as err:
+            log.warning("audit connection lost, reconnecting: %s", err)
+            with contextlib.suppress(*self._retryable):
+                conn.close()
+            self._conn = None
+
     def _connect(self) -> Any:
+        conn = self._eng.raw_connection()
+        driver = conn.driver_connection
+        if self._sqlite and driver is not None and driver.in_transaction:
+            conn.rollback()  # BEGIN IMMEDIATE must open the transaction itself
         if not self._own:
-            return self._eng.raw_connection()
+            return conn
         # The writer's own connection, outside the pool: on SQLite it never
         # checkpoints itself (a checkpoint fsyncs the database file, and every
         # request waiting on that commit would wait for it); the writer's
         # checkpointer thread does it on another connection instead.
-        conn = self._eng.raw_connection()
         conn.detach()  # never handed back to the pool with these settings
-        if self._eng.dialect.name == "sqlite":
+        if self._sqlite:
             cur = conn.cursor()
             cur.execute("PRAGMA wal_autocheckpoint=0")
             cur.close()
         return conn
 
-    def _note_head(self, seq: int, hash_: str) -> None:
-        if self._head_fd is None:
-            path = head_file(self._settings)
-            noted = _read_head(self._settings)
-            self._noted = noted[0] if noted else 0
-            self._head_fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-        if seq > self._noted:
-            # Fixed width, written in place: one syscall per commit.
-            os.pwrite(self._head_fd, f"{seq} {hash_}".ljust(100).encode() + b"\n", 0)
-            self._noted = seq
-
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        if self._head_fd is not None:
-            os.close(self._head_fd)
-            self._head_fd = None
 
 
 def _append(
@@ -523,15 +532,39 @@ def verify(settings: Settings) -> VerifyReport:
             problems.append(f"seq {seq}: contents do not match its hash (record edited)")
         prev_hash = row["hash"]
         expected_seq = seq + 1
-    head = _read_head(settings)
-    if head is not None and head[0] > expected_seq - 1:
-        problems.append(
-            f"records {expected_seq}..{head[0]} are missing at the end "
-            f"(the last commit noted in {head_file(settings)} was seq {head[0]})"
-        )
+    problems += _check_head(_read_head(settings), key, last_seq=expected_seq - 1, last=prev_hash)
     return VerifyReport(
         ok=not problems, records=count, problems=tuple(problems), last_hash=prev_hash
     )
+
+
+def _check_head(
+    head: tuple[int, str, str] | None, key: bytes, *, last_seq: int, last: str
+) -> list[str]:
+    """What the head row says about the end of the chain: cut off, or the row itself forged."""
+    if head is None:
+        if last_seq == 0:
+            return []
+        return [
+            f"the head anchor (table audit_head) is missing though the chain has {last_seq} "
+            "records: it was deleted, and records at the end may have been cut off"
+        ]
+    seq, hash_, mac = head
+    if not hmac.compare_digest(mac, head_mac(key, seq, hash_)):
+        return ["the head anchor (table audit_head) does not match its MAC (edited)"]
+    if seq > last_seq:
+        return [
+            f"records {last_seq + 1}..{seq} are missing at the end "
+            f"(the head anchor says the last commit was seq {seq})"
+        ]
+    if seq < last_seq:
+        return [
+            f"records {seq + 1}..{last_seq} come after the head anchor (seq {seq}): "
+            "appended outside aipaas's writer"
+        ]
+    if hash_ != last:
+        return [f"seq {seq}: its hash is not the one the head anchor names (replaced)"]
+    return []
 
 
 def verify_or_raise(settings: Settings) -> VerifyReport:

@@ -2,17 +2,30 @@
 
 One SQLAlchemy Core schema on ``settings.db_url``: a SQLite file under
 ``home`` by default (WAL mode, so the CLI can read while the server writes),
-PostgreSQL when one process is not enough. Usage and cost are not stored
-separately: they are aggregated from the audit trail, so the two can never
-disagree.
+PostgreSQL when several processes or hosts share it. Usage and cost are not
+stored separately: they are aggregated from the audit trail, so the two can
+never disagree.
+
+The tables below are the newest schema; a database reaches it only through
+the Alembic revisions in ``aipaas/migrations`` (``create_all`` never changes
+a table). :func:`engine` upgrades a database the first time a process uses
+it, under a lock (a PostgreSQL advisory lock, a file lock beside a SQLite
+file), so serving, the CLI and ``up`` can all start at once; a database a
+newer aipaas migrated is refused, never written with a schema we do not know.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import threading
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Engine,
     Float,
@@ -26,7 +39,9 @@ from sqlalchemy import (
     event,
     inspect,
 )
+from sqlalchemy.engine import Connection
 
+from aipaas.exceptions import SchemaVersionError
 from aipaas.settings import Settings
 
 metadata = MetaData()
@@ -55,10 +70,14 @@ api_keys = Table(
     Column("origins", Text, nullable=True),
 )
 
+# 64-bit on PostgreSQL (a busy platform passes 2**31 records); SQLite's INTEGER
+# already is, and only a column declared exactly INTEGER is the table's rowid.
+Seq = BigInteger().with_variant(Integer(), "sqlite")
+
 audit_log = Table(
     "audit_log",
     metadata,
-    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Seq, primary_key=True, autoincrement=False),
     Column("ts", String(40), nullable=False),
     Column("kind", String(20), nullable=False),  # "request" | "admin"
     Column("request_id", String(64), nullable=True),
@@ -106,8 +125,22 @@ feedback = Table(
     Column("labelled_at", String(40), nullable=False),
 )
 
+# The audit chain's last committed (seq, hash), one row (id 1), with an HMAC
+# under the audit key; written in the same transaction as the records it names.
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Seq, nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("mac", String(64), nullable=False),
+)
+
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+_MIGRATIONS = Path(__file__).with_name("migrations")
+# pg_advisory_xact_lock key of a migration: any constant no other code uses.
+_MIGRATION_LOCK = 0x61697061_0001
 
 
 def _sqlite_pragmas(fsync: bool) -> Any:
@@ -123,46 +156,158 @@ def _sqlite_pragmas(fsync: bool) -> Any:
     return on_connect
 
 
+def _create_engine(settings: Settings) -> Engine:
+    url = settings.db_url
+    if url.startswith("sqlite:///"):
+        settings.home.mkdir(parents=True, exist_ok=True)
+        eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
+        event.listen(eng, "connect", _sqlite_pragmas(settings.audit.fsync))
+        return eng
+    return create_engine(url, pool_pre_ping=True)
+
+
 def engine(settings: Settings) -> Engine:
-    """The engine for ``settings.db_url`` with its tables created; one per URL per process."""
+    """The engine for ``settings.db_url``, its schema upgraded; one per URL per process."""
     url = settings.db_url
     with _lock:
         eng = _engines.get(url)
         if eng is not None:
             return eng
-        if url.startswith("sqlite:///"):
-            settings.home.mkdir(parents=True, exist_ok=True)
-            eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
-            event.listen(eng, "connect", _sqlite_pragmas(settings.audit.fsync))
-        else:
-            eng = create_engine(url, pool_pre_ping=True)
-        metadata.create_all(eng)
-        _add_missing_columns(eng)
+        eng = _create_engine(settings)
+        try:
+            _upgrade(eng, settings)
+        except BaseException:
+            eng.dispose()
+            raise
         _engines[url] = eng
         return eng
 
 
-def _add_missing_columns(eng: Engine) -> None:
-    """Add the nullable columns a database made by an older aipaas lacks.
+def upgrade(settings: Settings) -> str:
+    """Bring the database to the newest revision this aipaas knows; return that revision.
 
-    ``create_all`` creates missing tables but never changes an existing one.
-    Every column added since the first release is nullable, so adding it is
-    safe; real schema migrations (Alembic) replace this when a change needs
-    more than that.
+    Raises:
+        SchemaVersionError: a newer aipaas migrated the database past what
+            this one knows.
     """
-    found = inspect(eng)
-    with eng.begin() as conn:
-        for table in metadata.sorted_tables:
-            if not found.has_table(table.name):
+    return _upgrade(engine(settings), settings)
+
+
+def current(settings: Settings) -> str | None:
+    """The database's revision (None: never migrated, or no database yet), changing nothing."""
+    from alembic.runtime.migration import MigrationContext
+
+    if (
+        settings.db_url.startswith("sqlite:///")
+        and not Path(settings.db_url.removeprefix("sqlite:///")).exists()
+    ):
+        return None
+    eng = _create_engine(settings)
+    try:
+        with eng.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        eng.dispose()
+
+
+def head_revision() -> str:
+    """The newest revision this aipaas knows."""
+    head = _scripts().get_current_head()
+    assert head is not None  # the package ships its revisions
+    return head
+
+
+def known_revisions() -> set[str]:
+    """Every revision this aipaas ships."""
+    return {rev.revision for rev in _scripts().walk_revisions()}
+
+
+def _alembic_config(conn: Connection | None, settings: Settings | None) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(_MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    cfg.attributes["settings"] = settings  # revision 0002 seeds the audit head with its key
+    return cfg
+
+
+@functools.cache
+def _scripts() -> Any:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config(None, None))
+
+
+def _upgrade(eng: Engine, settings: Settings) -> str:
+    from alembic import command
+    from alembic.runtime.migration import MigrationContext
+
+    scripts = _scripts()
+    head = scripts.get_current_head()
+    known = known_revisions()
+    with _migration_lock(eng), eng.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK})")
+        found = MigrationContext.configure(conn).get_current_revision()
+        if found == head:
+            return str(head)
+        if found is not None and found not in known:
+            raise SchemaVersionError(
+                f"the platform database ({eng.url.render_as_string(hide_password=True)}) is at "
+                f"schema revision {found}, newer than this aipaas knows (its newest is {head}): "
+                "a newer aipaas migrated it; upgrade aipaas to use this database",
+                found=found,
+                known=str(head),
+            )
+        cfg = _alembic_config(conn, settings)
+        if found is None and _adopt_legacy(conn):
+            command.stamp(cfg, "0001")
+        command.upgrade(cfg, "head")
+    return str(head)
+
+
+@contextlib.contextmanager
+def _migration_lock(eng: Engine) -> Iterator[None]:
+    """On SQLite, a file lock beside the database; PostgreSQL locks inside the transaction."""
+    if eng.dialect.name != "sqlite" or not eng.url.database:
+        yield
+        return
+    path = Path(f"{eng.url.database}.migrate-lock")
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _adopt_legacy(conn: Connection) -> bool:
+    """Bring a database an older aipaas made (no ``alembic_version``) to revision 0001.
+
+    Returns False for an empty database (revision 0001 creates it). Such a
+    database has some of the 0001 tables, each perhaps without the columns
+    added since the first release; all of those are nullable, so adding them
+    is safe, and then the database is exactly the baseline.
+    """
+    from aipaas.migrations.baseline import baseline_metadata
+
+    baseline = baseline_metadata()
+    found = inspect(conn)
+    if not any(found.has_table(t.name) for t in baseline.sorted_tables):
+        return False
+    baseline.create_all(conn)  # tables a very old release did not have
+    found = inspect(conn)
+    for table in baseline.sorted_tables:
+        have = {c["name"] for c in found.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
                 continue
-            have = {c["name"] for c in found.get_columns(table.name)}
-            for column in table.columns:
-                if column.name in have:
-                    continue
-                kind = column.type.compile(dialect=eng.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
-            for index in table.indexes:
-                index.create(conn, checkfirst=True)
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}")
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+    return True
 
 
 def dispose(settings: Settings) -> None:

@@ -7,6 +7,7 @@ the core knows about HTTP.
 
     AipaasError
     ├── ConfigurationError       a setting or a definition is wrong
+    │   └── SchemaVersionError   the platform database is at a revision this aipaas does not know
     ├── DatasetNotFoundError     unknown dataset, or no version recorded yet
     ├── DataValidationError      a file failed its suite (carries the ValidationReport)
     ├── VersioningError          DVC refused (not a repo, remote unreachable)
@@ -43,6 +44,17 @@ class AipaasError(Exception):
 
 class ConfigurationError(AipaasError):
     exit_code = 2
+
+
+class SchemaVersionError(ConfigurationError):
+    """The platform database was migrated by a newer aipaas: upgrade aipaas, never downgrade it."""
+
+    exit_code = 19
+
+    def __init__(self, message: str, *, found: str, known: str) -> None:
+        super().__init__(message)
+        self.found = found
+        self.known = known
 
 
 class DatasetNotFoundError(AipaasError):

@@ -163,6 +163,7 @@ class ServingSettings(BaseModel):
 
 class AuditSettings(BaseModel):
     # Empty: ``sqlite:///<home>/platform.db`` (keys, audit, usage).
+    # Empty: sqlite:///<home>/platform.db; postgresql+psycopg://user@host/db to share it.
     db_url: str = ""
     hmac_key: SecretStr = SecretStr(PLACEHOLDER_SECRET)
     commit_window_ms: float = 2.0

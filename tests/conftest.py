@@ -2,6 +2,9 @@
 
 Every test writes under its own temporary ``AIPAAS_HOME``; nothing touches the
 project's ``.aipaas/``. Servers bind to 127.0.0.1 on ports the test picks.
+A test module that touches the platform database asks for ``platform_settings``
+(or overrides ``settings`` with it) and runs once on SQLite and once on a real
+PostgreSQL (``tests/support/postgres.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ for _key in [k for k in os.environ if k.startswith("AIPAAS_") and k != "AIPAAS_U
 from aipaas.settings import Settings, get_settings  # noqa: E402
 from tests.support.net import free_port  # noqa: E402,F401  (re-exported for fixtures)
 
+pytest_plugins = ["tests.support.postgres"]
+
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
@@ -38,6 +43,17 @@ def home(tmp_path: Path) -> Path:
 @pytest.fixture
 def settings(home: Path) -> Settings:
     """Settings on a temporary home, with MLflow on a SQLite file there."""
+    return make_settings(home)
+
+
+@pytest.fixture
+def platform_settings(home: Path, db_url: str) -> Settings:
+    """:func:`settings`, with the platform database on each backend in turn (``db_backend``)."""
+    s = make_settings(home)
+    return s.model_copy(update={"audit": s.audit.model_copy(update={"db_url": db_url})})
+
+
+def make_settings(home: Path) -> Settings:
     return Settings(
         _env_file=None,
         home=home,
@@ -55,6 +71,7 @@ def settings_env(s: Settings) -> dict[str, str]:
         "AIPAAS_TUNE__NUM_SAMPLES": str(s.tune.num_samples),
         "AIPAAS_TUNE__MAX_CONCURRENT": str(s.tune.max_concurrent),
         "AIPAAS_TUNE__CV_FOLDS": str(s.tune.cv_folds),
+        **({"AIPAAS_AUDIT__DB_URL": s.audit.db_url} if s.audit.db_url else {}),
     }
 
 

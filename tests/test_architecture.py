@@ -1,6 +1,6 @@
 """The layout's rules, checked on the source: imports point down the lifecycle.
 
-    top level (settings, exceptions, modeldef, schemas, db, audit, files)
+    top level (settings, exceptions, modeldef, schemas, db, migrations, audit, files)
       <- datasets <- training <- inference <- monitoring <- ops <- cli
 
 A stage may import the stages before it and the top-level modules, never one
@@ -18,7 +18,17 @@ import pytest
 
 CORE = Path(__file__).resolve().parents[1] / "aipaas"
 ORDER = ["datasets", "training", "inference", "monitoring", "ops", "cli"]
-TOP = {"settings", "exceptions", "modeldef", "schemas", "db", "audit", "files", "__init__"}
+TOP = {
+    "settings",
+    "exceptions",
+    "modeldef",
+    "schemas",
+    "db",
+    "migrations",
+    "audit",
+    "files",
+    "__init__",
+}
 EDGES = ("prefect", "fastapi", "starlette", "flows", "serving")
 
 

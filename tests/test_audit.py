@@ -1,13 +1,19 @@
 from __future__ import annotations
 
 import dataclasses
-import sqlite3
 
 import pytest
 from pydantic import SecretStr
 
 from aipaas import audit, db
 from aipaas.exceptions import AuditIntegrityError
+from tests.support.postgres import execute, stored_bytes
+
+
+@pytest.fixture
+def settings(platform_settings):
+    """Every test here that touches the platform database runs on SQLite and on PostgreSQL."""
+    return platform_settings
 
 
 @pytest.fixture
@@ -30,10 +36,7 @@ def trail(settings):
 
 
 def _sql(settings, statement, *args):
-    conn = sqlite3.connect(settings.home / "platform.db")
-    with conn:
-        conn.execute(statement, args)
-    conn.close()
+    execute(settings, statement, *args)
 
 
 def test_group_commit_batches_and_chains(settings):
@@ -172,9 +175,13 @@ def test_prediction_records_are_the_predictions_table(settings):
     writer = audit.AuditWriter(settings, commit_window_ms=0)
     writer.submit(audit.AuditRecord(request_id="r"), kept + dropped).result(10)
     writer.close()
-    conn = sqlite3.connect(settings.home / "platform.db")
-    stored = conn.execute("SELECT request_id, row, input FROM predictions ORDER BY 1, 2").fetchall()
-    conn.close()
+    with db.engine(settings).connect() as conn:
+        stored = [
+            tuple(r)
+            for r in conn.exec_driver_sql(
+                'SELECT request_id, "row", input FROM predictions ORDER BY 1, 2'
+            )
+        ]
     assert stored == [("r", 0, '{"a":1.5}'), ("r", 1, '{"a":-1.0}'), ("s", 0, None), ("s", 1, None)]
 
 
@@ -195,10 +202,103 @@ def test_query_by_end_user_hashes_the_raw_id_with_the_audit_key(settings):
         r["request_id"] for r in audit.query(settings, end_user="alice@example.com", key_id="k2")
     ] == ["a2"]
     assert audit.query(settings, end_user="carol") == []
-    stored = b"".join(p.read_bytes() for p in settings.home.glob("platform.db*"))  # and the WAL
+    stored = stored_bytes(settings)  # the SQLite file and its WAL, or every PostgreSQL row
     assert alice.encode() in stored and b"alice@example.com" not in stored
     other = settings.model_copy(
         update={"audit": settings.audit.model_copy(update={"hmac_key": SecretStr("another")})}
     )
     assert audit.end_user_pseudonym(other, "alice@example.com") != alice  # keyed
+    assert audit.verify(settings).ok
+
+
+WRITER = """
+import os, sys, time
+from pathlib import Path
+from aipaas import audit
+from aipaas.settings import get_settings
+
+settings = get_settings()
+writer = audit.AuditWriter(settings, commit_window_ms=1)
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.005)
+for wave in range(int(sys.argv[3]) // 10):  # ten requests in flight at a time
+    futures = [
+        writer.submit(audit.AuditRecord(request_id=f"{os.getpid()}-{wave}-{i}", key_id=sys.argv[2]))
+        for i in range(10)
+    ]
+    for f in futures:
+        f.result(60)
+writer.close()
+print(writer.batches, writer.records)
+"""
+
+
+def test_writers_in_three_processes_extend_one_chain(settings, tmp_path):
+    """Serving replicas on one database: each appends under the database's lock, none forks."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import settings_env
+
+    db.engine(settings)  # migrated once here, so the writers race only on appends
+    n = 300
+    go = tmp_path / "go"
+    env = {**os.environ, **settings_env(settings)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(go), f"w{i}", str(n)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(3)
+    ]
+    go.touch()
+    outputs = [p.communicate(timeout=180) for p in procs]
+    for p, (out, err) in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, err
+        batches, records = map(int, out.split())
+        assert records == n and batches < n  # group commit still batches
+    report = audit.verify(settings)
+    assert report.ok, report.problems
+    assert report.records == 3 * n
+    rows = audit.query(settings, limit=3 * n, newest_first=False)
+    assert [r["seq"] for r in rows] == list(range(1, 3 * n + 1))  # no gaps, no fork
+    assert {r["key_id"] for r in rows} == {"w0", "w1", "w2"}
+    # The writers interleaved: the chain is one, not three runs one after another.
+    switches = sum(a["key_id"] != b["key_id"] for a, b in zip(rows, rows[1:], strict=False))
+    assert switches > 2
+
+
+def test_verify_catches_an_edited_or_deleted_head_anchor(trail):
+    _sql(trail, "UPDATE audit_head SET seq = 12")  # claim two more records than there are
+    assert any("audit_head" in p and "MAC" in p for p in audit.verify(trail).problems)
+    _sql(trail, "DELETE FROM audit_head")
+    assert any("head anchor" in p and "missing" in p for p in audit.verify(trail).problems)
+
+
+def test_cutting_the_end_and_moving_the_head_back_is_caught(trail):
+    """Without the key the head cannot be rewritten to the new, shorter end."""
+    rows = audit.tail(trail, 10)
+    _sql(trail, "DELETE FROM audit_log WHERE seq >= 9")
+    _sql(trail, "UPDATE audit_head SET seq = 8, hash = ?", rows[7]["hash"])
+    problems = audit.verify(trail).problems
+    assert any("does not match its MAC" in p for p in problems), problems
+
+
+def test_the_writer_reconnects_after_the_database_restarts(home, pg_url, pg_server):
+    """A PostgreSQL restart cuts the writer's connection; the next batch reconnects."""
+    from tests.conftest import make_settings
+
+    base = make_settings(home)
+    settings = base.model_copy(update={"audit": base.audit.model_copy(update={"db_url": pg_url})})
+    writer = audit.AuditWriter(settings, commit_window_ms=0)
+    writer.submit(audit.AuditRecord(request_id="before")).result(10)
+    pg_server.restart()
+    writer.submit(audit.AuditRecord(request_id="after")).result(30)
+    writer.close()
+    assert [r["request_id"] for r in audit.tail(settings, 5)] == ["before", "after"]
     assert audit.verify(settings).ok

@@ -1,18 +1,28 @@
-"""The platform database: one made by an older aipaas gains the new columns and keeps verifying."""
+"""The platform database: one made by an older aipaas (no Alembic) is adopted and keeps verifying.
+
+Every test runs on SQLite and on a real PostgreSQL.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import sqlite3
 
 import orjson
 import pytest
+from sqlalchemy import create_engine, inspect
 
 from aipaas import audit, db
 from aipaas.inference import keys, usage
+from tests.support.postgres import execute
 
-# The schema as the release before issue 10 created it (sqlite dialect).
+
+@pytest.fixture
+def settings(platform_settings):
+    return platform_settings
+
+
+# The schema as the release before issue 10 created it (what create_all made).
 OLD_SCHEMA = """
 CREATE TABLE api_keys (
     id VARCHAR(32) NOT NULL, name VARCHAR(200) NOT NULL, key_hash VARCHAR(64) NOT NULL,
@@ -49,13 +59,26 @@ def _old_hash(settings, row: dict) -> str:
     return hmac.new(audit.chain_key(settings), orjson.dumps(values), hashlib.sha256).hexdigest()
 
 
+def _raw(settings, statement: str, *args) -> None:
+    """SQL on the database without going through aipaas (which would upgrade it)."""
+    eng = create_engine(settings.db_url)
+    if eng.dialect.name != "sqlite":
+        statement = statement.replace("?", "%s")
+    with eng.begin() as conn:
+        conn.exec_driver_sql(statement, tuple(args))
+    eng.dispose()
+
+
 def _old_database(settings) -> None:
-    conn = sqlite3.connect(settings.home / "platform.db")
-    conn.executescript(OLD_SCHEMA)
-    conn.execute(
+    for statement in OLD_SCHEMA.split(";"):
+        if statement.strip():
+            _raw(settings, statement)
+    _raw(
+        settings,
         "INSERT INTO api_keys VALUES (?, 'old-app', ?, 'predict', NULL, "
         "'2026-01-01T00:00:00.000000+00:00', NULL, NULL)",
-        ("ab" * 6, hashlib.sha256(OLD_KEY.encode()).hexdigest()),
+        "ab" * 6,
+        hashlib.sha256(OLD_KEY.encode()).hexdigest(),
     )
     prev = audit.GENESIS
     for seq in (1, 2, 3):
@@ -76,22 +99,25 @@ def _old_database(settings) -> None:
         }
         row["hash"] = prev = _old_hash(settings, row)
         cols = ", ".join(row)
-        conn.execute(
-            f"INSERT INTO audit_log ({cols}) VALUES ({', '.join('?' * len(row))})", [*row.values()]
+        _raw(
+            settings,
+            f"INSERT INTO audit_log ({cols}) VALUES ({', '.join('?' * len(row))})",
+            *row.values(),
         )
-    conn.commit()
-    conn.close()
+
+
+def _inspect(settings, what: str, table: str) -> set[str]:
+    eng = create_engine(settings.db_url)
+    found = getattr(inspect(eng), what)(table)
+    eng.dispose()
+    return {c["name"] for c in found}
 
 
 def _columns(settings, table: str) -> set[str]:
-    conn = sqlite3.connect(settings.home / "platform.db")
-    names = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
-    conn.close()
-    return names
+    return _inspect(settings, "get_columns", table)
 
 
 def test_an_older_database_gains_the_new_columns_and_keeps_verifying(settings):
-    settings.home.mkdir(parents=True, exist_ok=True)
     _old_database(settings)
     assert "end_user" not in _columns(settings, "audit_log")
 
@@ -101,10 +127,9 @@ def test_an_older_database_gains_the_new_columns_and_keeps_verifying(settings):
         settings, "api_keys"
     )
     assert "end_user" in _columns(settings, "audit_log")
-    conn = sqlite3.connect(settings.home / "platform.db")
-    indexes = {r[1] for r in conn.execute("PRAGMA index_list(audit_log)")}
-    conn.close()
+    indexes = _inspect(settings, "get_indexes", "audit_log")
     assert {"ix_audit_end_user", "ix_audit_event"} <= indexes
+    assert db.current(settings) == db.head_revision()
     report = audit.verify(settings)
     assert report.ok and report.records == 3, report.problems
 
@@ -122,15 +147,20 @@ def test_an_older_database_gains_the_new_columns_and_keeps_verifying(settings):
     assert sum(r.requests for r in usage.usage(settings)) == 4
     assert [r["seq"] for r in audit.query(settings, end_user="alice")] == [4]
 
-    conn = sqlite3.connect(settings.home / "platform.db")
-    with conn:
-        conn.execute("UPDATE audit_log SET end_user = ? WHERE seq = 4", ("f" * 32,))
-    conn.close()
+    execute(settings, "UPDATE audit_log SET end_user = ? WHERE seq = 4", "f" * 32)
     assert any("seq 4" in p and "edited" in p for p in audit.verify(settings).problems)
 
 
+def test_the_old_head_file_moves_into_the_database_and_still_catches_a_cut(settings):
+    """An older aipaas noted the head in <home>/audit-head: the upgrade carries it over."""
+    _old_database(settings)
+    (settings.home / "audit-head").write_text(f"5 {'e' * 64}".ljust(100) + "\n")
+    db.engine(settings)
+    problems = audit.verify(settings).problems
+    assert any("4..5 are missing at the end" in p for p in problems), problems
+
+
 def test_upgrading_twice_changes_nothing(settings):
-    settings.home.mkdir(parents=True, exist_ok=True)
     _old_database(settings)
     db.engine(settings)
     db.dispose(settings)

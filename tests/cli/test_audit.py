@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from aipaas import audit
 from aipaas.cli import app
+
+
+@pytest.fixture
+def settings(platform_settings):
+    """Every test here that touches the platform database runs on SQLite and on PostgreSQL."""
+    return platform_settings
 
 
 def test_query_by_end_user_lists_only_that_users_records(settings, use_settings):

@@ -9,6 +9,12 @@ from aipaas.exceptions import AlreadyLabelledError, UnknownRequestError
 from aipaas.inference import feedback
 
 
+@pytest.fixture
+def settings(platform_settings):
+    """Every test here that touches the platform database runs on SQLite and on PostgreSQL."""
+    return platform_settings
+
+
 def _served(settings, request_id, outputs, inputs=None, model="diagnosis", version="1"):
     """Prediction rows committed as serving commits them: through the audit writer."""
     rows = inputs or [{}] * len(outputs)

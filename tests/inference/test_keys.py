@@ -19,12 +19,19 @@ from aipaas.exceptions import (
 from aipaas.inference import keys
 from aipaas.training import attestation
 from tests.support.net import free_port
+from tests.support.postgres import stored_bytes
+
+
+@pytest.fixture
+def settings(platform_settings):
+    """Every test here that touches the platform database runs on SQLite and on PostgreSQL."""
+    return platform_settings
 
 
 def test_key_is_shown_once_and_only_its_hash_is_stored(settings):
     record, plaintext = keys.create_key(settings, "app", "predict,feedback", rate="5/s")
     assert plaintext.startswith(f"aip_{record.id}_")
-    db_bytes = (settings.home / "platform.db").read_bytes()
+    db_bytes = stored_bytes(settings)
     secret = plaintext.split("_", 2)[2]
     assert secret.encode() not in db_bytes
     assert [k.id for k in keys.list_keys(settings)] == [record.id]

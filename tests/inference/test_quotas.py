@@ -10,6 +10,14 @@ from aipaas import audit
 from aipaas.exceptions import ConfigurationError, QuotaExceededError
 from aipaas.inference import quotas
 from aipaas.inference.keys import ApiKey
+from tests.support.postgres import never_opened
+
+
+@pytest.fixture
+def settings(platform_settings):
+    """Every test here that touches the platform database runs on SQLite and on PostgreSQL."""
+    return platform_settings
+
 
 T0 = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -70,7 +78,7 @@ def test_a_key_without_limits_is_never_counted(settings):
     assert not q.due(free)
     q.check(free)
     assert q.used(free) == quotas.Used(0, 0.0)
-    assert not (settings.home / "platform.db").exists()  # not even opened
+    assert never_opened(settings)
 
 
 def test_past_the_quota_is_refused_until_the_day_ends_even_after_a_restart(settings):

@@ -9,6 +9,12 @@ from aipaas.exceptions import ConfigurationError
 from aipaas.inference import usage, usage_chart
 
 
+@pytest.fixture
+def settings(platform_settings):
+    """Every test here that touches the platform database runs on SQLite and on PostgreSQL."""
+    return platform_settings
+
+
 def test_usage_groups_by_key_and_version_with_cost(settings):
     writer = audit.AuditWriter(settings, commit_window_ms=0)
     recs = [
