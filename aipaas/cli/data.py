@@ -3,7 +3,8 @@
 ``ingest``, ``validate`` and ``split`` are the DVC stages' commands (dvc.yaml
 calls them, and lists this module among their deps); ``run`` reproduces all
 three through DVC and pushes them; ``version`` and ``list`` read what is
-recorded. A stage command runs with its params as params.yaml holds them
+recorded; ``restore`` rebuilds the exact version a model was trained on from
+the DVC remote, on any checkout. A stage command runs with its params as params.yaml holds them
 (:func:`aipaas.datasets.ingest.stage_settings`): an environment override of
 one is refused with exit code 2, since DVC would not see it.
 """
@@ -18,7 +19,7 @@ import typer
 
 from aipaas.cli._app import data_app, settings
 from aipaas.datasets import ingest
-from aipaas.exceptions import DataValidationError
+from aipaas.exceptions import ConfigurationError, DataValidationError
 from aipaas.schemas import DatasetVersion, ValidationReport
 
 DatasetArg = Annotated[
@@ -90,6 +91,46 @@ def run_cmd(
 def version_cmd(dataset: DatasetArg, as_json: JsonOpt = False) -> None:
     """Print the recorded version of a dataset (hash, rows, suite, paths)."""
     _print_version(ingest.recorded_version(dataset, settings()), as_json)
+
+
+@data_app.command("restore")
+def restore_cmd(
+    dataset: DatasetArg,
+    version: Annotated[
+        str | None,
+        typer.Option("--version", help="The dataset hash to restore (`aipaas data version`)."),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Restore the data this model was trained on.")
+    ] = None,
+    model_version: Annotated[
+        str | None, typer.Option("--model-version", help="The version of --model.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Put back the files of a dataset version from the DVC remote, and check its hash."""
+    from aipaas.training.train import find_recorded_data, recorded_data
+
+    s = settings()
+    if (version is None) == (model is None) or (model is None) != (model_version is None):
+        raise ConfigurationError(
+            "name what to restore: --version HASH, or --model NAME --model-version N"
+        )
+    if model is not None and model_version is not None:
+        recorded = recorded_data(model, model_version, s)
+        if recorded.dataset != dataset:
+            raise ConfigurationError(
+                f"{recorded.model_version} was trained on {recorded.dataset!r}, not {dataset!r}"
+            )
+        lock, data_hash = recorded.lock, recorded.data_hash
+    else:
+        data_hash = str(version)
+        current = ingest.version_lock(dataset, s, data_hash)
+        lock = current if current is not None else find_recorded_data(dataset, data_hash, s).lock
+    restored = ingest.restore_version(dataset, s, lock, data_hash)
+    if not as_json:
+        typer.secho(f"restored {dataset} {restored.hash} from the DVC remote", fg="green")
+    _print_version(restored, as_json)
 
 
 @data_app.command("list")

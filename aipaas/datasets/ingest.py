@@ -10,6 +10,16 @@ one a call to the ``aipaas data`` CLI, which calls the functions here:
     validate  raw.csv against the suite                -> data/<name>/validation.json
     split     raw.csv (only if validation passed)      -> data/<name>/train.csv, holdout.csv
 
+Labelled rows are never lost. Incoming files (the feedback a retrain exports)
+are untracked files in the checkout, so :func:`push_dataset` also stores
+the incoming directory in the DVC remote under the md5 that dvc.lock records
+for it as ingest's dependency; before reproducing, :func:`restore_incoming`
+puts back any file that version was built from and that is missing here, or
+refuses (naming the directory, its md5 and how many files are gone) rather
+than ingest without them. A model version records the dataset's dvc.lock
+entries (:func:`version_lock`), and :func:`restore_version` rebuilds exactly
+those files, dvc.lock entries included, from the remote on any checkout.
+
 DVC owns the DAG: :func:`run_data_pipeline` asks DVC to reproduce the stages
 and push their outputs, rather than calling the stage functions itself, so a
 run from Prefect, from ``aipaas data run`` and a plain ``dvc repro`` are the
@@ -222,6 +232,7 @@ def reproduce(dataset: str, settings: Settings) -> None:
     # DVC refuses a missing dependency: these directories exist even when empty.
     p.incoming.mkdir(parents=True, exist_ok=True)
     sources_dir(settings).mkdir(parents=True, exist_ok=True)
+    restore_incoming(dataset, settings)
     repo = Path(settings.versioning.repo)
     try:
         versioning.repro(repo, [f"split@{dataset}"], env=stage_environment(settings))
@@ -240,20 +251,191 @@ def reproduce(dataset: str, settings: Settings) -> None:
 
 
 def push_dataset(dataset: str, settings: Settings) -> None:
-    """Send the dataset's stage outputs to the DVC remote (default: under home).
+    """Send the dataset's stage outputs and its incoming files to the DVC remote.
+
+    The incoming files are stored under the md5 dvc.lock records for them, so
+    the version just reproduced can be rebuilt, labelled rows included, from
+    the remote alone (:func:`restore_incoming`, :func:`restore_version`).
 
     Raises:
         RemoteError: the remote did not take the push (worth a retry).
-        VersioningError: anything else.
+        VersioningError: the incoming files changed since the last reproduce,
+            or anything else DVC refused.
     """
-    repo = Path(settings.versioning.repo)
-    versioning.configure_remote(repo, settings.versioning.remote_name, settings.dvc_remote_url)
+    repo = _configured_repo(settings)
     versioning.push(
         repo,
         [f"{stage}@{dataset}" for stage in STAGES],
         remote=settings.versioning.remote_name,
         env=stage_environment(settings),
     )
+    recorded = incoming_record(dataset, settings)
+    if recorded is None or recorded[1] == 0:
+        return
+    stored = versioning.store(
+        repo,
+        paths(dataset, settings).incoming,
+        settings.versioning.remote_name,
+        env=stage_environment(settings),
+    )
+    if stored != recorded[0]:
+        raise VersioningError(
+            f"{paths(dataset, settings).incoming} changed since dvc.lock recorded it "
+            f"({stored} here, {recorded[0]} recorded); run `aipaas data run {dataset}` "
+            "to version the new files"
+        )
+
+
+# ---------------------------------------------------------------- durability
+
+
+def incoming_record(dataset: str, settings: Settings) -> tuple[str, int] | None:
+    """``(md5, nfiles)`` of the incoming directory the recorded version was ingested from.
+
+    Read from ingest's dependency in dvc.lock; None before the first run.
+    """
+    repo = Path(settings.versioning.repo)
+    rel = versioning.relpath(repo, paths(dataset, settings).incoming)
+    entry = versioning.lock_entry(repo, f"ingest@{dataset}") or {}
+    for dep in entry.get("deps") or []:
+        if dep.get("path") == rel and "md5" in dep:
+            return str(dep["md5"]), int(dep.get("nfiles") or 0)
+    return None
+
+
+def restore_incoming(dataset: str, settings: Settings) -> list[Path]:
+    """Put back the incoming files the recorded version was built from and that are gone.
+
+    Files present are left as they are (a new export, an edit: DVC sees the
+    change and records a new version). A file missing here comes back from
+    the DVC cache, else the remote. If it cannot, ingesting would silently
+    train on fewer labelled rows than the last version, so it is refused.
+
+    Returns:
+        The files put back.
+
+    Raises:
+        DatasetNotFoundError: recorded files are missing and neither the
+            cache nor the remote has them.
+    """
+    recorded = incoming_record(dataset, settings)
+    if recorded is None or recorded[1] == 0:
+        return []
+    md5, nfiles = recorded
+    p = paths(dataset, settings)
+    repo = _configured_repo(settings)
+    try:
+        with versioning.pulled(
+            repo, {"incoming": md5}, settings.versioning.remote_name, stage_environment(settings)
+        ) as got:
+            return _copy_missing(got["incoming"], p.incoming)
+    except VersioningError as err:
+        present = len(incoming_files(dataset, settings))
+        if present >= nfiles:
+            return []  # nothing is missing; the remote is only unreachable
+        raise DatasetNotFoundError(
+            f"the recorded version of {dataset} was ingested with {nfiles} labelled file(s) "
+            f"in {p.incoming} (DVC md5 {md5}); {nfiles - present} of them are missing here "
+            f"and neither the DVC cache nor the remote {settings.dvc_remote_url!r} has them. "
+            "Ingesting now would drop those rows, so it is refused: put the files back, or "
+            f"point versioning.remote_url at the remote they were pushed to, or restore a "
+            f"model's data with `aipaas data restore {dataset} --model NAME --model-version N`"
+        ) from err
+
+
+def version_lock(dataset: str, settings: Settings, data_hash: str) -> dict[str, Any] | None:
+    """The dvc.lock entries of the dataset's stages, if they record version ``data_hash``.
+
+    What a model version keeps so that its data can be rebuilt anywhere: the
+    md5s of every stage output and of the incoming files. None when dvc.lock
+    records another version (the data did not come from this repository).
+    """
+    repo = Path(settings.versioning.repo)
+    entries = {
+        f"{stage}@{dataset}": versioning.lock_entry(repo, f"{stage}@{dataset}") for stage in STAGES
+    }
+    if any(e is None for e in entries.values()):
+        return None
+    p = paths(dataset, settings)
+    outs = versioning.locked_outs(repo, f"split@{dataset}")
+    rel = [versioning.relpath(repo, f) for f in (p.train, p.holdout)]
+    if any(r not in outs for r in rel) or dataset_hash(outs[rel[0]], outs[rel[1]]) != data_hash:
+        return None
+    return entries
+
+
+def restore_version(
+    dataset: str, settings: Settings, lock: dict[str, Any], data_hash: str
+) -> DatasetVersion:
+    """Rebuild the dataset version ``lock`` names, from the cache or the DVC remote.
+
+    Every stage output is replaced by the recorded file, missing incoming
+    files are put back, and the entries go into dvc.lock, so that this
+    checkout's recorded version is the restored one (``aipaas data version``,
+    training). The result's hash is checked against ``data_hash``.
+
+    Raises:
+        DatasetNotFoundError: ``lock`` lacks a stage of the dataset, or the
+            remote does not hold a recorded file.
+        VersioningError: the restored files do not hash to ``data_hash``.
+    """
+    spec(dataset, settings)
+    missing = [f"{st}@{dataset}" for st in STAGES if f"{st}@{dataset}" not in lock]
+    if missing:
+        raise DatasetNotFoundError(
+            f"the recorded dvc.lock entries of {dataset} lack {', '.join(missing)}; "
+            "this version cannot be restored"
+        )
+    repo = _configured_repo(settings)
+    objects = {
+        str(out["path"]): str(out["md5"])
+        for stage in STAGES
+        for out in lock[f"{stage}@{dataset}"].get("outs") or []
+    }
+    incoming_rel = versioning.relpath(repo, paths(dataset, settings).incoming)
+    for dep in lock[f"ingest@{dataset}"].get("deps") or []:
+        if dep.get("path") == incoming_rel and int(dep.get("nfiles") or 0) > 0:
+            objects[incoming_rel] = str(dep["md5"])
+    try:
+        with versioning.pulled(
+            repo, objects, settings.versioning.remote_name, stage_environment(settings)
+        ) as got:
+            for rel, copy in got.items():
+                if rel == incoming_rel:
+                    _copy_missing(copy, repo / rel)
+                else:
+                    atomic_write(repo / rel, copy.read_bytes())
+    except VersioningError as err:
+        raise DatasetNotFoundError(
+            f"{dataset} version {data_hash}: the DVC remote {settings.dvc_remote_url!r} "
+            f"does not hold every recorded file ({err})"
+        ) from err
+    versioning.write_lock_entries(repo, {k: lock[k] for k in lock if k.endswith(f"@{dataset}")})
+    version = recorded_version(dataset, settings)
+    if version.hash != data_hash:
+        raise VersioningError(
+            f"restored {dataset} hashes to {version.hash}, not {data_hash}; the recorded "
+            "entries are inconsistent"
+        )
+    return version
+
+
+def _configured_repo(settings: Settings) -> Path:
+    """The DVC repository, with the settings' remote as its default."""
+    repo = Path(settings.versioning.repo)
+    versioning.configure_remote(repo, settings.versioning.remote_name, settings.dvc_remote_url)
+    return repo
+
+
+def _copy_missing(source: Path, dest: Path) -> list[Path]:
+    """Copy each file under ``source`` that ``dest`` lacks; return the files written."""
+    written = []
+    for file in sorted(f for f in source.rglob("*") if f.is_file()):
+        target = dest / file.relative_to(source)
+        if not target.exists():
+            atomic_write(target, file.read_bytes())
+            written.append(target)
+    return written
 
 
 def recorded_version(dataset: str, settings: Settings) -> DatasetVersion:

@@ -7,6 +7,14 @@ process's ``os.environ``, and DVC's repository lock, logging and caches stay
 out of long-lived processes such as the Prefect runner. ``dvc.lock`` and
 ``params.yaml`` are read directly: they are documented YAML files.
 
+Objects are put in and taken out of the remote by content hash
+(:func:`store`, :func:`pulled`), not only through the stages of dvc.yaml:
+a dataset version a model names is a set of md5s (its dvc.lock entries), and
+a fresh clone whose dvc.lock records another version must still be able to
+fetch it. Both work through a throwaway ``.dvc`` file in a temporary
+directory inside the repository, so DVC itself does the transfer, for a
+local remote and for S3 alike.
+
 Analytics and update checks are off for every call (no network at run time).
 """
 
@@ -15,15 +23,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from aipaas.exceptions import ConfigurationError, RemoteError, VersioningError
+from aipaas.files import atomic_write
 
 DVC_ENV = {"DVC_NO_ANALYTICS": "1", "DVC_NO_UPDATER": "1"}
 # DVC locks the repository; serialise this process's calls instead of failing on it.
@@ -98,10 +111,16 @@ def configure_remote(repo: Path, name: str, url: str) -> None:
 
     Home is a setting, so the default remote (a directory under home) is set
     at run time; a team that uses S3 or GCS sets ``versioning.remote_url``.
+    Only the URL is set: options a team added with ``dvc remote modify --local``
+    (an S3 ``endpointurl``, a ``profile``, credentials) are kept.
     """
     if "://" not in url:
         Path(url).mkdir(parents=True, exist_ok=True)
-    _run(["remote", "add", "--local", "--force", "--default", name, url], repo)
+    try:
+        _run(["remote", "modify", "--local", name, "url", url], repo)
+    except VersioningError:  # no such remote yet
+        _run(["remote", "add", "--local", "--force", name, url], repo)
+    _run(["remote", "default", "--local", name], repo)
 
 
 def repro(repo: Path, targets: list[str], env: dict[str, str] | None = None) -> str:
@@ -154,6 +173,92 @@ def pull(repo: Path, targets: list[str], remote: str | None = None) -> str:
     return _run(args, repo)
 
 
+@contextmanager
+def _scratch(repo: Path) -> Iterator[Path]:
+    """A temporary directory inside ``repo``: DVC only reads ``.dvc`` files within its repository.
+
+    Not under ``.aipaas/`` or another git-ignored place: DVC refuses a
+    git-ignored ``.dvc`` file.
+    """
+    tmp = Path(tempfile.mkdtemp(prefix=".aipaas-dvc-", dir=repo))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def store(
+    repo: Path, path: Path, remote: str | None = None, env: dict[str, str] | None = None
+) -> str:
+    """Put a copy of a file or directory in the cache and the remote; return its DVC md5.
+
+    The copy is hashed as DVC hashes a dependency (``.dvcignore`` applies),
+    so a directory's md5 equals the one dvc.lock records for it as a stage's
+    dep, and :func:`pulled` gets it back by that md5.
+
+    Raises:
+        RemoteError: the remote did not take the push (worth a retry).
+        VersioningError: anything else.
+    """
+    with _scratch(repo) as tmp:
+        copy = tmp / "object"
+        if Path(path).is_dir():
+            shutil.copytree(path, copy)
+        else:
+            shutil.copy2(path, copy)
+        _run(["add", "--quiet", str(copy)], repo, env=env)
+        doc = yaml.safe_load((tmp / "object.dvc").read_text()) or {}
+        md5 = str(doc["outs"][0]["md5"])
+        args = ["push", str(tmp / "object.dvc")]
+        if remote:
+            args += ["--remote", remote]
+        _run(args, repo, env=env)
+    return md5
+
+
+@contextmanager
+def pulled(
+    repo: Path,
+    objects: Mapping[str, str],
+    remote: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[dict[str, Path]]:
+    """Fetch objects by md5 (from the cache, else the remote) into a temporary directory.
+
+    Args:
+        repo: The DVC repository whose cache and remote are used.
+        objects: A name of the caller's choosing -> DVC md5 (``<md5>.dir`` for
+            a directory).
+        remote: The remote to pull from (default: the repository's default).
+        env: Environment for DVC.
+
+    Yields:
+        Each name -> where its copy is, valid inside the ``with`` block.
+
+    Raises:
+        VersioningError: an object is in neither the cache nor the remote
+            (DVC's output is in the message).
+    """
+    with _scratch(repo) as tmp:
+        names = {name: f"object{i}" for i, name in enumerate(objects)}
+        outs = [{"md5": objects[name], "hash": "md5", "path": names[name]} for name in objects]
+        (tmp / "objects.dvc").write_text(yaml.safe_dump({"outs": outs}, sort_keys=False))
+        args = ["pull", str(tmp / "objects.dvc")]
+        if remote:
+            args += ["--remote", remote]
+        _run(args, repo, env=env)
+        yield {name: tmp / names[name] for name in objects}
+
+
+def write_lock_entries(repo: Path, entries: Mapping[str, Any]) -> None:
+    """Replace (or add) stage entries in dvc.lock, leaving every other stage as it was."""
+    lock = read_lock(repo) or {"schema": "2.0"}
+    stages = dict(lock.get("stages") or {})
+    stages.update(entries)
+    lock["stages"] = stages
+    atomic_write(Path(repo) / "dvc.lock", yaml.safe_dump(lock, sort_keys=False))
+
+
 def read_lock(repo: Path) -> dict[str, Any]:
     """dvc.lock as a dict (empty when no stage was ever run)."""
     lock = Path(repo) / "dvc.lock"
@@ -190,6 +295,12 @@ def read_params(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigurationError(f"{path} is not a YAML mapping of settings")
     return data
+
+
+def lock_entry(repo: Path, stage: str) -> dict[str, Any] | None:
+    """One stage's entry in dvc.lock (cmd, deps, params, outs), or None."""
+    entry = (read_lock(repo).get("stages") or {}).get(stage)
+    return entry if isinstance(entry, dict) else None
 
 
 def locked_outs(repo: Path, stage: str) -> dict[str, str]:

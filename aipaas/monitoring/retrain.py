@@ -14,6 +14,10 @@ New training rows are the labelled feedback: :func:`export_feedback` writes
 the rows labelled since the last export to
 ``data/incoming/<dataset>/feedback-<timestamp>.csv``, where the data flow's
 ingest stage picks them up, validates them with the suite and versions them.
+That file is untracked by git, so it is not where the rows are kept: the
+data flow that follows pushes it to the DVC remote with the version it built
+(:func:`aipaas.datasets.ingest.push_dataset`), and a later ingest puts it
+back, or refuses, if it is deleted (:func:`aipaas.datasets.ingest.restore_incoming`).
 """
 
 from __future__ import annotations

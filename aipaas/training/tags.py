@@ -19,6 +19,10 @@ SUITE_PASSED = "aipaas.suite_passed"
 GIT_COMMIT = "aipaas.git_commit"
 CODE_COMMIT = "aipaas.code_commit"  # the platform code's commit (training run)
 RAY_NODES = "aipaas.ray_nodes"
+# JSON: the dataset's dvc.lock entries (every output's md5, the incoming files'
+# md5), on the registered version; `aipaas data restore` rebuilds the data from it.
+DATA_LOCK = "aipaas.data_lock"
+TUNE_RESULTS = "aipaas.tune_results"  # the search's directory in Tune's storage (path or URI)
 MODEL_DEFINITION = "aipaas.model"
 # What serving needs of the definition, written on the version at training time.
 TARGET = "aipaas.target"
@@ -101,6 +105,7 @@ REFERENCE_PROFILE_DIR = "reference_profile"
 REFERENCE_PROFILE = "reference_profile/profile.bin"  # whylogs profile of the training data
 DRIFT_ARTIFACT = "drift"  # a drift check's HTML report
 DATASET_VERSION_ARTIFACT = "dataset_version.json"  # the DatasetVersion trained on
+DATA_LOCK_ARTIFACT = "dataset_lock.json"  # the dataset's dvc.lock entries, as DATA_LOCK
 
 # --- run names -----------------------------------------------------------------
 TRAIN_RUN_PREFIX = "train-"  # train-<model>: a training's parent run

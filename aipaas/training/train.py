@@ -28,11 +28,16 @@ promotion, serving and drift:
 * tags (run and registered version): DATASET, DATA_HASH, DATA_ROWS,
   SUITE_PASSED, GIT_COMMIT, CODE_COMMIT, RAY_NODES, MODEL_DEFINITION; on the
   version also what serving needs of the definition (TARGET, LOG_INPUTS), so
-  a serving host needs the registry, not ``models/``;
+  a serving host needs the registry, not ``models/``; and DATA_LOCK, the
+  dataset's dvc.lock entries, from which ``aipaas data restore`` rebuilds the
+  exact files on any checkout (on the version only: run tags are too short);
+* the search's directory in Tune's storage (TUNE_RESULTS: a shared path or an
+  object-store URI, ``settings.ray.storage_path``);
 * artifacts: ``evaluation/`` (report.md/html, ROC/PR/confusion PNGs,
   per_class.csv, metrics.json), ``reference_profile/profile.bin`` (whylogs
-  profile of the training data, the drift baseline), ``dataset_version.json``
-  and ``model/`` (MLflow flavour format with signature and input example).
+  profile of the training data, the drift baseline), ``dataset_version.json``,
+  ``dataset_lock.json`` and ``model/`` (MLflow flavour format with signature
+  and input example).
 
 The registered version gets alias ``challenger``.
 """
@@ -64,7 +69,13 @@ from aipaas.training.evaluate import HoldoutEvaluation, evaluate_holdout, write_
 from aipaas.training.latency import Latency, measure_latency
 from aipaas.training.metrics import check_metrics, prepare_features
 from aipaas.training.raycluster import RayInfo, ensure_ray
-from aipaas.training.tune import SearchResult, run_search, validate_search_space
+from aipaas.training.tune import (
+    SearchResult,
+    check_storage,
+    run_search,
+    storage_location,
+    validate_search_space,
+)
 
 LATENCY_BATCH = 100  # rows in the batch whose predict latency is measured
 EXAMPLE_ROWS = 5  # training rows the signature is inferred from
@@ -80,6 +91,10 @@ class PreparedData:
     holdout: pd.DataFrame
     run_id: str
     tags: dict[str, str]  # lineage: on the run, and on the registered version
+    # The dataset's dvc.lock entries (md5s of every output and of the incoming
+    # files): enough to rebuild this exact data from the DVC remote. None when
+    # dvc.lock records another version than the one trained on.
+    data_lock: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +141,10 @@ def prepare_data(
     definition: ModelDefinition, version: DatasetVersion, settings: Settings
 ) -> PreparedData:
     """Refuse early, read the splits, reach MLflow and Ray, open the parent run."""
+    from aipaas.datasets.ingest import version_lock
+
     check_inputs(definition, version)
+    check_storage(storage_location(settings.ray, settings.home))
     train_df = read_split(version.train_path, definition)
     holdout_df = read_split(version.holdout_path, definition)
     registry.connect(settings)
@@ -138,15 +156,22 @@ def prepare_data(
     run_id = open_run(definition, lineage_tags, settings_params(settings, ray))
     with parent_run(run_id):
         _log_seconds("ray_init", ray_s)
-    return PreparedData(version, train_df, holdout_df, run_id, lineage_tags)
+    lock = version_lock(version.name, settings, version.hash)
+    return PreparedData(version, train_df, holdout_df, run_id, lineage_tags, lock)
 
 
 def search(definition: ModelDefinition, data: PreparedData, settings: Settings) -> SearchResult:
     """Ray Tune trials on the training split, each logged as a nested run."""
+    import mlflow
+
     with parent_run(data.run_id), _timed("search"):
         result = run_search(
-            definition, data.train, settings.tune, storage_dir=settings.home / "ray_results"
+            definition,
+            data.train,
+            settings.tune,
+            storage_dir=storage_location(settings.ray, settings.home),
         )
+        mlflow.set_tag(tags.TUNE_RESULTS, result.results_path)
         log_trials(result, definition)
         log_search_metrics(result, definition)
     return result
@@ -183,7 +208,9 @@ def log_and_register(
         log_reference(data)
         info = log_model(fitted.model, definition, fitted.example)
     version = str(info.registered_model_version)
-    registry.set_tags(definition.name, version, data.tags | serving_tags(definition))
+    registry.set_tags(
+        definition.name, version, data.tags | serving_tags(definition) | lock_tags(data)
+    )
     registry.set_alias(definition.name, tags.CHALLENGER, version)
     return train_result(definition, data, fitted, version)
 
@@ -267,6 +294,13 @@ def run_tags(
     }
 
 
+def lock_tags(data: PreparedData) -> dict[str, str]:
+    """The dataset's dvc.lock entries, on the version (run tags are too short for them)."""
+    if data.data_lock is None:
+        return {}
+    return {tags.DATA_LOCK: json.dumps(data.data_lock, sort_keys=True)}
+
+
 def serving_tags(definition: ModelDefinition) -> dict[str, str]:
     """What serving needs of the definition, read from the registered version."""
     return {
@@ -280,6 +314,7 @@ def settings_params(settings: Settings, ray: RayInfo) -> dict[str, Any]:
     prefix = tags.SETTING_PREFIX
     out = {f"{prefix}tune.{k}": v for k, v in settings.tune.model_dump().items()}
     out[f"{prefix}ray.address"] = settings.ray.address or "local"
+    out[f"{prefix}ray.storage_path"] = storage_location(settings.ray, settings.home)
     out[f"{prefix}ray.object_store_memory_mb"] = settings.ray.object_store_memory_mb
     out[f"{prefix}ray.nodes"] = ray.nodes
     out[f"{prefix}ray.cpus"] = ray.cpus
@@ -421,6 +456,8 @@ def log_reference(data: PreparedData) -> None:
         profile = write_profile(data.train, Path(tmp) / Path(tags.REFERENCE_PROFILE).name)
         mlflow.log_artifact(str(profile), artifact_path=tags.REFERENCE_PROFILE_DIR)
     mlflow.log_dict(data.version.to_dict(), tags.DATASET_VERSION_ARTIFACT)
+    if data.data_lock is not None:
+        mlflow.log_dict(data.data_lock, tags.DATA_LOCK_ARTIFACT)
 
 
 def log_model(model: Any, definition: ModelDefinition, example: pd.DataFrame) -> Any:
@@ -503,6 +540,64 @@ def _param(v: Any) -> Any:
 
 
 # --- reading back ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordedData:
+    """The dataset version a model version was trained on, as the registry records it."""
+
+    dataset: str
+    data_hash: str
+    lock: dict[str, Any]  # the dataset's dvc.lock entries at training time
+    model_version: str  # "name vN": where it was read
+
+
+def recorded_data(model: str, version: str | int, settings: Settings) -> RecordedData:
+    """The data lineage of one registered version, enough to restore the files.
+
+    Raises:
+        ModelNotFoundError: no such version.
+        DatasetNotFoundError: the version was trained before data locks were
+            recorded, or on data dvc.lock did not record.
+    """
+    registry.connect(settings)
+    return _recorded(registry.get_version(model, version))
+
+
+def find_recorded_data(dataset: str, data_hash: str, settings: Settings) -> RecordedData:
+    """The first registered version (of any model) trained on ``dataset`` at ``data_hash``.
+
+    Raises:
+        DatasetNotFoundError: no version names that dataset version with its lock.
+    """
+    registry.connect(settings)
+    for name in registry.list_models():
+        for mv in registry.list_versions(name):
+            t = mv.tags
+            if t.get(tags.DATASET) == dataset and t.get(tags.DATA_HASH) == data_hash:
+                if tags.DATA_LOCK in t:
+                    return _recorded(mv)
+    raise DatasetNotFoundError(
+        f"no registered model version records {dataset} version {data_hash} with its dvc.lock "
+        "entries; `aipaas models lineage NAME VERSION` shows which version a model used"
+    )
+
+
+def _recorded(mv: registry.ModelVersionInfo) -> RecordedData:
+    raw = mv.tags.get(tags.DATA_LOCK)
+    where = f"{mv.name} v{mv.version}"
+    if not raw:
+        raise DatasetNotFoundError(
+            f"{where} does not record its dataset's dvc.lock entries (trained before they "
+            f"were recorded, or on data outside the DVC repository); use `git checkout "
+            f"{mv.tags.get(tags.GIT_COMMIT, '<commit>')} -- dvc.lock && dvc pull` instead"
+        )
+    return RecordedData(
+        dataset=mv.tags.get(tags.DATASET, ""),
+        data_hash=mv.tags.get(tags.DATA_HASH, ""),
+        lock=json.loads(raw),
+        model_version=where,
+    )
 
 
 def lineage(model: str, version: str | int, settings: Settings) -> dict[str, str]:

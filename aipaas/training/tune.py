@@ -9,6 +9,12 @@ search goes on; only a search where every trial failed is an error.
 Trials do not talk to MLflow: on a cluster the workers may not reach the
 tracking store. The driver logs them as nested runs afterwards
 (``aipaas.training.train``), from the outcomes returned here.
+
+Tune writes each trial's results where the trial runs, so on a cluster its
+storage must be one every node reaches: Ray 2 no longer copies results back
+to the head node. :func:`storage_location` reads ``settings.ray.storage_path``
+(a shared filesystem path or an object-store URI such as ``s3://...``) and
+falls back to ``<home>/ray-results``, which only one machine sees.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import math
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +31,50 @@ import pandas as pd
 
 from aipaas.exceptions import ConfigurationError, TrainingError
 from aipaas.modeldef import Choice, IntRange, LogUniform, ModelDefinition, Uniform
-from aipaas.settings import TuneSettings
+from aipaas.settings import RaySettings, TuneSettings
 
 SCORE = "score"
+RESULTS_DIR = "ray-results"  # under home when no storage path is configured
+
+
+# The URI schemes pyarrow (Tune's storage layer) opens by itself.
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+
+def check_storage(location: str) -> None:
+    """Refuse a storage URI Tune could not open, before any trial runs.
+
+    Only the scheme is checked: opening an object store would reach the
+    network (pyarrow resolves an S3 bucket's region on open), and
+    credentials are read by each node later.
+
+    Raises:
+        ConfigurationError: the URI's scheme is not one pyarrow opens.
+    """
+    scheme, sep, rest = location.partition("://")
+    if not sep:
+        return
+    if scheme.lower() not in STORAGE_SCHEMES or not rest.strip("/"):
+        raise ConfigurationError(
+            f"ray.storage_path {location!r} cannot be opened: use a path every Ray node "
+            "sees or a URI pyarrow reads (" + ", ".join(f"{s}://" for s in STORAGE_SCHEMES) + ")"
+        )
+
+
+def storage_location(ray_settings: RaySettings, home: Path) -> str:
+    """Where Tune keeps results: the configured path or URI, else ``<home>/ray-results``.
+
+    A URI (``s3://bucket/prefix``, ``gs://...``; ``?endpoint_override=...`` for
+    an S3-compatible store) goes to Tune as is, read through pyarrow; a plain
+    path is made absolute, since Tune resolves a relative one against each
+    worker's own directory.
+    """
+    configured = ray_settings.storage_path.strip()
+    if not configured:
+        return str(Path(home) / RESULTS_DIR)
+    if "://" in configured:
+        return configured
+    return str(Path(configured).expanduser().resolve())
 
 
 def validate_search_space(definition: ModelDefinition) -> None:
@@ -107,6 +154,8 @@ class SearchResult:
     best_score: float
     trials: list[TrialOutcome] = field(default_factory=list)
     wall_s: float = 0.0
+    # The experiment's directory in Tune's storage (a path or a URI).
+    results_path: str = ""
 
     @property
     def ok(self) -> int:
@@ -179,10 +228,13 @@ def run_search(
     train: pd.DataFrame,
     tune_settings: TuneSettings,
     *,
-    storage_dir: Path,
+    storage_dir: str | Path,
     name: str | None = None,
 ) -> SearchResult:
     """Search the definition's space; Ray must be up (``aipaas.training.raycluster.ensure_ray``).
+
+    ``storage_dir`` is a local or shared path, or an object-store URI
+    (:func:`storage_location`); a path is created if missing.
 
     Raises:
         ConfigurationError: the search space is invalid (nothing ran).
@@ -201,7 +253,9 @@ def run_search(
         folds=tune_settings.cv_folds,
         seed=tune_settings.seed,
     )
-    storage_dir.mkdir(parents=True, exist_ok=True)
+    storage = str(storage_dir)
+    if "://" not in storage:
+        Path(storage).mkdir(parents=True, exist_ok=True)
     trainable = tune.with_resources(
         tune.with_parameters(_run_trial, spec=spec, data=train), {"cpu": 1}
     )
@@ -221,7 +275,7 @@ def run_search(
         ),
         run_config=tune.RunConfig(
             name=name or f"{definition.name}-{int(time.time())}",
-            storage_path=str(storage_dir),
+            storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             verbose=0,
         ),
@@ -229,7 +283,8 @@ def run_search(
     t0 = time.perf_counter()
     grid = tuner.fit()
     wall = time.perf_counter() - t0
-    return _best(definition, [_outcome(grid[i]) for i in range(len(grid))], wall)
+    result = _best(definition, [_outcome(grid[i]) for i in range(len(grid))], wall)
+    return replace(result, results_path=str(grid.experiment_path))
 
 
 def _outcome(res: Any) -> TrialOutcome:

@@ -20,7 +20,7 @@ from aipaas.settings import PROJECT_ROOT, DatasetSpec, Settings, get_settings
 from tests.support.project import copy_project, project_env
 
 AIPAAS = str(Path(sys.executable).parent / "aipaas")
-COMMANDS = ["ingest", "validate", "split", "run", "version", "list"]
+COMMANDS = ["ingest", "validate", "split", "run", "version", "list", "restore"]
 
 
 def _env(data_dir: Path, home: Path, repo: Path) -> dict[str, str]:
@@ -143,3 +143,28 @@ def test_run_prints_the_version(tmp_path_factory, tmp_path, home, use_settings):
         "hash": version.hash,
         "rows": 569,
     }
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--version", "abc", "--model", "diagnosis", "--model-version", "1"],
+        ["--model", "diagnosis"],
+    ],
+)
+def test_restore_needs_one_version_named(env, args):
+    result = _cli(["data", "restore", "breast_cancer", *args], env)
+    assert result.returncode == ConfigurationError.exit_code, result.stderr
+    assert "--version HASH, or --model NAME --model-version N" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_restore_of_a_version_no_model_names_is_refused(env, tmp_path, home):
+    env = {**env, "AIPAAS_MLFLOW__TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}"}
+    result = _cli(["data", "restore", "breast_cancer", "--version", "0" * 32], env)
+    assert result.returncode == DatasetNotFoundError.exit_code, result.stderr
+    assert f"no registered model version records breast_cancer version {'0' * 32}" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr

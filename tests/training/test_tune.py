@@ -1,4 +1,4 @@
-"""The search space translation and validation, and a search on a two-node cluster."""
+"""The search space translation and validation, and a whole training on a two-node cluster."""
 
 from __future__ import annotations
 
@@ -76,34 +76,64 @@ TWO_NODE_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    import numpy as np, pandas as pd
+    import mlflow, numpy as np
     from ray.cluster_utils import Cluster
+    from sklearn.datasets import load_breast_cancer
     from aipaas.modeldef import load_definition
-    from aipaas.training.raycluster import ensure_ray
-    from aipaas.settings import RaySettings, TuneSettings
-    from aipaas.training.tune import run_search
+    from aipaas.schemas import DatasetVersion
+    from aipaas.settings import Settings
+    from aipaas.training import tags
+    from aipaas.training.train import train_model
+
+    models, storage, work = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    d = load_breast_cancer(as_frame=True)
+    df = d.data.rename(columns=lambda c: c.replace(" ", "_"))
+    df["diagnosis"] = np.where(d.target == 0, "malignant", "benign")
+    df = df.sample(frac=1.0, random_state=1)
+    df.iloc[:200].to_csv(work / "train.csv", index=False)
+    df.iloc[200:300].to_csv(work / "holdout.csv", index=False)
+    version = DatasetVersion(
+        name="breast_cancer", hash="0" * 32, rows=300, suite_passed=True,
+        train_path=work / "train.csv", holdout_path=work / "holdout.csv",
+        target="diagnosis", git_commit=None,
+    )
 
     cluster = Cluster(
         initialize_head=True,
         head_node_args={"num_cpus": 1, "object_store_memory": 200 * 1024**2},
     )
-    cluster.add_node(num_cpus=1, object_store_memory=200 * 1024**2)
+    worker = cluster.add_node(num_cpus=1, object_store_memory=200 * 1024**2)
     cluster.wait_for_nodes()
     try:
-        info = ensure_ray(RaySettings(address=cluster.address))
-        rng = np.random.default_rng(0)
-        definition = load_definition("diagnosis", Path(sys.argv[1]))
-        X = rng.normal(size=(120, len(definition.features)))
-        df = pd.DataFrame(X, columns=list(definition.features))
-        df["diagnosis"] = np.where(X[:, 0] + rng.normal(scale=0.5, size=120) > 0,
-                                   "malignant", "benign")
-        result = run_search(
-            definition, df, TuneSettings(num_samples=4, max_concurrent=2, cv_folds=2),
-            storage_dir=Path(sys.argv[2]),
+        settings = Settings(
+            _env_file=None,
+            home=work / "home",
+            models_dir=models,
+            mlflow={"tracking_uri": f"sqlite:///{work / 'mlflow.db'}"},
+            ray={"address": cluster.address, "storage_path": storage},
+            tune={"num_samples": 2, "max_concurrent": 2, "cv_folds": 2, "eval_shards": 2},
         )
-        print(json.dumps({"nodes": info.nodes,
-                          "trial_nodes": [t.node_id for t in result.trials],
-                          "ok": result.ok}))
+        result = train_model(load_definition("diagnosis", models), version, settings)
+        names = {cluster.head_node.node_id: "head", worker.node_id: "worker"}
+        client = mlflow.MlflowClient()
+        parent = client.get_run(result.run_id)
+        trials = client.search_runs(
+            [parent.info.experiment_id],
+            f"tags.mlflow.parentRunId = '{result.run_id}'",
+        )
+        mv = client.get_model_version("diagnosis", result.version)
+        print(json.dumps({
+            "version": result.version,
+            "aliases": list(mv.aliases),
+            "ray_nodes": mv.tags.get(tags.RAY_NODES),
+            "metrics": sorted(result.metrics),
+            "results_path": parent.data.tags.get(tags.TUNE_RESULTS),
+            "storage_param": parent.data.params.get("setting.ray.storage_path"),
+            "trials": {
+                t.data.tags[tags.TRIAL_ID]: names.get(t.data.tags[tags.NODE_ID], "unknown")
+                for t in trials
+            },
+        }))
     finally:
         import ray
         ray.shutdown()
@@ -113,26 +143,64 @@ TWO_NODE_SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_search_runs_trials_on_both_nodes_of_a_two_node_cluster(tmp_path: Path) -> None:
-    # Its own process: the session's local Ray cannot coexist with a second cluster.
+def test_train_model_runs_on_a_two_node_cluster_with_shared_storage(tmp_path: Path) -> None:
+    """The whole training (search, refit, evaluation, registration) against a cluster.
+
+    Its own process: the session's local Ray cannot coexist with a second
+    cluster. Each node has one CPU, so two concurrent trials must use both.
+    """
     script = tmp_path / "two_nodes.py"
     script.write_text(TWO_NODE_SCRIPT)
+    storage = tmp_path / "shared" / "tune"
     env = {
         **__import__("os").environ,
         "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
         "RAY_USAGE_STATS_ENABLED": "0",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "PYTHONPATH": str(ROOT),
     }
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(
-        [sys.executable, str(script), str(ROOT / "models"), str(tmp_path / "ray_results")],
+        [sys.executable, str(script), str(ROOT / "models"), str(storage), str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=300,
         env=env,
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["nodes"] == 2
-    assert out["ok"] == 4
-    assert len(set(out["trial_nodes"])) == 2, out
+    # Registered as challenger, evaluated on the holdout, on two nodes.
+    assert out["version"] == "1" and "challenger" in out["aliases"]
+    assert out["ray_nodes"] == "2"
+    assert "holdout_roc_auc" in out["metrics"] and "time_evaluate_s" in out["metrics"]
+    # One trial on each node, and we know which ran where.
+    assert sorted(out["trials"].values()) == ["head", "worker"], out["trials"]
+    # Tune's results sit under the configured storage path, one directory per trial.
+    assert out["storage_param"] == str(storage)
+    results = Path(out["results_path"])
+    assert results.parent == storage and results.is_dir()
+    for trial_id in out["trials"]:
+        found = [p for p in results.iterdir() if p.is_dir() and trial_id in p.name]
+        assert len(found) == 1 and (found[0] / "result.json").is_file(), (trial_id, found)
+    assert not (tmp_path / "home" / "ray-results").exists()
+
+
+def test_storage_location_defaults_under_home_and_passes_uris_through(tmp_path: Path) -> None:
+    from aipaas.settings import RaySettings
+    from aipaas.training.tune import storage_location
+
+    assert storage_location(RaySettings(), tmp_path) == str(tmp_path / "ray-results")
+    uri = "s3://bucket/tune?endpoint_override=http://127.0.0.1:9000"
+    assert storage_location(RaySettings(storage_path=uri), tmp_path) == uri
+    rel = storage_location(RaySettings(storage_path="shared/tune"), tmp_path)
+    assert Path(rel).is_absolute() and rel.endswith("shared/tune")
+
+
+def test_unknown_storage_scheme_is_refused_before_anything_runs() -> None:
+    from aipaas.training.tune import check_storage
+
+    with pytest.raises(ConfigurationError, match="ray.storage_path 'nope://x/y' cannot be opened"):
+        check_storage("nope://x/y")
+    check_storage("s3://bucket/prefix")  # opening does not reach the store
