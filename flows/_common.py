@@ -13,6 +13,9 @@ from aipaas.exceptions import RegistryUnavailableError, RemoteError
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
+    from prefect.settings.legacy import Setting
+
+    from aipaas.settings import Settings
 
 TAGS = ("aipaas",)
 
@@ -45,6 +48,22 @@ def artifact_key(prefix: str, name: str) -> str:
     return f"{prefix}-" + "".join(c if c.isalnum() else "-" for c in name.lower())
 
 
+def prefect_settings(settings: Settings) -> dict[Setting, str]:
+    """The Prefect client settings that reach the platform's API: its URL and auth string.
+
+    For ``prefect.settings.temporary_settings``: a client in this process then
+    talks to ``settings.prefect_api_url`` and, in the team setup, sends the
+    API auth string (the server answers 401 without it).
+    """
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL
+
+    updates: dict[Setting, str] = {PREFECT_API_URL: settings.prefect_api_url}
+    auth = settings.prefect.auth_string.get_secret_value()
+    if auth:
+        updates[PREFECT_API_AUTH_STRING] = auth
+    return updates
+
+
 def run_deployment_at(
     api_url: str | None,
     name: str,
@@ -54,12 +73,13 @@ def run_deployment_at(
     poll_s: float = 2.0,
     tags: Sequence[str] = TAGS,
     idempotency_key: str | None = None,
+    auth_string: str | None = None,
 ) -> FlowRun:
     """Ask the Prefect API at ``api_url`` for a run of deployment ``name``.
 
-    The run is executed by the runner ``aipaas up`` serves (``python -m
-    flows.deployments``), never in this process and never as a subflow, so it
-    shows in the UI as a run of its own.
+    The run is executed by a worker on the platform's work pool (the one
+    ``aipaas up`` starts, or ``aipaas worker`` elsewhere), never in this
+    process and never as a subflow, so it shows in the UI as a run of its own.
 
     Args:
         api_url: The platform's Prefect API (``settings.prefect_api_url``);
@@ -72,15 +92,22 @@ def run_deployment_at(
         tags: Tags on the run, to find it in the UI.
         idempotency_key: The same key never creates a second run (a retried
             request whose answer was lost).
+        auth_string: The API auth string (``settings.prefect.auth_string``) when
+            the server has one; None for this process's ``PREFECT_API_AUTH_STRING``.
 
     Returns:
         The flow run as last read (``.state`` tells whether it completed).
     """
     from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: api_url} if api_url else None):
+    updates: dict[Setting, str] = {}
+    if api_url:
+        updates[PREFECT_API_URL] = api_url
+    if auth_string:
+        updates[PREFECT_API_AUTH_STRING] = auth_string
+    with temporary_settings(updates=updates or None):
         flow_run = run_deployment(
             name,
             parameters=dict(parameters),

@@ -2,8 +2,8 @@
 
 :class:`DeploymentTrigger` implements :class:`aipaas.monitoring.spool.WindowTrigger`.
 A closed window asks the Prefect API for a run of deployment ``drift/drift``
-(``run_deployment(..., timeout=0)``: create the run and return at once; the
-runner that ``aipaas up`` serves executes it). When Prefect cannot be reached,
+(``run_deployment(..., timeout=0)``: create the run and return at once; a
+worker on the platform's work pool executes it). When Prefect cannot be reached,
 or the deployment is not registered yet, the request waits in
 ``<home>/run/triggers/pending.json`` and every profiler step retries it with
 a growing delay. Requests for one model coalesce: a drift run consumes every

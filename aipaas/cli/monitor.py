@@ -49,6 +49,8 @@ def profiler_cmd(
     if trigger:
         # The platform's server, never a temporary one: unreachable means retry later.
         os.environ.setdefault("PREFECT_API_URL", s.prefect_api_url)
+        if auth := s.prefect.auth_string.get_secret_value():
+            os.environ.setdefault("PREFECT_API_AUTH_STRING", auth)
         from flows.triggers import DeploymentTrigger
 
         window_trigger = DeploymentTrigger(s)

@@ -26,7 +26,10 @@ ModelArg = Annotated[str, typer.Argument(help="Model name: a definition in model
 @contextmanager
 def prefect_api(s: Settings) -> Iterator[str | None]:
     """Report flow runs to the running platform's Prefect server when it answers."""
+    auth = s.prefect.auth_string.get_secret_value()
     if os.environ.get("PREFECT_API_URL"):
+        if auth:
+            os.environ.setdefault("PREFECT_API_AUTH_STRING", auth)
         yield os.environ["PREFECT_API_URL"]
         return
     url = s.prefect_api_url
@@ -38,9 +41,11 @@ def prefect_api(s: Settings) -> Iterator[str | None]:
     if not alive:
         yield None
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import temporary_settings
 
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    from flows._common import prefect_settings
+
+    with temporary_settings(updates=prefect_settings(s)):
         yield url
 
 

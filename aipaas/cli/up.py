@@ -23,7 +23,7 @@ def up_cmd(
         ),
     ] = True,
 ) -> None:
-    """Start Prefect, MLflow, the deployments runner, the API and the profiler; Ctrl-C stops all.
+    """Start Prefect, MLflow, a work-pool worker, the API and the profiler; Ctrl-C stops all.
 
     Ports come from settings (AIPAAS_PREFECT__PORT, AIPAAS_MLFLOW__PORT,
     AIPAAS_SERVING__PORT); state and logs live under AIPAAS_HOME.
@@ -32,6 +32,9 @@ def up_cmd(
 
     def on_ready(sup: up.Supervisor) -> None:
         typer.echo(f"deployments: {deployments_note(s)}")
+        typer.echo(
+            f"work pool: {s.prefect.work_pool!r}; another machine joins it with `aipaas worker`"
+        )
         if lifecycle:
             start_missing_lifecycles(s)
 
@@ -40,7 +43,7 @@ def up_cmd(
 
 
 def deployments_note(s: Settings) -> str:
-    """The deployments the runner serves, each with its cron if it has one."""
+    """The deployments on the work pool, each with its cron if it has one."""
     from flows.deployments import deployments
 
     parts = []
@@ -70,7 +73,11 @@ def start_missing_lifecycles(s: Settings) -> None:
             typer.echo(f"  {model}: champion is v{champion.version}{note}")
             continue
         flow_run = run_deployment_at(
-            s.prefect_api_url, "lifecycle/lifecycle", {"model": model}, tags=(*TAGS, "up")
+            s.prefect_api_url,
+            "lifecycle/lifecycle",
+            {"model": model},
+            tags=(*TAGS, "up"),
+            auth_string=s.prefect.auth_string.get_secret_value() or None,
         )
         typer.echo(
             f"  {model}: no champion yet; started the lifecycle "

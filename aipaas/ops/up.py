@@ -14,13 +14,23 @@ receive SIGTERM if the supervisor dies without cleaning up. Logs go to
 
 This module knows processes, ports and health URLs; what to start is built by
 :func:`plan`, and what to do once everything is up is the caller's callback.
+
+Flow runs execute on a Prefect process work pool: before its local worker
+starts, ``aipaas worker --register`` creates the pool and registers the
+deployments on it (:func:`flows.deployments.register`), so a worker on another machine
+(``aipaas worker``) takes runs from the same pool. In the team setup every
+child gets the credentials from settings: ``PREFECT_API_AUTH_STRING`` when
+``prefect.auth_string`` is set (the server then requires it), and the MLflow
+login when ``mlflow.auth_enabled``; ``up``'s own probes send them too.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -41,8 +51,10 @@ from typing import IO, Any
 from aipaas.exceptions import AipaasError, AlreadyRunningError, ConfigurationError
 from aipaas.files import atomic_write_json, read_json
 from aipaas.settings import PROJECT_ROOT, Settings
+from aipaas.training.registry import credentials_env
 
 STOP_GRACE_S = 15.0
+WORKER_RUN_LIMIT = 4  # concurrent flow runs of one worker (a paused promotion holds one)
 POLL_S = 0.5
 
 
@@ -58,6 +70,8 @@ class Service:
     ca_file: Path | None = None  # an https health URL's certificate is verified against it
     host: str = "127.0.0.1"
     port: int | None = None  # must be free before starting
+    # Ready when this returns True (instead of a health URL); probed like one.
+    ready_check: Callable[[], bool] | None = None
     port_setting: str = ""  # the setting that moves it, for the error message
     ready_timeout_s: float = 120.0
     # Started only after every service of a lower stage is ready.
@@ -103,7 +117,19 @@ def child_env(settings: Settings) -> dict[str, str]:
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PYTHONUNBUFFERED": "1",
     }
+    auth = settings.prefect.auth_string.get_secret_value()
+    if auth:
+        env["PREFECT_API_AUTH_STRING"] = auth
+    env |= credentials_env(settings)
     return env
+
+
+def prefect_headers(settings: Settings) -> dict[str, str]:
+    """What a raw HTTP client sends to the Prefect API: Basic auth with the auth string."""
+    auth = settings.prefect.auth_string.get_secret_value()
+    if not auth:
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
 
 
 def plan(
@@ -117,8 +143,9 @@ def plan(
 
     The Prefect and MLflow servers are started only when the settings point
     at the local default (no ``prefect.api_url`` / ``mlflow.tracking_uri``
-    given); otherwise the platform uses the servers named there. The
-    deployments runner, the serving API and the profiler always run here.
+    given); otherwise the platform uses the servers named there. A worker on
+    the work pool (after the deployments are registered), the serving API
+    and the profiler always run here.
 
     Args:
         settings: Ports, hosts and home.
@@ -132,15 +159,27 @@ def plan(
         services.append(prefect_service(settings))
     if not settings.mlflow.tracking_uri:
         services.append(mlflow_service(settings, mlflow_argv or _mlflow_argv(settings)))
-    services.append(runner_service(settings))
+    services.append(worker_service(settings))
     services.append(serving_service(settings, serving_argv or cli_argv("serve")))
     services.append(profiler_service(profiler_argv or cli_argv("profiler")))
     return services
 
 
 def prefect_service(settings: Settings) -> Service:
-    """``prefect server``: the UI, the API, the schedules (stage 0)."""
+    """``prefect server``: the UI, the API, the schedules (stage 0).
+
+    Its database is the SQLite file under ``PREFECT_HOME`` unless
+    ``prefect.database_url`` names one (PostgreSQL in the team setup); with
+    ``prefect.auth_string`` every API request but the health probe needs it.
+    """
     host, port = settings.prefect.host, settings.prefect.port
+    env: dict[str, str] = {}
+    database = check_prefect_database(settings)
+    if database:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database
+    auth = settings.prefect.auth_string.get_secret_value()
+    if auth:
+        env["PREFECT_SERVER_API_AUTH_STRING"] = auth
     return Service(
         name="prefect",
         argv=[sys.executable, "-m", "prefect", "server", "start"]
@@ -151,7 +190,30 @@ def prefect_service(settings: Settings) -> Service:
         host=host,
         port=port,
         port_setting="AIPAAS_PREFECT__PORT",
+        env=env,
     )
+
+
+def check_prefect_database(settings: Settings) -> str:
+    """``prefect.database_url``, refused unless Prefect's server can open it; empty: its SQLite.
+
+    Prefect's server reaches PostgreSQL only through asyncpg (it passes
+    asyncpg's own connection arguments), so ``postgresql://`` or
+    ``postgresql+psycopg://``, right for the other two stores, would let it
+    start and then die in its log; ``up`` says so before anything starts.
+
+    Raises:
+        ConfigurationError: a PostgreSQL URL with another driver.
+    """
+    database = settings.prefect.database_url.get_secret_value()
+    scheme = database.split("://", 1)[0].lower()
+    if scheme.startswith("postgres") and scheme != "postgresql+asyncpg":
+        raise ConfigurationError(
+            f"prefect.database_url uses {scheme}://, but Prefect's server talks to "
+            "PostgreSQL only through asyncpg: "
+            "AIPAAS_PREFECT__DATABASE_URL=postgresql+asyncpg://USER:PASSWORD@HOST:5432/prefect"
+        )
+    return database
 
 
 def mlflow_service(settings: Settings, argv: list[str]) -> Service:
@@ -161,9 +223,7 @@ def mlflow_service(settings: Settings, argv: list[str]) -> Service:
         name="mlflow",
         argv=argv,
         description="MLflow UI, tracking and model registry",
-        # MLflow 3's job runner (GenAI jobs, about seven huey processes) is
-        # unused here, costs memory on a small machine and slows shutdown.
-        env={"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        env=server_env(settings),
         url=f"http://{host}:{port}",
         health_url=f"http://{host}:{port}/health",
         host=host,
@@ -172,16 +232,49 @@ def mlflow_service(settings: Settings, argv: list[str]) -> Service:
     )
 
 
-def runner_service(settings: Settings) -> Service:
-    """The Prefect runner serving every deployment (stage 1: needs the Prefect API)."""
+def worker_service(settings: Settings) -> Service:
+    """A Prefect worker on the platform's work pool (stage 1: needs the Prefect API).
+
+    ``aipaas worker --register`` first creates the pool and registers the
+    deployments on it, then polls the pool; it is ready once the API lists it
+    as an online worker of the pool.
+    """
+    name = f"aipaas-up-{socket.gethostname()}-{os.getpid()}"
     return Service(
-        name="runner",
-        argv=[sys.executable, "-m", "flows.deployments"],
-        description="Prefect runner serving the deployments and their schedules",
-        # Ready when the deployment `up` starts runs of is visible in the API.
-        health_url=f"{settings.prefect_api_url}/deployments/name/lifecycle/lifecycle",
+        name="worker",
+        argv=cli_argv("worker", "--register", "--name", name),
+        description=(
+            f"Prefect worker on work pool {settings.prefect.work_pool!r} "
+            f"(up to {WORKER_RUN_LIMIT} flow runs at once)"
+        ),
+        ready_check=lambda: worker_online(settings, name),
         stage=1,
     )
+
+
+def worker_online(settings: Settings, name: str) -> bool:
+    """Whether the work pool lists a worker called ``name`` as online."""
+    workers = prefect_api(settings, f"/work_pools/{settings.prefect.work_pool}/workers/filter", {})
+    return isinstance(workers, list) and any(
+        w.get("name") == name and w.get("status") == "ONLINE" for w in workers
+    )
+
+
+def prefect_api(settings: Settings, path: str, body: Any = None) -> Any:
+    """``path`` on the platform's Prefect API as JSON (POST when ``body`` is given).
+
+    None when it does not answer 200, so a caller can poll.
+    """
+    request = urllib.request.Request(
+        f"{settings.prefect_api_url}{path}",
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **prefect_headers(settings)},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return json.loads(resp.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
 def serving_service(settings: Settings, argv: list[str]) -> Service:
@@ -281,6 +374,16 @@ def profiler_service(argv: list[str]) -> Service:
         stage=1,
         ready_timeout_s=5.0,
     )
+
+
+def server_env(settings: Settings) -> dict[str, str]:
+    """The MLflow server's own environment, its store's driver and auth settings checked first."""
+    from aipaas.ops.tracking_server import check_auth, check_backend
+    from aipaas.ops.tracking_server import server_env as mlflow_server_env
+
+    check_backend(settings)
+    check_auth(settings)
+    return mlflow_server_env(settings)
 
 
 def _mlflow_argv(settings: Settings) -> list[str]:
@@ -405,7 +508,15 @@ class Supervisor:
                     f"{svc.name} exited with code {code} while starting; "
                     f"the end of {run.log}:\n{tail(run.log)}"
                 )
-            if svc.health_url is None:
+            if svc.ready_check is not None:
+                if svc.ready_check():
+                    return
+                if time.monotonic() >= deadline:
+                    raise AipaasError(
+                        f"{svc.name} did not become ready within {svc.ready_timeout_s:.0f} s; "
+                        f"the end of {run.log}:\n{tail(run.log)}"
+                    )
+            elif svc.health_url is None:
                 if time.monotonic() >= deadline:  # no probe: alive long enough
                     return
             elif http_ok(svc.health_url, ca_file=svc.ca_file):
@@ -452,8 +563,8 @@ class Supervisor:
     def stop(self) -> None:
         """Stop every child, last stage first: SIGTERM, then SIGKILL after a grace period.
 
-        Stage by stage, because the runner pauses its deployments through the
-        Prefect API on the way out and needs the server still up to do so.
+        Stage by stage, because the worker tells the Prefect API it is leaving
+        (and marks the runs it held) on the way out and needs the server up.
         """
         for stage in sorted({r.service.stage for r in self.running}, reverse=True):
             group = [r for r in reversed(self.running) if r.service.stage == stage]
@@ -559,7 +670,13 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
-def http_ok(url: str, timeout: float = 2.0, *, ca_file: Path | None = None) -> bool:
+def http_ok(
+    url: str,
+    timeout: float = 2.0,
+    *,
+    ca_file: Path | None = None,
+    headers: dict[str, str] | None = None,
+) -> bool:
     """Whether ``url`` answers 200.
 
     For an https URL with ``ca_file``, the server's certificate chain must
@@ -574,8 +691,9 @@ def http_ok(url: str, timeout: float = 2.0, *, ca_file: Path | None = None) -> b
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
         context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         context.check_hostname = not _local(urllib.parse.urlsplit(url).hostname or "")
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as resp:
             return bool(resp.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False

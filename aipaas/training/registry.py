@@ -60,11 +60,15 @@ def connect(settings: Settings, *, check: bool = True) -> str:
 
     For an HTTP tracking URI the server is probed with bounded retries, so an
     unreachable server fails fast with a message instead of MLflow's own long
-    back-off.
+    back-off. In the team setup (``mlflow.auth_enabled``) every client in this
+    process logs in as the platform's account: MLflow reads the credentials
+    from ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` on each
+    request, so they are set here, from settings, once.
     """
     import mlflow
 
     uri = settings.mlflow_tracking_uri
+    os.environ.update(credentials_env(settings))
     # MLflow's own HTTP retries, bounded: its default retries for minutes.
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.mlflow.http_max_retries)
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(settings.mlflow.http_timeout_s)
@@ -74,6 +78,16 @@ def connect(settings: Settings, *, check: bool = True) -> str:
     if check and uri.startswith(("http://", "https://")):
         wait_for_server(uri, attempts=settings.mlflow.http_max_retries + 1)
     return uri
+
+
+def credentials_env(settings: Settings) -> dict[str, str]:
+    """The MLflow client's login as the platform's account; empty when auth is off."""
+    if not settings.mlflow.auth_enabled:
+        return {}
+    return {
+        "MLFLOW_TRACKING_USERNAME": settings.mlflow.username,
+        "MLFLOW_TRACKING_PASSWORD": settings.mlflow.password.get_secret_value(),
+    }
 
 
 def wait_for_server(uri: str, *, attempts: int = 3, delay_s: float = 1.0) -> None:

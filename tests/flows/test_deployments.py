@@ -1,28 +1,20 @@
-"""The runner registers every deployment with its schedule, and runs what the API asks.
+"""The deployments are registered on the platform's process work pool, with their schedules.
 
-The runner is the real one ``aipaas up`` starts (``python -m flows.deployments``),
-a separate process talking to the session's Prefect harness server; the run is
-asked for the way ``aipaas up`` and ``aipaas demo`` ask (``run_deployment_at``).
+Registration is what ``aipaas up`` (``aipaas worker --register``) does against
+the session's Prefect harness server: the pool is created, each flow is a
+deployment named after it on that pool, with the crons set below, its
+default parameters, a module-path entrypoint (importable wherever aipaas is
+installed) and the pull step that moves a run into the worker's project.
+A second registration changes nothing. A worker executing the runs is
+``tests/e2e/test_worker.py``.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
 import pytest
 
-from aipaas.settings import PROJECT_ROOT, Settings
-from aipaas.training import registry, tags
-from flows._common import run_deployment_at
-from tests.conftest import settings_env
-from tests.support.registry import MODEL, register_tiny, tiny_settings
+from aipaas.settings import Settings
+from tests.support.registry import MODEL
 
 pytestmark = pytest.mark.slow
 
@@ -38,79 +30,83 @@ EXPECTED_CRONS = {
 
 
 @pytest.fixture
-def runner(settings: Settings, tmp_path: Path, prefect_harness: None) -> Iterator[Path]:
-    """``python -m flows.deployments`` on the harness server; yields its log file."""
+def harness_settings(settings: Settings, prefect_harness: None) -> Settings:
     from prefect.settings import PREFECT_API_URL
 
-    s = tiny_settings(settings, tmp_path)
-    env = {
-        **os.environ,
-        **settings_env(s),
-        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
-        # Prefect's runner looks for new runs every 10 s by default.
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-        "AIPAAS_SERVING__DEFAULT_MODEL": MODEL,
-        "AIPAAS_PREFECT__LIFECYCLE_CRON": EXPECTED_CRONS["lifecycle"][0],
-        "AIPAAS_PREFECT__DRIFT_CRON": EXPECTED_CRONS["drift"][0],
-    }
-    log_path = tmp_path / "runner.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "flows.deployments"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            yield log_path
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+    prefect = settings.prefect.model_copy(
+        update={
+            "api_url": str(PREFECT_API_URL.value()),
+            "work_pool": "aipaas-test",
+            "lifecycle_cron": EXPECTED_CRONS["lifecycle"][0],
+            "drift_cron": EXPECTED_CRONS["drift"][0],
+        }
+    )
+    serving = settings.serving.model_copy(update={"default_model": MODEL})
+    return settings.model_copy(update={"prefect": prefect, "serving": serving})
 
 
-def _registered(log: Path, names: set[str], timeout_s: float = 120) -> dict[str, Any]:
-    """The deployments named ``names`` once all are visible in the API."""
+def test_deployments_are_registered_on_the_work_pool_with_their_schedules(
+    harness_settings: Settings,
+) -> None:
     from prefect.client.orchestration import get_client
 
-    found: dict[str, Any] = {}
-    deadline = time.monotonic() + timeout_s
+    from flows.deployments import register
+
+    s = harness_settings
+    assert register(s) == list(EXPECTED_CRONS)
     with get_client(sync_client=True) as client:
-        while set(found) != names and time.monotonic() < deadline:
-            found = {d.name: d for d in client.read_deployments() if d.name in names}
-            time.sleep(0.2)
-    assert set(found) == names, log.read_text()[-3000:]
-    return found
-
-
-def test_runner_serves_every_deployment_with_its_schedule(
-    settings: Settings, tmp_path: Path, runner: Path
-) -> None:
-    found = _registered(runner, set(EXPECTED_CRONS))
+        pool = client.read_work_pool(s.prefect.work_pool)
+        found = {d.name: d for d in client.read_deployments() if d.name in EXPECTED_CRONS}
+    assert pool.type == "process"
+    assert set(found) == set(EXPECTED_CRONS)
+    assert {d.work_pool_name for d in found.values()} == {s.prefect.work_pool}
     crons = {name: [sch.schedule.cron for sch in d.schedules] for name, d in found.items()}
     assert crons == EXPECTED_CRONS
     assert found["data"].parameters == {}
     for name in EXPECTED_CRONS.keys() - {"data"}:
         assert found[name].parameters == {"model": MODEL}, name
     assert all("aipaas" in d.tags for d in found.values())
+    # The code comes from the installed package; the run works in the worker's project.
+    assert found["lifecycle"].entrypoint == "flows.lifecycle.lifecycle_flow"
+    assert found["lifecycle"].pull_steps == [
+        {
+            "prefect.deployments.steps.set_working_directory": {
+                "directory": "{{ $AIPAAS_PROJECT_DIR }}"
+            }
+        }
+    ]
 
-    # A run asked through the API is executed by the runner: the promote flow
-    # moves the champion alias to the registered challenger.
-    s = tiny_settings(settings, tmp_path)
-    v1 = register_tiny(s)
-    run = run_deployment_at(
-        None, "promote/promote", {"model": MODEL}, wait_s=180, poll_s=0.5, tags=("aipaas", "test")
+    # Idempotent: the same deployments, one schedule each, nothing added.
+    assert register(s) == list(EXPECTED_CRONS)
+    with get_client(sync_client=True) as client:
+        again = {d.name: d for d in client.read_deployments() if d.name in EXPECTED_CRONS}
+    assert {n: d.id for n, d in again.items()} == {n: d.id for n, d in found.items()}
+    assert {n: len(d.schedules) for n, d in again.items()} == {
+        n: len(c) for n, c in EXPECTED_CRONS.items()
+    }
+    # A cron emptied in the settings unschedules the deployment at the next `up`.
+    unscheduled = s.model_copy(
+        update={"prefect": s.prefect.model_copy(update={"lifecycle_cron": ""})}
     )
-    assert run.state is not None and run.state.is_completed(), (
-        run.state,
-        runner.read_text()[-3000:],
+    register(unscheduled)
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment_by_name("lifecycle/lifecycle").schedules == []
+        assert len(client.read_deployment_by_name("drift/drift").schedules) == 1
+
+
+def test_a_pool_of_another_type_is_refused_with_the_setting_to_change(
+    harness_settings: Settings,
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from aipaas.exceptions import ConfigurationError
+    from flows.deployments import register
+
+    s = harness_settings.model_copy(
+        update={"prefect": harness_settings.prefect.model_copy(update={"work_pool": "k8s-pool"})}
     )
-    assert {"aipaas", "test"} <= set(run.tags)
-    registry.connect(s)
-    champion = registry.get_alias(MODEL, tags.CHAMPION)
-    assert champion is not None and champion.version == v1
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="k8s-pool", type="kubernetes"))
+    with pytest.raises(ConfigurationError, match="AIPAAS_PREFECT__WORK_POOL"):
+        register(s)

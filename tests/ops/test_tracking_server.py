@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from aipaas.ops.tracking_server import server_command, start_server, stop_server, wait_healthy
+from aipaas.ops.tracking_server import (
+    prepare,
+    server_command,
+    server_env,
+    start_server,
+    stop_server,
+    wait_healthy,
+)
 from aipaas.settings import Settings
 from aipaas.training import registry
 from tests.support.net import free_port
@@ -24,6 +31,30 @@ def test_command_line_defaults_to_home(tmp_path: Path) -> None:
     pg = Settings(_env_file=None, home=tmp_path, mlflow={"backend_store_uri": "postgresql://db/ml"})
     assert "postgresql://db/ml" in server_command(pg, port=5001)
     assert "5001" in server_command(pg, port=5001)
+
+
+def test_the_team_setup_runs_the_auth_app_without_writing_the_password(tmp_path: Path) -> None:
+    password = "platform-password-1"
+    s = Settings(_env_file=None, home=tmp_path, mlflow={"auth_enabled": True, "password": password})
+    assert server_command(s)[-2:] == ["--app-name", "basic-auth"]
+    assert "--app-name" not in server_command(Settings(_env_file=None, home=tmp_path))
+    prepare(s)
+    config = (tmp_path / "mlflow-auth.ini").read_text()
+    assert "default_permission = READ" in config
+    assert "admin_username = aipaas" in config
+    assert f"database_uri = sqlite:///{tmp_path / 'mlflow-auth.db'}" in config
+    assert password not in config
+    assert (tmp_path / "mlflow-auth.ini").stat().st_mode & 0o777 == 0o600
+    env = server_env(s)
+    assert env["MLFLOW_AUTH_CONFIG_PATH"] == str(tmp_path / "mlflow-auth.ini")
+    assert env["MLFLOW_AUTH_ADMIN_PASSWORD"] == password
+    assert password not in env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
+    # Users live beside a PostgreSQL backend store.
+    pg = s.model_copy(
+        update={"mlflow": s.mlflow.model_copy(update={"backend_store_uri": "postgresql://db/ml"})}
+    )
+    prepare(pg)
+    assert "database_uri = postgresql://db/ml" in (tmp_path / "mlflow-auth.ini").read_text()
 
 
 @pytest.mark.slow

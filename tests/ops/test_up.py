@@ -30,15 +30,21 @@ def _http_service(port: int, stage: int = 0) -> up.Service:
 def test_plan_follows_the_settings(settings: Settings) -> None:
     local = Settings(_env_file=None, home=settings.home, prefect={"port": 4300})
     services = {s.name: s for s in up.plan(local)}
-    assert list(services) == ["prefect", "mlflow", "runner", "serving", "profiler"]
+    assert list(services) == ["prefect", "mlflow", "worker", "serving", "profiler"]
     assert services["prefect"].argv[-4:] == ["--host", "127.0.0.1", "--port", "4300"]
     assert services["serving"].argv == up.cli_argv("serve")
     assert services["profiler"].argv == up.cli_argv("profiler")
-    # Servers first; what needs them (runner, serving, profiler) once they answer.
+    # Servers first; what needs them (worker, serving, profiler) once they answer.
     assert [s.stage for s in services.values()] == [0, 0, 1, 1, 1]
-    assert services["runner"].health_url == (
-        "http://127.0.0.1:4300/api/deployments/name/lifecycle/lifecycle"
-    )
+    # The worker registers the pool and the deployments first, then polls the pool.
+    worker = services["worker"].argv
+    assert worker[: len(up.cli_argv("worker", "--register"))] == up.cli_argv("worker", "--register")
+    assert services["worker"].ready_check is not None
+    # The open laptop default: no auth anywhere, Prefect on its SQLite file.
+    assert "--app-name" not in services["mlflow"].argv
+    assert "PREFECT_SERVER_API_AUTH_STRING" not in services["prefect"].env
+    assert "PREFECT_SERVER_DATABASE_CONNECTION_URL" not in services["prefect"].env
+    assert not {"PREFECT_API_AUTH_STRING", "MLFLOW_TRACKING_PASSWORD"} & set(up.child_env(local))
     # Servers named in the settings are used, not started.
     remote = Settings(
         _env_file=None,
@@ -47,14 +53,45 @@ def test_plan_follows_the_settings(settings: Settings) -> None:
         prefect={"api_url": "http://prefect.internal:4200/api"},
     )
     plan = up.plan(remote, serving_argv=["serve"], profiler_argv=["profile"])
-    assert [(s.name, s.argv[-1]) for s in plan] == [
-        ("runner", "flows.deployments"),
+    assert [(s.name, s.argv[-1]) for s in plan][1:] == [
         ("serving", "serve"),
         ("profiler", "profile"),
     ]
+    assert plan[0].name == "worker"
     env = up.child_env(remote)
     assert env["PREFECT_API_URL"] == "http://prefect.internal:4200/api"
     assert env["AIPAAS_HOME"] == str(settings.home)
+
+
+def test_the_team_setup_wires_credentials_into_every_component(settings: Settings) -> None:
+    team = Settings(
+        _env_file=None,
+        home=settings.home,
+        mlflow={"auth_enabled": True, "password": "a-long-password"},
+        prefect={
+            "auth_string": "aipaas:prefect-secret",
+            "database_url": "postgresql+asyncpg://p:s@127.0.0.1:5432/prefect",
+        },
+    )
+    services = {s.name: s for s in up.plan(team, mlflow_argv=["mlflow-server"])}
+    prefect_env = services["prefect"].env
+    assert prefect_env["PREFECT_SERVER_API_AUTH_STRING"] == "aipaas:prefect-secret"
+    assert prefect_env["PREFECT_SERVER_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg")
+    assert services["mlflow"].env["MLFLOW_AUTH_ADMIN_USERNAME"] == "aipaas"
+    assert services["mlflow"].env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "a-long-password"
+    env = up.child_env(team)
+    assert env["PREFECT_API_AUTH_STRING"] == "aipaas:prefect-secret"
+    assert env["MLFLOW_TRACKING_USERNAME"] == "aipaas"
+    assert env["MLFLOW_TRACKING_PASSWORD"] == "a-long-password"
+    assert up.prefect_headers(team) == {"Authorization": "Basic YWlwYWFzOnByZWZlY3Qtc2VjcmV0"}
+
+
+def test_a_short_mlflow_password_is_refused_before_anything_starts(settings: Settings) -> None:
+    team = Settings(
+        _env_file=None, home=settings.home, mlflow={"auth_enabled": True, "password": "short"}
+    )
+    with pytest.raises(ConfigurationError, match="AIPAAS_MLFLOW__PASSWORD of at least 12"):
+        up.plan(team)
 
 
 def test_supervisor_starts_waits_and_stops_its_children(settings: Settings) -> None:
@@ -149,3 +186,43 @@ def test_a_failing_step_still_stops_everything(settings: Settings) -> None:
     assert any(line.strip().startswith(f"stopped {service.name}") for line in lines)
     assert up.port_free("127.0.0.1", service.port or 0)
     assert not (settings.run_dir / "up.json").exists()
+
+
+def test_the_three_stores_on_postgresql_reach_their_servers(settings: Settings) -> None:
+    """Each store's URL goes to the one process that opens it, with a driver in the lock."""
+    team = Settings(
+        _env_file=None,
+        home=settings.home,
+        audit={"db_url": "postgresql+psycopg://aipaas:s@db.internal:5432/platform"},
+        mlflow={"backend_store_uri": "postgresql+psycopg://mlflow:s@db.internal:5432/mlflow"},
+        prefect={"database_url": "postgresql+asyncpg://prefect:s@db.internal:5432/prefect"},
+    )
+    services = {s.name: s for s in up.plan(team)}
+    argv = services["mlflow"].argv
+    backend = argv[argv.index("--backend-store-uri") + 1]
+    assert backend == "postgresql+psycopg://mlflow:s@db.internal:5432/mlflow"
+    assert services["prefect"].env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == (
+        "postgresql+asyncpg://prefect:s@db.internal:5432/prefect"
+    )
+    # Every child finds the platform database through the same setting.
+    assert up.child_env(team)["AIPAAS_HOME"] == str(settings.home)
+    assert not list(settings.home.glob("*.db"))
+
+
+@pytest.mark.parametrize(
+    ("store", "url", "message"),
+    [
+        ("prefect", "postgresql+psycopg://p@db:5432/prefect", "postgresql+asyncpg://"),
+        ("prefect", "postgresql://p@db:5432/prefect", "only through asyncpg"),
+        ("mlflow", "postgresql://m@db:5432/mlflow", "driver 'psycopg2'"),
+        ("mlflow", "postgresql+asyncpg://m@db:5432/mlflow", "postgresql+psycopg://"),
+        ("mlflow", "postgres://m@db:5432/mlflow", "postgresql+psycopg://"),
+    ],
+)
+def test_a_store_url_with_a_driver_its_server_cannot_use_is_refused(
+    settings: Settings, store: str, url: str, message: str
+) -> None:
+    section = {"prefect": {"database_url": url}, "mlflow": {"backend_store_uri": url}}[store]
+    bad = Settings(_env_file=None, home=settings.home, **{store: section})  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=message.replace("+", r"\+")):
+        up.plan(bad)
