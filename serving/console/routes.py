@@ -156,9 +156,9 @@ async def login(request: Request) -> Response:
     wait = throttle.retry_after(client)
     if wait > 0:
         error = f"Too many failed logins from {client}; try again in {math.ceil(wait)} s."
-        response = render(request, "login.html", {"error": error}, status_code=429)
-        response.headers["Retry-After"] = str(math.ceil(wait))
-        return response
+        refused = render(request, "login.html", {"error": error}, status_code=429)
+        refused.headers["Retry-After"] = str(math.ceil(wait))
+        return refused
     token = (await read_form(request)).get("key", "").strip()
     try:
         key = await anyio.to_thread.run_sync(
