@@ -36,6 +36,7 @@ def files() -> list[str]:
         "params.yaml",
         ".dvcignore",
         "expectations/breast_cancer.json",
+        "expectations/quotes.json",
         *stage_code(),
     ]
 
