@@ -80,7 +80,12 @@ definition = ModelDefinition(
         max_accuracy_drop=0.1,
         min_rows=100,
     ),
-    log_inputs=False,
+    # The quotes are public text, so served inputs are kept with their
+    # predictions and labelled ones become training data when drift retrains
+    # (the demo's Linux and Perl quotes). A model of personal text keeps this
+    # off: only each input's keyed hash is stored, and a retrain can then
+    # learn nothing new from feedback.
+    log_inputs=True,
     description=(
         "TF-IDF + logistic regression: the topic of a quote from Debian's fortunes "
         "(computers, people, politics or science)."

@@ -1,11 +1,15 @@
 """``aipaas demo`` (``make demo``): the whole loop, on the embedded defaults.
 
+For each demo model in turn (``diagnosis``, the tabular one, then ``topic``,
+the text one; ``--model`` picks):
+
 1. lifecycle: data -> train -> promote, so champion v1 serves;
 2. simulated clients, each with its own API key, send ordinary traffic:
    the profiler closes windows, each close starts the drift flow, and no drift
    is reported;
-3. a shifted population (scaled size measurements) with labels sent to
-   ``/feedback``: drift is detected, the drift flow starts retraining (data
+3. a shifted population with labels sent to ``/feedback`` (scaled size
+   measurements for ``diagnosis``; quotes about Linux and Perl, a kind of text
+   it never saw, for ``topic``): drift is detected, the drift flow starts retraining (data
    with the feedback rows, train, promote through the same gates), and
    serving swaps to the new champion while a client keeps calling it;
 4. a summary: versions and their gates, drift scores, requests served and
@@ -59,6 +63,27 @@ CLIENTS = ("clinic-north", "clinic-south", "research-app")
 # A recalibrated imaging device: every size measurement reads 45% larger.
 SHIFT = {f"{kind}_{m}": 1.45 for kind in ("mean", "worst") for m in ("radius", "perimeter", "area")}
 SHIFT |= {f"{m}_error": 1.45 for m in ("radius", "perimeter", "area")}
+
+
+def _linux_and_perl_quotes() -> list[str]:
+    from aipaas.datasets import ingest
+
+    return list(ingest.load_fortunes(["linux", "perl"], "topic", ingest.FORTUNES_DIR).text)
+
+
+# What each demo model is shown: its ordinary traffic and its shifted population.
+SCENARIOS: dict[str, simulate.Scenario] = {
+    "diagnosis": simulate.ScaledFeatures(
+        SHIFT, f"{len(SHIFT)} size measurements read 45% larger (a recalibrated device)"
+    ),
+    # Measured: 150 of these quotes score text.oov 0.09-0.10 against the
+    # training vocabulary (threshold 0.05; held-out quotes at most 0.012).
+    "topic": simulate.NewTexts(
+        _linux_and_perl_quotes,
+        "computers",
+        "quotes about Linux and Perl (fortunes' linux and perl files), labelled computers",
+    ),
+}
 RATE_PER_CLIENT = 30.0
 # The client that keeps calling while the retrain runs: enough to see the swap
 # fail no request, slow enough that its windows (each close starts a drift
@@ -81,21 +106,35 @@ def demo_cmd(
     stay: Annotated[
         bool, typer.Option("--stay", help="Keep the platform running after the demo (Ctrl-C).")
     ] = False,
-    model: Annotated[str, typer.Option(help="The model to run the loop on.")] = "diagnosis",
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Run the loop on this model only (repeatable); default: every demo model."
+        ),
+    ] = None,
     timeout_min: Annotated[
         float, typer.Option(help="Give up on a step after this many minutes.")
     ] = 8.0,
 ) -> None:
     """Run the whole loop: lifecycle, traffic, drift, retraining, hot swap, summary."""
+    models = model or list(SCENARIOS)
+    unknown = [m for m in models if m not in SCENARIOS]
+    if unknown:
+        raise DemoFailed(f"no demo scenario for {unknown}; the demo models are {list(SCENARIOS)}")
     s = demo_settings()
     base = f"http://{s.serving.host}:{s.serving.port}"
+
+    def loops(stop: threading.Event | None = None) -> None:
+        for name in models:
+            Demo(s, name, timeout_min * 60, stop=stop).run()
+
     if up.http_ok(f"{base}/healthz") and up.http_ok(f"{s.prefect_api_url}/health"):
         say(f"aipaas is already up on this home; using it ({base})")
-        Demo(s, model, timeout_min * 60).run()
+        loops()
         return
 
     def on_ready(sup: up.Supervisor) -> None:
-        Demo(s, model, timeout_min * 60, stop=sup.stop_requested).run()
+        loops(stop=sup.stop_requested)
         if stay:
             say("the demo is done; the platform keeps running.")
 
@@ -131,8 +170,11 @@ class Demo:
         self.base = f"http://{settings.serving.host}:{settings.serving.port}"
         self.prefect_ui = settings.prefect_api_url.removesuffix("/api")
         self.definition: ModelDefinition = load_definition(model, settings.models_dir)
+        self.scenario = SCENARIOS[model]
+        self.path = f"/models/{model}/predict"
         self.started = time.time()
         self.totals = simulate.ClientStats("all")
+        self.learnt_from = 0  # labelled rows the retrain added to the data
         self.clients: list[tuple[str, str]] = []
         registry.connect(settings)
 
@@ -154,7 +196,7 @@ class Demo:
         from flows._common import run_deployment_at
 
         ui = self.prefect_ui
-        say(f"step 1/4: lifecycle for {self.model!r} (watch it in the Prefect UI: {ui})")
+        say(f"{self.model} step 1/4: lifecycle (watch it in the Prefect UI: {ui})")
         if registry.get_alias(self.model, tags.CHAMPION) is None:
             flow_run = run_deployment_at(
                 self.s.prefect_api_url,
@@ -174,7 +216,7 @@ class Demo:
             raise DemoFailed("the lifecycle ended with no champion (see `aipaas models show`)")
         version = champion.version
         loaded = self.wait(lambda: self.serving_version() == version)
-        say(f"  champion v{version} serving at {self.base}/predict ({loaded:.0f} s to load)")
+        say(f"  champion v{version} serving at {self.base}{self.path} ({loaded:.0f} s to load)")
         return version
 
     def create_clients(self) -> None:
@@ -182,9 +224,12 @@ class Demo:
         from aipaas.inference import keys
 
         for name in CLIENTS:
-            _, key = keys.create_key(self.s, f"demo-{name}", "predict,feedback", rate="60/s")
+            _, key = keys.create_key(
+                self.s, f"demo-{self.model}-{name}", "predict,feedback", rate="60/s"
+            )
             self.clients.append((name, key))
-        say(f"  created an API key per client: {', '.join(f'demo-{c}' for c in CLIENTS)}")
+        names = ", ".join(f"demo-{self.model}-{c}" for c in CLIENTS)
+        say(f"  created an API key per client: {names}")
 
     def training_frame(self) -> pd.DataFrame:
         """The training split the champion learnt from: traffic is sampled from it."""
@@ -201,7 +246,7 @@ class Demo:
         """Two windows of ordinary traffic; the drift checks they start should find nothing."""
         n = 2 * self.s.monitoring.window_rows
         say(
-            f"step 2/4: {len(CLIENTS)} clients send {n} ordinary requests "
+            f"{self.model} step 2/4: {len(CLIENTS)} clients send {n} ordinary requests "
             f"({self.s.monitoring.window_rows}-row windows)"
         )
         with self.new_checks(n) as checks:
@@ -216,11 +261,11 @@ class Demo:
         """Two windows of shifted, labelled traffic; the drift check that asked for a retrain."""
         n = 2 * self.s.monitoring.window_rows
         say(
-            f"step 3/4: shifted traffic ({len(SHIFT)} size measurements read 45% larger), "
+            f"{self.model} step 3/4: shifted traffic ({self.scenario.description}), "
             "with each answer labelled through /feedback"
         )
         with self.new_checks(n) as checks:
-            traffic = self.traffic(frame, n, seed=int(self.started) + 1, scale=SHIFT)
+            traffic = self.traffic(frame, n, seed=int(self.started) + 1, shifted=True)
             self.send(traffic, feedback=True)
         decisive = next((c for c in checks if c.decision.retrain), None)
         if decisive is None:
@@ -231,14 +276,20 @@ class Demo:
         return decisive
 
     def traffic(
-        self, frame: pd.DataFrame, n: int, *, seed: int, scale: dict[str, float] | None = None
-    ) -> list[tuple[dict[str, float], Any]]:
+        self, frame: pd.DataFrame, n: int, *, seed: int, shifted: bool = False
+    ) -> simulate.Traffic:
         d = self.definition
-        return simulate.sample_traffic(frame, d.features, d.target, n, seed=seed, scale=scale)
+        sample = self.scenario.shifted if shifted else self.scenario.ordinary
+        return sample(frame, d.features, d.target, n, seed)
 
-    def send(self, traffic: list[tuple[dict[str, float], Any]], *, feedback: bool) -> None:
+    def send(self, traffic: simulate.Traffic, *, feedback: bool) -> None:
         for stats in simulate.run_clients(
-            self.base, self.clients, traffic, rate_per_s=RATE_PER_CLIENT, feedback=feedback
+            self.base,
+            self.clients,
+            traffic,
+            rate_per_s=RATE_PER_CLIENT,
+            feedback=feedback,
+            path=self.path,
         ):
             self.totals.add(stats)
 
@@ -275,7 +326,13 @@ class Demo:
             name, key = self.clients[0]
             background.append(
                 simulate.run_client(
-                    self.base, name, key, endless, rate_per_s=BACKGROUND_RATE, stop=stop
+                    self.base,
+                    name,
+                    key,
+                    endless,
+                    rate_per_s=BACKGROUND_RATE,
+                    stop=stop,
+                    path=self.path,
                 )
             )
 
@@ -305,6 +362,24 @@ class Demo:
 
         waited = self.wait(decided, progress=progress)
         decision = found[-1]
+        rows: list[int] = []
+
+        def recorded() -> bool:  # the retrain records its outcome just after the decision
+            found_rows = learnt_from(self.s, self.model, decision.version)
+            rows[:] = [] if found_rows is None else [found_rows]
+            return bool(rows)
+
+        self.wait(recorded)
+        self.learnt_from = rows[0]
+        if self.learnt_from:
+            say(
+                f"  the retrain learnt from {self.learnt_from} labelled rows of the shifted traffic"
+            )
+        else:
+            say(
+                "  ! the retrain had no new rows to learn from: is log_inputs off in "
+                f"models/{self.model}.py? (only inputs kept with their predictions can)"
+            )
         if decision.result == "promoted":
             self.wait(lambda: self.serving_version() == decision.version)
             say(f"  v{decision.version} passed its gates; serving swapped to it ({waited:.0f} s)")
@@ -320,8 +395,8 @@ class Demo:
         from aipaas.monitoring.drift_report import drift_history
         from aipaas.training import promotion_log
 
-        say("step 4/4: summary")
-        typer.echo("\nmodel versions and their gates")
+        say(f"{self.model} step 4/4: summary")
+        typer.echo(f"\n{self.model}: model versions and their gates")
         for rec in promotion_log.read(self.s, self.model):
             typer.echo(f"  v{rec.version:<3} {rec.action:<9} {rec.result:<9} {gates_line(rec)}")
         typer.echo("\ndrift checks")
@@ -344,8 +419,8 @@ class Demo:
             f"\nlook: Prefect {self.prefect_ui}, MLflow http://{self.s.mlflow.host}:"
             f"{self.s.mlflow.port}, the drift report that started retraining {decisive.html}"
         )
-        say(f"demo finished in {time.time() - self.started:.0f} s")
-        if t.failed or not verdict.ok or decision.result != "promoted":
+        say(f"{self.model}: demo finished in {time.time() - self.started:.0f} s")
+        if t.failed or not verdict.ok or decision.result != "promoted" or not self.learnt_from:
             raise DemoFailed("the demo did not end as expected (see above)")
 
     # -- waiting -----------------------------------------------------------------
@@ -410,6 +485,14 @@ def promotion_after(s: Settings, model: str, since: float, champion: str) -> Pro
         if when >= since - 1 and rec.version != champion and rec.action == "promote":
             return rec
     return None
+
+
+def learnt_from(s: Settings, model: str, version: str) -> int | None:
+    """Labelled rows the retrain that trained ``version`` exported; None until it is recorded."""
+    from aipaas.monitoring import retrain
+
+    done = [e for e in retrain.retrain_history(s, model) if e.version == version and e.outcome]
+    return done[-1].feedback_rows if done else None
 
 
 def retrain_progress(s: Settings, model: str, since: float) -> str | None:

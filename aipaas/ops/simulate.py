@@ -1,12 +1,15 @@
 """Simulated client applications: what ``aipaas demo`` sends to the API.
 
-Each client has its own API key and sends one-row ``POST /predict`` requests,
+Each client has its own API key and sends one-row ``POST .../predict`` requests,
 paced under its rate limit, optionally labelling each answer through
-``POST /feedback`` as a clinic would once the biopsy result is known. Traffic
-is sampled from the training data, with small noise (ordinary traffic) or
-with some features scaled (a shifted population, e.g. a recalibrated imaging
-device). Every response is counted, so the demo can say how many requests
-failed, and which model versions answered.
+``POST /feedback`` as a clinic would once the biopsy result is known. What is sent is a
+:class:`Scenario`: ordinary traffic sampled from the training data, and a
+shifted population with its true labels. For a tabular model
+(:class:`ScaledFeatures`) the shift scales some features (a recalibrated
+imaging device); for a text model (:class:`NewTexts`) it is text of another
+kind (quotes about Linux and Perl from Debian's ``fortunes``, sent to a model
+that learnt from general quotes). Every response is counted, so the demo can
+say how many requests failed, and which model versions answered.
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import numpy as np
 import pandas as pd
+
+# One request row and the true label that /feedback would send for it.
+Traffic = list[tuple[dict[str, Any], Any]]
 
 
 @dataclass
@@ -66,18 +72,73 @@ def sample_traffic(
     ]
 
 
+def sample_texts(frame: pd.DataFrame, column: str, target: str, n: int, *, seed: int) -> Traffic:
+    """``n`` (row, true label) pairs drawn from ``frame``'s text column, as they are."""
+    rng = np.random.default_rng(seed)
+    picked = frame.iloc[rng.integers(0, len(frame), size=n)]
+    return [
+        ({column: str(text)}, label)
+        for text, label in zip(picked[column], picked[target], strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class ScaledFeatures:
+    """A tabular model's demo: ordinary rows are jittered, shifted rows have features scaled."""
+
+    factors: Mapping[str, float]
+    description: str
+
+    def ordinary(
+        self, frame: pd.DataFrame, features: Sequence[str], target: str, n: int, seed: int
+    ) -> Traffic:
+        return sample_traffic(frame, features, target, n, seed=seed)
+
+    def shifted(
+        self, frame: pd.DataFrame, features: Sequence[str], target: str, n: int, seed: int
+    ) -> Traffic:
+        return sample_traffic(frame, features, target, n, seed=seed, scale=self.factors)
+
+
+@dataclass(frozen=True)
+class NewTexts:
+    """A text model's demo: ordinary texts are training texts, shifted ones come from ``texts``.
+
+    ``texts`` loads the new population (called once per use), each labelled ``label``.
+    """
+
+    texts: Callable[[], Sequence[str]]
+    label: str
+    description: str
+
+    def ordinary(
+        self, frame: pd.DataFrame, features: Sequence[str], target: str, n: int, seed: int
+    ) -> Traffic:
+        return sample_texts(frame, features[0], target, n, seed=seed)
+
+    def shifted(
+        self, frame: pd.DataFrame, features: Sequence[str], target: str, n: int, seed: int
+    ) -> Traffic:
+        new = pd.DataFrame({features[0]: list(self.texts()), target: self.label})
+        return sample_texts(new, features[0], target, n, seed=seed)
+
+
+Scenario = ScaledFeatures | NewTexts
+
+
 def run_client(
     base_url: str,
     name: str,
     key: str,
-    traffic: Sequence[tuple[dict[str, float], Any]],
+    traffic: Sequence[tuple[dict[str, Any], Any]],
     *,
     rate_per_s: float,
     feedback: bool = False,
     stop: threading.Event | None = None,
     transport: httpx.BaseTransport | None = None,
+    path: str = "/predict",
 ) -> ClientStats:
-    """Send ``traffic`` one row per request, at most ``rate_per_s``; label each answer if asked.
+    """Send ``traffic`` one row per request to ``path``, at most ``rate_per_s``; label if asked.
 
     ``transport`` replaces the network (``httpx.MockTransport`` in tests).
     """
@@ -97,7 +158,7 @@ def run_client(
             next_at = max(next_at + interval, time.monotonic())
             stats.sent += 1
             try:
-                resp = http.post("/predict", json=row)
+                resp = http.post(path, json=row)
             except httpx.HTTPError as err:
                 stats.failed += 1
                 stats.errors.append(f"{type(err).__name__}: {err}")
@@ -121,10 +182,11 @@ def run_client(
 def run_clients(
     base_url: str,
     clients: Sequence[tuple[str, str]],
-    traffic: Sequence[tuple[dict[str, float], Any]],
+    traffic: Sequence[tuple[dict[str, Any], Any]],
     *,
     rate_per_s: float,
     feedback: bool = False,
+    path: str = "/predict",
 ) -> list[ClientStats]:
     """Split ``traffic`` over ``clients`` (name, key), one thread each; wait for all."""
     shares = [traffic[i :: len(clients)] for i in range(len(clients))]
@@ -133,7 +195,7 @@ def run_clients(
     def work(i: int) -> None:
         name, key = clients[i]
         results[i] = run_client(
-            base_url, name, key, shares[i], rate_per_s=rate_per_s, feedback=feedback
+            base_url, name, key, shares[i], rate_per_s=rate_per_s, feedback=feedback, path=path
         )
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(clients))]

@@ -14,12 +14,22 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
 from serving.console import routes
-from serving.console.auth import CsrfRefusedError, LoginRequiredError, SessionCodec
+from serving.console.auth import (
+    CsrfRefusedError,
+    LoginRequiredError,
+    LoginThrottle,
+    SessionCodec,
+    logged_out,
+)
 
 
 def install(app: FastAPI) -> None:
     """Add the console's routes and static files to ``app``."""
-    app.state.console_sessions = SessionCodec(app.state.components.settings)
+    settings = app.state.components.settings
+    app.state.console_sessions = SessionCodec(
+        settings, ended_elsewhere=lambda session: logged_out(settings, session)
+    )
+    app.state.console_logins = LoginThrottle()
     app.include_router(routes.router)
     app.add_exception_handler(LoginRequiredError, _to_login)
     app.add_exception_handler(CsrfRefusedError, _csrf_refused)

@@ -10,6 +10,7 @@ trail says which admin did what (``detail.console`` names the action).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import parse_qs
@@ -26,8 +27,10 @@ from aipaas.settings import Settings
 from serving.console import views
 from serving.console.auth import (
     COOKIE,
+    LOGOUT_EVENT,
     CsrfRefusedError,
     LoginRequiredError,
+    LoginThrottle,
     Session,
     SessionCodec,
     csrf_ok,
@@ -148,14 +151,24 @@ async def login_page(request: Request) -> Response:
 async def login(request: Request) -> Response:
     """Exchange an admin key for a session cookie; any other key gets the form again."""
     settings = components(request).settings
+    throttle: LoginThrottle = request.app.state.console_logins
+    client = request.client.host if request.client else "unknown"
+    wait = throttle.retry_after(client)
+    if wait > 0:
+        error = f"Too many failed logins from {client}; try again in {math.ceil(wait)} s."
+        refused = render(request, "login.html", {"error": error}, status_code=429)
+        refused.headers["Retry-After"] = str(math.ceil(wait))
+        return refused
     token = (await read_form(request)).get("key", "").strip()
     try:
         key = await anyio.to_thread.run_sync(
             components(request).keys.authenticate, f"Bearer {token}"
         )
     except KeyRejectedError as err:
+        throttle.failed(client)
         return render(request, "login.html", {"error": f"Not accepted: {err}"}, status_code=401)
     if "admin" not in key.scopes:
+        throttle.failed(client)
         error = f"Key {key.id} ({key.name}) has no admin scope; the console needs an admin key."
         return render(request, "login.html", {"error": error}, status_code=403)
     current, cookie = codec(request).issue(key.id, key.name)
@@ -184,7 +197,7 @@ def _audit(settings: Settings, event: str, current: Session) -> None:
 @router.post("/logout")
 async def logout(request: Request, current: SessionDep, _form: FormDep) -> Response:
     codec(request).end(current)
-    await anyio.to_thread.run_sync(_audit, components(request).settings, "console.logout", current)
+    await anyio.to_thread.run_sync(_audit, components(request).settings, LOGOUT_EVENT, current)
     response = RedirectResponse(f"{base(request)}/login?bye=1", status_code=303)
     response.delete_cookie(COOKIE, path=base(request), httponly=True, samesite="strict")
     return response

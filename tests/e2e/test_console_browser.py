@@ -173,6 +173,10 @@ def test_console_login_keys_try_it_usage_drift_audit_logout(platform, page, sett
     tab.click(f"a.report:has-text('{report}')")
     expect(tab.locator("h1")).to_contain_text("Drift")
     assert tab.url == f"{base}/console/drift/diagnosis/{report}"  # over HTTP, not file://
+    expect(tab.locator("h2").first).to_have_text("Decision: retrain")
+    plot = tab.locator("img[alt='mean_radius']")
+    assert plot.evaluate("img => img.complete && img.naturalWidth") > 0  # the plot rendered
+    snap(tab, tmp_path, "drift-report")
 
     tab.goto(f"{base}/console/audit")
     expect(tab.locator(".verify-ok")).to_contain_text("Chain verified")

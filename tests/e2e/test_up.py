@@ -34,9 +34,11 @@ import pytest
 
 from aipaas.cli.demo import DEMO_ENV
 from aipaas.exceptions import AlreadyRunningError
-from aipaas.ops.up import port_free
+from aipaas.inference import keys
+from aipaas.ops.up import port_free, tail
 from aipaas.settings import PROJECT_ROOT, Settings
 from aipaas.training import promotion_log
+from models.topic import TOPICS
 from tests.support.net import free_port
 from tests.support.project import new_project
 
@@ -59,6 +61,13 @@ class Platform:
 
     def url(self, service: str, path: str = "") -> str:
         return f"http://127.0.0.1:{self.ports[service]}{path}"
+
+    def diagnosis(self) -> str:
+        """What a failed wait needs: up's output, the decisions so far, the flows' log tail."""
+        decisions = promotion_log.read(Settings(_env_file=None, home=self.home))
+        logs = sorted((self.home / "run" / "logs").glob("*.log"))
+        tails = "\n".join(f"--- {p.name}\n{tail(p, 40)}" for p in logs if p.stem != "prefect")
+        return f"{self.output()}\ndecisions: {decisions}\n{tails}"
 
     def children(self) -> dict[str, int]:
         state = json.loads((self.home / "run" / "up.json").read_text())
@@ -88,8 +97,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         # One retrain per demo: the demo's 5 min cooldown can end while a slow
         # machine still retrains, and a second retrain would share the CPU.
         "AIPAAS_RETRAIN__COOLDOWN_MINUTES": "60",
-        # The demo model only: every defined model would get a lifecycle (minutes).
-        "AIPAAS_SERVING__MODELS": '["diagnosis"]',
         # The runner picks up the lifecycle run within 1 s instead of Prefect's 10 s.
         "PREFECT_RUNNER_POLL_FREQUENCY": "1",
     }
@@ -160,11 +167,12 @@ def test_a_second_up_refuses_and_names_the_first(platform: Platform) -> None:
 
 
 def test_up_runs_the_lifecycle_when_no_champion_serves(platform: Platform) -> None:
+    """Every defined model (the tabular ``diagnosis``, the text ``topic``) gets its champion."""
     deadline = time.monotonic() + 600
     ready = ""
-    while '"diagnosis":"1"' not in ready.replace(" ", ""):
+    while not all(f'"{m}":"1"' in ready.replace(" ", "") for m in ("diagnosis", "topic")):
         assert platform.proc.poll() is None, platform.output()
-        assert time.monotonic() < deadline, (platform.output(), ready)
+        assert time.monotonic() < deadline, (ready, platform.diagnosis())
         try:
             ready = _get(platform.url("serving", "/readyz"))[1]
         except OSError:  # 503 until a champion is loaded
@@ -172,10 +180,24 @@ def test_up_runs_the_lifecycle_when_no_champion_serves(platform: Platform) -> No
         time.sleep(1)
     text = platform.output()
     assert "diagnosis: no champion yet; started the lifecycle" in text
+    assert "topic: no champion yet; started the lifecycle" in text
     assert platform.url("prefect", "/runs/flow-run/") in text
     decisions = promotion_log.read(Settings(_env_file=None, home=platform.home))
-    assert [(r.model, r.version, r.result) for r in decisions] == [("diagnosis", "1", "promoted")]
-    assert decisions[0].decided_by.startswith("flow-run ")
+    assert sorted((r.model, r.version, r.result) for r in decisions) == [
+        ("diagnosis", "1", "promoted"),
+        ("topic", "1", "promoted"),
+    ]
+    assert all(d.decided_by.startswith("flow-run ") for d in decisions)
+    # The text model takes the browser snippet's body, {text}, and nothing else.
+    _, key = keys.create_key(Settings(_env_file=None, home=platform.home), "e2e-text", "predict")
+    request = urllib.request.Request(
+        platform.url("serving", "/models/topic/predict"),
+        data=json.dumps({"text": "The compiler crashed and the kernel dumped core."}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        body = json.loads(resp.read())
+    assert body["model_version"] == "1" and body["output"] in TOPICS, body
 
 
 def test_demo_closes_the_loop_on_the_running_platform(platform: Platform) -> None:
@@ -192,20 +214,29 @@ def test_demo_closes_the_loop_on_the_running_platform(platform: Platform) -> Non
     out = proc.stdout + proc.stderr
     (platform.out.parent / "demo.out").write_text(out)
     print(out)  # the demo's timestamped steps, shown with `pytest -s`
-    assert proc.returncode == 0, out[-6000:]
+    assert proc.returncode == 0, out[-6000:] + platform.diagnosis()[-8000:]
     assert "aipaas is already up on this home; using it" in out
-    assert "champion v1 serving" in out
-    assert "no drift reported on ordinary traffic" in out
-    assert "drift detected" in out
-    assert "passed its gates; serving swapped to it" in out
-    assert ", failed 0," in out
-    assert "audit chain:" in out and "verified" in out.split("audit chain:")[1].splitlines()[0]
+    # Both demo models, the tabular then the text one, close their loop.
+    assert out.index("diagnosis step 1/4") < out.index("topic step 1/4")
+    assert out.count("champion v1 serving") == 2
+    assert out.count("no drift reported on ordinary traffic") == 2
+    assert out.count("drift detected") == 2
+    assert out.count("passed its gates; serving swapped to it") == 2
+    assert out.count("the retrain learnt from 300 labelled rows") == 2, out
+    assert out.count(", failed 0,") == 2
+    chains = [line.split("audit chain:")[1] for line in out.splitlines() if "audit chain:" in line]
+    assert len(chains) == 2 and all("verified" in c for c in chains), chains
+    assert "/models/topic/predict" in out and "text.oov" in out
 
     # The feedback became training data: a new dataset version with more rows.
-    incoming = list((platform.repo / "data" / "incoming" / "breast_cancer").glob("feedback-*.csv"))
-    assert incoming, "no feedback exported"
-    raw = pd.read_csv(platform.repo / "data" / "breast_cancer" / "raw.csv")
-    assert len(raw) > 569
+    for dataset, rows in (("breast_cancer", 569), ("quotes", None)):
+        incoming = list((platform.repo / "data" / "incoming" / dataset).glob("feedback-*.csv"))
+        assert incoming, f"no feedback exported for {dataset}"
+        raw = pd.read_csv(platform.repo / "data" / dataset / "raw.csv")
+        assert rows is None or len(raw) > rows
+    # The labelled Linux and Perl quotes are in (the four topics' files hold 19 "perl").
+    quotes = pd.read_csv(platform.repo / "data" / "quotes" / "raw.csv")
+    assert len(quotes) > 3630 and quotes.text.str.contains("perl", case=False).sum() > 40
 
 
 def test_ctrl_c_stops_every_child_and_frees_the_ports(platform: Platform) -> None:

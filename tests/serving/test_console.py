@@ -20,7 +20,7 @@ from aipaas import audit
 from aipaas.inference import keys
 from aipaas.monitoring import drift_report
 from aipaas.settings import Settings
-from serving.console.auth import COOKIE, SESSION_S, SessionCodec
+from serving.console.auth import COOKIE, SESSION_S, LoginThrottle, SessionCodec
 from tests.support.console import COMMIT, register_champion, write_drift_check
 from tests.support.serving import ROW, bearer
 
@@ -112,6 +112,44 @@ def test_logout_ends_the_session_even_if_the_cookie_is_replayed(console, admin_k
     assert out["key_id"] == admin_key.split("_")[1]
 
 
+def test_logout_on_one_serving_process_ends_the_session_on_every_other(
+    make_client, admin_key, settings
+):
+    """Two apps on one platform database stand for two serving processes (replicas)."""
+    here, there = make_client(key_cache_s=0.0), make_client(key_cache_s=0.0)
+    csrf = login(here, admin_key)
+    cookie = here.cookies.get(COOKIE)
+    there.cookies.set(COOKIE, cookie, path="/console")
+    assert there.get("/console/audit", follow_redirects=False).status_code == 200
+    here.post("/console/logout", data={"csrf": csrf})
+    assert there.get("/console/audit", follow_redirects=False).status_code == 303
+    # Another session of the same key, still logged in, is not affected.
+    login(there, admin_key)
+    assert there.get("/console/audit", follow_redirects=False).status_code == 200
+
+
+def test_failed_logins_are_throttled_per_client_then_allowed_again(console, admin_key):
+    for _ in range(5):
+        assert console.post("/console/login", data={"key": "guess"}).status_code == 401
+    r = console.post("/console/login", data={"key": admin_key})  # even the right key waits
+    assert r.status_code == 429 and "Too many failed logins" in r.text
+    assert 0 < int(r.headers["retry-after"]) <= 300
+    assert console.get("/console/models", follow_redirects=False).status_code == 303
+
+
+def test_the_login_throttle_forgets_failures_after_its_window():
+    now = [0.0]
+    throttle = LoginThrottle(failures=2, window_s=60, clock=lambda: now[0])
+    throttle.failed("10.0.0.1")
+    assert throttle.retry_after("10.0.0.1") == 0
+    now[0] = 10.0
+    throttle.failed("10.0.0.1")
+    assert throttle.retry_after("10.0.0.1") == 50.0  # the first failure leaves the window at 60
+    assert throttle.retry_after("10.0.0.2") == 0  # per client
+    now[0] = 60.0
+    assert throttle.retry_after("10.0.0.1") == 0
+
+
 def test_an_expired_or_forged_session_goes_back_to_login(console, admin_key, settings):
     key_id = admin_key.split("_")[1]
     past = SessionCodec(settings, clock=lambda: time.time() - SESSION_S - 1)
@@ -195,7 +233,8 @@ def test_drift_history_lists_reports_served_from_the_drift_folder(console, admin
     assert "version 1" in page.text and "retrain" in page.text and "mean_radius" in page.text
     assert f'href="/console/drift/diagnosis/{name}"' in page.text
     report = console.get(f"/console/drift/diagnosis/{name}")
-    assert report.status_code == 200 and "mean_radius moved" in report.text
+    assert report.status_code == 200 and "Decision: retrain" in report.text
+    assert "alt='mean_radius'" in report.text and "data:image/png;base64," in report.text
     assert report.headers["content-type"].startswith("text/html")
     assert "default-src 'none'" in report.headers["content-security-policy"]
 

@@ -1,39 +1,55 @@
-"""What the console tests read: a registered champion with lineage, a drift check on disk."""
+"""What the console tests read: a registered champion with lineage, a real drift check."""
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
-from aipaas import files
-from aipaas.monitoring import drift_report
-from aipaas.monitoring.drift_report import DriftCheckRecord
-from aipaas.monitoring.drift_stats import DriftDecision
+import pandas as pd
+
+from aipaas.datasets import profiles
+from aipaas.modeldef import DriftPolicy
+from aipaas.monitoring import drift
+from aipaas.monitoring.drift import Champion
+from aipaas.monitoring.spool import Profiler, SpoolWriter
 from aipaas.schemas import GateResult
-from aipaas.settings import Settings
+from aipaas.settings import MonitoringSettings, Settings
 from aipaas.training import promote, registry, tags
 from aipaas.training.promotion_log import PromotionRecord
-from tests.support.models import tabular_data
+from tests.support.definitions import tiny_definition
+from tests.support.models import FEATURES, tabular_data
 
 COMMIT = "4f2a9c1e77d0b3a5c6e8f9012345678901abcdef"
 
 
 def write_drift_check(settings: Settings, model: str = "diagnosis", version: str = "1") -> str:
-    """A drift check as the drift flow leaves it: an HTML report and a line of history."""
-    folder = drift_report.drift_dir(settings, model)
-    name = f"v{version}-20261203T120000.html"
-    files.atomic_write(folder / name, "<html><body><h1>Drift: mean_radius moved</h1></body></html>")
-    record = DriftCheckRecord(
-        at=time.time(),
-        model=model,
-        version=version,
-        rows=640,
-        windows=(1, 2),
-        drifting=("mean_radius",),
-        decision=DriftDecision(decided=True, retrain=True, reasons=("1 feature drifting",)),
-        html=str(folder / name),
+    """A drift check as the drift flow makes it; the name of its HTML report.
+
+    Served rows (the training rows with ``mean_radius`` moved by three standard
+    deviations) go through the real spool and profiler into two windows, and
+    :func:`aipaas.monitoring.drift.check_model` compares them with the training
+    data's profile, writes the report with its plots and records the check.
+    """
+    x, _ = tabular_data(240, seed=1)
+    served = x.assign(mean_radius=x["mean_radius"] + 3.0)
+    with SpoolWriter(settings) as writer:
+        for row in served.to_dict("records"):
+            writer.submit(model, version, [row], ["malignant"])
+    windows = settings.model_copy(update={"monitoring": MonitoringSettings(window_rows=120)})
+    with Profiler(windows) as profiler:
+        profiler.step()
+    reference = profiles.profile_frame(tabular_data(240, seed=2)[0])
+    definition = tiny_definition(
+        name=model, features=tuple(FEATURES), target="diagnosis",
+        drift=DriftPolicy(max_drifting_features=1),
+    )  # fmt: skip
+    report = drift.check_model(
+        windows,
+        definition,
+        champion_loader=lambda s, m: Champion(version, reference, holdout_accuracy=None),
+        labelled_rows=lambda s, m, *, target: pd.DataFrame(),
     )
-    files.append_jsonl(drift_report.history_path(settings, model), record.to_dict())
-    return name
+    assert report.decision.retrain and "mean_radius" in report.drifting, report.decision
+    return Path(report.html_path or "").name
 
 
 def register_champion(settings: Settings) -> str:
