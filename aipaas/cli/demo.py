@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 # The demo's own defaults, used only when the environment does not set them:
 # small profile windows so drift checks come within seconds, a short search,
 # and a cooldown shorter than the production default (30 min), so that running
-# the demo again soon after retrains again. The runner looks for new flow runs
+# the demo again soon after retrains again. The worker looks for new flow runs
 # (a closed window's drift check, the retrain) every 2 s rather than Prefect's
 # 10 s, so each step shows its effect at once.
 DEMO_ENV = {
@@ -57,7 +57,7 @@ DEMO_ENV = {
     "AIPAAS_TUNE__NUM_SAMPLES": "4",
     "AIPAAS_RETRAIN__COOLDOWN_MINUTES": "5",
     "AIPAAS_RETRAIN__MAX_PER_DAY": "50",
-    "PREFECT_RUNNER_POLL_FREQUENCY": "2",
+    "PREFECT_WORKER_QUERY_SECONDS": "2",
 }
 CLIENTS = ("clinic-north", "clinic-south", "research-app")
 # A recalibrated imaging device: every size measurement reads 45% larger.
@@ -204,6 +204,7 @@ class Demo:
                 {"model": self.model},
                 wait_s=self.timeout_s,
                 poll_s=POLL_S,
+                auth_string=self.s.prefect.auth_string.get_secret_value() or None,
             )
             state = flow_run.state
             if state is None or not state.is_completed():

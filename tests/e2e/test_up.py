@@ -13,7 +13,7 @@ One platform serves all five tests (it takes a minute to start, the lifecycle
 another one and a half); they run in the order written, each building on the
 state the previous one left, the last one stopping it. The platform runs with
 the demo's defaults (:data:`aipaas.cli.demo.DEMO_ENV`: small profile windows, a
-short retrain cooldown), which the profiler and the runner read at start-up.
+short retrain cooldown), which the profiler and the worker read at start-up.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     ports = {"prefect": free_port(), "mlflow": free_port(), "serving": free_port()}
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AIPAAS_", "PREFECT_"))},
-        # The demo's defaults go to `up`: its profiler and runner read them.
+        # The demo's defaults go to `up`: its profiler and worker read them.
         **DEMO_ENV,
         "AIPAAS_HOME": str(home),
         "AIPAAS_PREFECT__PORT": str(ports["prefect"]),
@@ -97,8 +97,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         # One retrain per demo: the demo's 5 min cooldown can end while a slow
         # machine still retrains, and a second retrain would share the CPU.
         "AIPAAS_RETRAIN__COOLDOWN_MINUTES": "60",
-        # The runner picks up the lifecycle run within 1 s instead of Prefect's 10 s.
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
+        # The worker picks up the lifecycle run within 1 s instead of Prefect's 10 s.
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
     }
     out_path = root / "up.out"
     with out_path.open("wb") as out:
@@ -149,7 +149,8 @@ def test_up_starts_every_service_and_says_where(platform: Platform) -> None:
     deployment = platform.url("prefect", "/api/deployments/name/lifecycle/lifecycle")
     assert _get(deployment)[0] == 200
     children = platform.children()
-    assert set(children) == {"prefect", "mlflow", "runner", "serving", "profiler"}
+    assert set(children) == {"prefect", "mlflow", "worker", "serving", "profiler"}
+    assert "work pool: 'aipaas'; another machine joins it with `aipaas worker`" in text
     assert all(_alive(pid) for pid in children.values())
 
 
