@@ -110,13 +110,9 @@ def ray_session() -> Iterator[None]:
     """One local Ray for the whole session: ray.init() costs about 4 s here."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=2,
-            object_store_memory=200 * 1024 * 1024,
-            include_dashboard=False,
-            ignore_reinit_error=True,
-            log_to_driver=False,
-        )
+    from aipaas.settings import RaySettings
+    from aipaas.training.raycluster import ensure_ray
+
+    ensure_ray(RaySettings(num_cpus=2))  # the platform's own start (local, retried once)
     yield
     ray.shutdown()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 
 import pytest
 from pydantic import SecretStr
@@ -220,6 +221,7 @@ from aipaas.settings import get_settings
 settings = get_settings()
 writer = audit.AuditWriter(settings, commit_window_ms=1)
 go = Path(sys.argv[1])
+(go.parent / f"ready-{sys.argv[2]}").touch()  # imported and connected: start together
 while not go.exists():
     time.sleep(0.005)
 for wave in range(int(sys.argv[3]) // 10):  # ten requests in flight at a time
@@ -256,6 +258,10 @@ def test_writers_in_three_processes_extend_one_chain(settings, tmp_path):
         )
         for i in range(3)
     ]
+    deadline = time.monotonic() + 120  # imports take seconds on a loaded machine
+    while len(list(tmp_path.glob("ready-w*"))) < 3:
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs)
+        time.sleep(0.05)
     go.touch()
     outputs = [p.communicate(timeout=180) for p in procs]
     for p, (out, err) in zip(procs, outputs, strict=True):

@@ -51,13 +51,37 @@ def ensure_ray(ray_settings: RaySettings) -> RayInfo:
                     "to use local Ray"
                 ) from err
         else:
+            _start_local(ray_settings)
+    return ray_info()
+
+
+# Ray 2.60 gives a new node 30 s (hard-coded) to register with its GCS; on a
+# machine busy with other work it sometimes needs longer, and raises a bare
+# Exception with this text. Starting again, once, has always been enough here.
+_SLOW_START = "timed out during startup"
+START_ATTEMPTS = 2
+
+
+def _start_local(ray_settings: RaySettings) -> None:
+    import ray
+
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            # "local": always a new instance of our own. Without it ray.init()
+            # joins whatever Ray another program left on this machine
+            # (/tmp/ray/ray_current_cluster), e.g. a test's two-node cluster.
             ray.init(
+                address="local",
                 num_cpus=ray_settings.num_cpus,
                 object_store_memory=ray_settings.object_store_memory_mb * MIB,
                 include_dashboard=ray_settings.include_dashboard,
                 log_to_driver=False,
             )
-    return ray_info()
+            return
+        except Exception as err:  # noqa: BLE001 - Ray raises a bare Exception; only this one is retried
+            if _SLOW_START not in str(err) or attempt == START_ATTEMPTS:
+                raise
+            ray.shutdown()
 
 
 def ray_info() -> RayInfo:

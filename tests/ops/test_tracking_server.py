@@ -51,10 +51,14 @@ def test_the_team_setup_runs_the_auth_app_without_writing_the_password(tmp_path:
     assert password not in env["MLFLOW_FLASK_SERVER_SECRET_KEY"]
     # Users live beside a PostgreSQL backend store.
     pg = s.model_copy(
-        update={"mlflow": s.mlflow.model_copy(update={"backend_store_uri": "postgresql://db/ml"})}
+        update={
+            "mlflow": s.mlflow.model_copy(
+                update={"backend_store_uri": "postgresql+psycopg://db/ml"}
+            )
+        }
     )
     prepare(pg)
-    assert "database_uri = postgresql://db/ml" in (tmp_path / "mlflow-auth.ini").read_text()
+    assert "database_uri = postgresql+psycopg://db/ml" in (tmp_path / "mlflow-auth.ini").read_text()
 
 
 @pytest.mark.slow
