@@ -136,6 +136,85 @@ audit_head = Table(
     Column("mac", String(64), nullable=False),
 )
 
+# -- coordination (revision 0003): what every process and host must agree on ---------
+
+# One row per drift check, oldest first by ``at``: aipaas.monitoring.drift_report's
+# DriftCheckRecord as JSON, so the record can grow without a migration.
+drift_checks = Table(
+    "drift_checks",
+    metadata,
+    Column("id", Seq, primary_key=True, autoincrement=True),
+    Column("model", String(200), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("at", Float, nullable=False),  # epoch seconds
+    Column("record", Text, nullable=False),  # JSON
+)
+Index("ix_drift_checks_model", drift_checks.c.model, drift_checks.c.at)
+
+# The last window a decided drift check consumed, per window store (a
+# profiles directory, named by the id file in it), model and version.
+drift_state = Table(
+    "drift_state",
+    metadata,
+    Column("store", String(64), primary_key=True),
+    Column("model", String(200), primary_key=True),
+    Column("version", String(32), primary_key=True),
+    Column("last_seq", Integer, nullable=False),
+    Column("checked_at", Float, nullable=False),
+)
+
+# When retrains started (the guardrails count them), a week kept.
+retrain_starts = Table(
+    "retrain_starts",
+    metadata,
+    Column("id", Seq, primary_key=True, autoincrement=True),
+    Column("model", String(200), nullable=False),
+    Column("started_at", Float, nullable=False),
+)
+Index("ix_retrain_starts_model", retrain_starts.c.model, retrain_starts.c.started_at)
+
+# Every retrain decision and how it ended: aipaas.monitoring.retrain's RetrainOutcome as JSON.
+retrain_history = Table(
+    "retrain_history",
+    metadata,
+    Column("id", Seq, primary_key=True, autoincrement=True),
+    Column("model", String(200), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("record", Text, nullable=False),  # JSON
+)
+Index("ix_retrain_history_model", retrain_history.c.model, retrain_history.c.at)
+
+# How far labelled feedback was exported for a model's retraining (ISO 8601 UTC
+# of the latest label exported), so no row is exported twice, from any host.
+retrain_exports = Table(
+    "retrain_exports",
+    metadata,
+    Column("model", String(200), primary_key=True),
+    Column("exported_through", String(40), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# A counter per model that promotion and rollback bump; serving polls it.
+champion_signals = Table(
+    "champion_signals",
+    metadata,
+    Column("model", String(200), primary_key=True),
+    Column("generation", Seq, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Files an older aipaas kept under ``home``, imported once: the sha-256 of the
+# content, so the same bytes are never imported twice, whichever host has them.
+legacy_imports = Table(
+    "legacy_imports",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("source", Text, nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("imported_at", Float, nullable=False),
+)
+
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 _MIGRATIONS = Path(__file__).with_name("migrations")

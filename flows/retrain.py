@@ -5,8 +5,8 @@ by hand. The guardrails (:mod:`aipaas.monitoring.retrain`: cooldown, daily
 cap, suggest-only) decide first; then labelled feedback goes to
 ``data/incoming/<dataset>/`` and the same data, train and promote flows as
 the lifecycle run, through the same suite and the same gates. Every
-decision and its outcome is recorded with reasons in
-``<home>/retrain/history.jsonl`` by the core (:func:`retrain.attempt`);
+decision and its outcome is recorded with reasons in the platform
+database by the core (:func:`retrain.attempt`), where every host sees it;
 serving swaps to a promoted version by itself.
 """
 
@@ -24,7 +24,8 @@ from flows.tasks import load_model_definition
 
 @task(name="check guardrails", cache_policy=NO_CACHE)
 def check_guardrails(model: str) -> GuardrailVerdict:
-    return retrain.guardrail_verdict(get_settings(), model)
+    # Checks and, when allowed, counts the retrain in one step on every host.
+    return retrain.claim(get_settings(), model)
 
 
 @task(name="record refusal", cache_policy=NO_CACHE)
@@ -32,11 +33,6 @@ def record_refusal(model: str, reason: str, verdict: GuardrailVerdict) -> Retrai
     outcome = retrain.record_refusal(get_settings(), model, reason, verdict)
     get_run_logger().info("retrain of %s %s: %s", model, outcome.action, " ".join(verdict.reasons))
     return outcome
-
-
-@task(name="count retrain", cache_policy=NO_CACHE)
-def count_retrain(model: str) -> None:
-    retrain.record_start(get_settings(), model)
 
 
 @task(name="export feedback", cache_policy=NO_CACHE)
@@ -56,7 +52,6 @@ def retrain_flow(model: str = "diagnosis", reason: str = "requested") -> Retrain
     from flows.train import train_flow
 
     definition = load_model_definition(model)
-    count_retrain(model)
     exported = export_feedback(definition)
     with retrain.attempt(get_settings(), model, reason, verdict, exported) as run:
         data_flow(definition.dataset)

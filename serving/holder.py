@@ -409,7 +409,9 @@ async def follow_champions(holder: ModelHolder, settings: Settings, *, tick_s: f
     """
     poll = settings.serving.reload_poll_s
     next_poll = {n: time.monotonic() + poll for n in holder.names}
-    marks = {n: signals.marker_mtime(settings, n) for n in holder.names}
+    # Each model's promotion signal counter (one query on the platform database
+    # for all of them, every tick); a model whose counter moved reloads now.
+    marks = await asyncio.to_thread(signals.champion_generations, settings, holder.names) or {}
     next_discovery = time.monotonic() + poll
     await asyncio.to_thread(sync_pins, holder, settings)
     while True:
@@ -419,10 +421,13 @@ async def follow_champions(holder: ModelHolder, settings: Settings, *, tick_s: f
         if holder.discovering and now >= next_discovery:
             next_discovery = now + poll
             for name in await asyncio.to_thread(holder.discover):
-                next_poll[name], marks[name] = now, 0.0  # load it on this tick
-        for name in list(holder.names):
-            mark = signals.marker_mtime(settings, name)
-            if mark != marks[name] or now >= next_poll[name]:
+                next_poll[name] = now  # load it on this tick
+        names = list(holder.names)
+        # None: the database did not answer; the registry poll below still runs.
+        seen = await asyncio.to_thread(signals.champion_generations, settings, names) or {}
+        for name in names:
+            mark = seen.get(name, marks.get(name, 0))
+            if mark != marks.get(name, 0) or now >= next_poll[name]:
                 marks[name] = mark
                 next_poll[name] = now + poll
                 await asyncio.to_thread(holder.refresh, name)

@@ -1,6 +1,7 @@
 """The layout's rules, checked on the source: imports point down the lifecycle.
 
-    top level (settings, exceptions, modeldef, schemas, db, migrations, audit, files)
+    top level (settings, exceptions, modeldef, schemas, db, migrations, audit, files,
+               coordination)
       <- datasets <- training <- inference <- monitoring <- ops <- cli
 
 A stage may import the stages before it and the top-level modules, never one
@@ -27,6 +28,7 @@ TOP = {
     "migrations",
     "audit",
     "files",
+    "coordination",
     "__init__",
 }
 EDGES = ("prefect", "fastapi", "starlette", "flows", "serving")

@@ -11,23 +11,35 @@ in production.
 
 Windows are marked consumed only when a check decided something, so a quiet
 hour's rows add up until there are ``min_rows`` of them; checks of one model
-are serialised, so each window is judged once and one shift starts one
-retrain.
+are serialised on every host sharing the platform database
+(:func:`aipaas.coordination.lock`), so each window is judged once and one
+shift starts one retrain.
+
+Which windows were consumed is the ``drift_state`` table, keyed by the window
+store (the profiles directory, named by the id file :func:`store_id` keeps in
+it), the model and the version: window numbers count per store, so hosts
+that each profile into their own directory keep apart, and hosts that share
+one directory share its state. A ``drift-state.json`` an older aipaas wrote is
+imported once, on first use.
 """
 
 from __future__ import annotations
 
-import fcntl
+import json
+import os
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 import pandas as pd
+from sqlalchemy import and_, insert, select, update
+from sqlalchemy.engine import Connection
 
-from aipaas import files
+from aipaas import coordination, db, files
 from aipaas.datasets import profiles
 from aipaas.datasets.profiles import Profile
 from aipaas.exceptions import ModelNotFoundError
@@ -70,26 +82,97 @@ class ChampionLoader(Protocol):
 
 # -- which windows a check consumes ---------------------------------------------
 
+STORE_ID = ".store-id"  # in profiles_dir: names the window store in ``drift_state``
+
 
 def state_path(settings: Settings, model: str) -> Path:
+    """Where an older aipaas kept the consumed windows: imported once, then renamed."""
     return settings.profiles_dir / model / "drift-state.json"
+
+
+def store_id(settings: Settings) -> str:
+    """The id of the window store ``profiles_dir``: made once, then the same for all who share it.
+
+    Created by a hard link of a complete temporary file, so a reader never
+    sees an empty id and two processes racing agree on the first one.
+    """
+    path = settings.profiles_dir / STORE_ID
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    tmp = files.atomic_write(path.with_name(f".{STORE_ID}.{uuid.uuid4().hex}"), uuid.uuid4().hex)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()
+
+
+def _state_key(settings: Settings, model: str, version: str) -> dict[str, str]:
+    return {"store": store_id(settings), "model": model, "version": str(version)}
+
+
+def _upsert_state(conn: Connection, key: dict[str, str], last_seq: int, checked_at: float) -> None:
+    t = db.drift_state
+    where = and_(*(t.c[k] == v for k, v in key.items()))
+    done = conn.execute(update(t).where(where).values(last_seq=last_seq, checked_at=checked_at))
+    if done.rowcount == 0:
+        conn.execute(insert(t).values(**key, last_seq=last_seq, checked_at=checked_at))
+
+
+def _import_legacy_state(settings: Settings, model: str) -> None:
+    """Bring a ``drift-state.json`` into ``drift_state``, keeping the later of both per version."""
+
+    def write(conn: Connection, content: bytes) -> int:
+        try:
+            state = json.loads(content)
+        except ValueError:
+            state = None
+        if not isinstance(state, dict):
+            return 0
+        rows = 0
+        for version, entry in state.items():
+            if not isinstance(entry, dict) or "last_seq" not in entry:
+                continue
+            key = _state_key(settings, model, version)
+            t = db.drift_state
+            where = and_(*(t.c[k] == v for k, v in key.items()))
+            known = conn.execute(select(t.c.last_seq).where(where)).scalar()
+            if known is None or int(entry["last_seq"]) > int(known):
+                checked_at = float(entry.get("checked_at") or time.time())
+                _upsert_state(conn, key, int(entry["last_seq"]), checked_at)
+                rows += 1
+        return rows
+
+    coordination.import_once(settings, state_path(settings, model), write)
 
 
 def last_checked(settings: Settings, model: str, version: str) -> int:
     """The last window sequence number of this version a decided check consumed."""
-    state = files.read_json(state_path(settings, model), default={})
-    return int(state.get(str(version), {}).get("last_seq", 0))
+    _import_legacy_state(settings, model)
+    t = db.drift_state
+    key = _state_key(settings, model, version)
+    query = select(t.c.last_seq).where(and_(*(t.c[k] == v for k, v in key.items())))
+    with db.engine(settings).connect() as conn:
+        value = conn.execute(query).scalar()
+    return 0 if value is None else int(value)
 
 
 def mark_checked(
     settings: Settings, model: str, version: str, last_seq: int, *, now: float | None = None
 ) -> None:
-    """Record that windows up to ``last_seq`` of this version have been judged."""
-    path = state_path(settings, model)
-    state = files.read_json(path, default={})
+    """Record that windows up to ``last_seq`` of this version have been judged.
+
+    Called under the model's drift lock (:func:`check_model`), so the update
+    and the insert of a first check cannot race.
+    """
+    _import_legacy_state(settings, model)
     checked_at = time.time() if now is None else now
-    state[str(version)] = {"last_seq": int(last_seq), "checked_at": checked_at}
-    files.atomic_write_json(path, state, indent=1)
+    with db.engine(settings).begin() as conn:
+        _upsert_state(conn, _state_key(settings, model, version), int(last_seq), checked_at)
 
 
 def collect_windows(
@@ -181,14 +264,17 @@ def check_model(
 ) -> DriftReport:
     """Run one drift check of the champion now: compare, write the HTML, record.
 
-    Checks of one model are serialised (two window closes start two drift
-    runs): each window is judged once, so one shift starts one retrain.
+    Checks of one model are serialised on every host sharing the platform
+    database (two window closes start two drift runs, perhaps on two hosts):
+    each window is judged once, so one shift starts one retrain.
     """
-    lock_path = state_path(settings, definition.name).with_name("drift.lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with coordination.lock(settings, drift_lock(definition.name)):
         return _check_locked(settings, definition, champion_loader, labelled_rows)
+
+
+def drift_lock(model: str) -> str:
+    """The name of the lock that serialises drift checks of ``model`` on every host."""
+    return f"drift:{model}"
 
 
 def _check_locked(

@@ -3,10 +3,15 @@
 A person looking at drift wants the verdict, the table and a plot per
 feature in one file they can open anywhere (:func:`write_html`, no server
 needed); a person looking back wants every check of a model in order
-(:func:`record_check`, :func:`drift_history`: one JSON line per check under
-``<reports>/drift/<model>/``); and the MLflow UI shows a version's checks
-side by side (:func:`log_to_mlflow`). The statistics themselves are
-:mod:`.drift_stats`.
+(:func:`record_check`, :func:`drift_history`); and the MLflow UI shows a
+version's checks side by side (:func:`log_to_mlflow`). The statistics
+themselves are :mod:`.drift_stats`.
+
+The history is the ``drift_checks`` table of the platform database, so every
+host sharing it sees every check of a model, whichever host ran it, oldest
+first by the time of the check. The HTML pages stay where the check ran
+(``<reports>/drift/<model>/``); a history written by an older aipaas
+(``history.jsonl`` there) is imported once, on first use.
 """
 
 from __future__ import annotations
@@ -14,13 +19,17 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from aipaas import files
+from sqlalchemy import insert, select
+from sqlalchemy.engine import Connection
+
+from aipaas import coordination, db, files
 from aipaas.datasets.profiles import ColumnComparison
 from aipaas.monitoring.drift_stats import DriftDecision, DriftReport, FeatureDrift
 from aipaas.monitoring.spool import PREDICTION
@@ -188,19 +197,52 @@ class DriftCheckRecord:
 
 
 def history_path(settings: Settings, model: str) -> Path:
+    """Where an older aipaas kept the history: imported once, then renamed."""
     return drift_dir(settings, model) / "history.jsonl"
 
 
-def record_check(settings: Settings, report: DriftReport) -> Path:
-    """Append the verdict to the model's drift history."""
-    return files.append_jsonl(
-        history_path(settings, report.model), DriftCheckRecord.of(report).to_dict()
-    )
+def _row(record: DriftCheckRecord) -> dict[str, Any]:
+    return {
+        "model": record.model,
+        "version": str(record.version),
+        "at": float(record.at),
+        "record": json.dumps(record.to_dict(), default=str, separators=(",", ":")),
+    }
+
+
+def _import_legacy(settings: Settings, model: str) -> None:
+    def write(conn: Connection, content: bytes) -> int:
+        records = [DriftCheckRecord.from_dict(d) for d in coordination.jsonl_records(content)]
+        if records:
+            conn.execute(insert(db.drift_checks), [_row(r) for r in records])
+        return len(records)
+
+    coordination.import_once(settings, history_path(settings, model), write)
+
+
+def record_check(settings: Settings, report: DriftReport) -> DriftCheckRecord:
+    """Add the verdict to the model's drift history; returns the record as stored."""
+    record = DriftCheckRecord.of(report)
+    _import_legacy(settings, record.model)  # older checks first, when there are any
+    with db.engine(settings).begin() as conn:
+        conn.execute(insert(db.drift_checks).values(**_row(record)))
+    return record
 
 
 def drift_history(settings: Settings, model: str) -> list[DriftCheckRecord]:
-    """Every drift check of ``model``, oldest first."""
-    return [DriftCheckRecord.from_dict(d) for d in files.read_jsonl(history_path(settings, model))]
+    """Every drift check of ``model`` on this platform database, oldest first."""
+    _import_legacy(settings, model)
+    t = db.drift_checks
+    query = select(t.c.record).where(t.c.model == model).order_by(t.c.at, t.c.id)
+    with db.engine(settings).connect() as conn:
+        return [DriftCheckRecord.from_dict(json.loads(r)) for (r,) in conn.execute(query)]
+
+
+def drift_models(settings: Settings) -> list[str]:
+    """Every model with a drift check on this platform database, whichever host ran it."""
+    t = db.drift_checks
+    with db.engine(settings).connect() as conn:
+        return [str(m) for (m,) in conn.execute(select(t.c.model).distinct().order_by(t.c.model))]
 
 
 # -- MLflow ------------------------------------------------------------------------

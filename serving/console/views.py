@@ -114,7 +114,9 @@ class DriftView:
 def _drift_models(settings: Settings, names: Iterable[str]) -> list[str]:
     root = settings.reports_dir / "drift"
     found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    return [n for n in dict.fromkeys([*names, *found]) if SAFE_NAME.match(n)]
+    # Checks recorded by other hosts are in the database, their reports on those hosts.
+    recorded = drift_report.drift_models(settings)
+    return [n for n in dict.fromkeys([*names, *recorded, *found]) if SAFE_NAME.match(n)]
 
 
 def _check_view(settings: Settings, record: DriftCheckRecord) -> DriftCheckView:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,8 +50,10 @@ def test_metrics_summarise_the_report(cancer: BreastCancer) -> None:
     assert "feedback_accuracy" not in metrics  # no feedback in this check
 
 
-def test_history_records_every_check_in_order(cancer: BreastCancer, home: Path) -> None:
-    settings = Settings(_env_file=None, home=home)
+def test_history_records_every_check_in_order(
+    cancer: BreastCancer, platform_settings: Settings
+) -> None:
+    settings = platform_settings
     definition = cancer.definition()
     shifted, _ = build_report(
         "3", cancer.reference, cancer.profile(200, seed=1, shift=0.6), definition, windows=[1, 2]
@@ -58,9 +61,8 @@ def test_history_records_every_check_in_order(cancer: BreastCancer, home: Path) 
     shifted = replace(shifted, html_path="/tmp/r.html")
     quiet, _ = build_report("3", cancer.reference, None, definition)
     assert drift_report.drift_history(settings, "diagnosis") == []
-    drift_report.record_check(settings, shifted)
-    path = drift_report.record_check(settings, quiet)
-    assert path == settings.reports_dir / "drift" / "diagnosis" / "history.jsonl"
+    assert drift_report.record_check(settings, shifted) == DriftCheckRecord.of(shifted)
+    drift_report.record_check(settings, quiet)
 
     first, second = drift_report.drift_history(settings, "diagnosis")
     assert first == DriftCheckRecord.of(shifted)
@@ -69,6 +71,54 @@ def test_history_records_every_check_in_order(cancer: BreastCancer, home: Path) 
     assert first.drifting == tuple(shifted.drifting)
     assert second.rows == 0 and not second.decision.decided
     assert drift_report.drift_history(settings, "other") == []
+    # In the platform database, not in a file under home.
+    assert not drift_report.history_path(settings, "diagnosis").exists()
+
+
+def test_every_home_on_one_database_sees_every_check(
+    cancer: BreastCancer, platform_settings: Settings, tmp_path: Path
+) -> None:
+    """Two hosts (two homes) sharing one platform database share one drift history."""
+    other = platform_settings.model_copy(update={"home": tmp_path / "host-b"})
+    report, _ = build_report("3", cancer.reference, None, cancer.definition())
+    drift_report.record_check(platform_settings, report)
+    later = replace(report, created_at=report.created_at + 1, rows=5)
+    drift_report.record_check(other, later)
+    for s in (platform_settings, other):
+        assert [r.rows for r in drift_report.drift_history(s, "diagnosis")] == [0, 5]
+        assert drift_report.drift_models(s) == ["diagnosis"]
+
+
+def test_a_history_file_of_an_older_aipaas_is_imported_once(
+    cancer: BreastCancer, platform_settings: Settings, tmp_path: Path
+) -> None:
+    settings = platform_settings
+    report, _ = build_report("2", cancer.reference, None, cancer.definition())
+    old = [
+        replace(DriftCheckRecord.of(report), at=1_700_000_000.0 + i, rows=i, version="1")
+        for i in (1, 2)
+    ]
+    path = drift_report.history_path(settings, "diagnosis")
+    path.parent.mkdir(parents=True)
+    lines = [json.dumps(r.to_dict()) for r in old]
+    path.write_text("\n".join(lines) + '\n{"at": 1700000003, "mod')  # a torn last line
+    drift_report.record_check(settings, report)  # newer than both
+    history = drift_report.drift_history(settings, "diagnosis")
+    assert history[:2] == old and history[2] == DriftCheckRecord.of(report)
+    assert not path.exists()
+    (kept,) = path.parent.glob("history.jsonl.imported-*")
+    assert kept.read_text().startswith(lines[0])
+    assert len(drift_report.drift_history(settings, "diagnosis")) == 3  # once
+
+    # The same bytes again (another host's copy of this home) add nothing;
+    # a line an older process appended afterwards is new, and is imported.
+    path.write_text(kept.read_text())
+    assert len(drift_report.drift_history(settings, "diagnosis")) == 3
+    path.write_text(json.dumps(replace(old[0], at=1_700_000_010.0, rows=9).to_dict()) + "\n")
+    assert [r.rows for r in drift_report.drift_history(settings, "diagnosis")] == [1, 2, 9, 0]
+    # Imported into the database, so another home on it (another host) sees it too.
+    other = settings.model_copy(update={"home": tmp_path / "host-b"})
+    assert [r.rows for r in drift_report.drift_history(other, "diagnosis")] == [1, 2, 9, 0]
 
 
 def test_report_path_names_the_version_and_time(cancer: BreastCancer, home: Path) -> None:

@@ -3,6 +3,8 @@ and the feedback export."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -49,25 +51,40 @@ def test_suggest_only_reports_instead_of_retraining() -> None:
     assert "suggest-only" in verdict.reasons[-1]
 
 
-def test_state_persists_under_home_per_model(home: Path) -> None:
-    settings = Settings(
-        _env_file=None, home=home, retrain={"cooldown_minutes": 30, "max_per_day": 4}
+def test_state_persists_in_the_platform_database_per_model(platform_settings: Settings) -> None:
+    settings = platform_settings.model_copy(
+        update={"retrain": RetrainSettings(cooldown_minutes=30, max_per_day=4)}
     )
     assert retrain.guardrail_verdict(settings, "diagnosis", NOW).allowed
     retrain.record_start(settings, "diagnosis", NOW)
-    again = Settings(_env_file=None, home=home, retrain={"cooldown_minutes": 30})
+    again = settings.model_copy(update={"retrain": RetrainSettings(cooldown_minutes=30)})
     assert not retrain.guardrail_verdict(again, "diagnosis", NOW + 60).allowed
     assert retrain.guardrail_verdict(again, "other", NOW + 60).allowed  # per model
     assert retrain.started_at(again, "diagnosis") == [NOW]
-    assert retrain.state_path(settings) == home / "retrain" / "state.json"
-    assert retrain.state_path(settings).is_file()
+    assert not retrain.state_path(settings).exists()  # nothing under home
 
 
-def test_starts_older_than_a_week_are_forgotten(home: Path) -> None:
-    settings = Settings(_env_file=None, home=home)
+def test_starts_older_than_a_week_are_forgotten(platform_settings: Settings) -> None:
+    settings = platform_settings
     retrain.record_start(settings, "diagnosis", NOW - 8 * 24 * H)
     retrain.record_start(settings, "diagnosis", NOW)
     assert retrain.started_at(settings, "diagnosis") == [NOW]
+
+
+def test_a_claim_checks_and_counts_in_one_step(platform_settings: Settings) -> None:
+    policy = RetrainSettings(cooldown_minutes=30, max_per_day=2)
+    settings = platform_settings.model_copy(update={"retrain": policy})
+    first = retrain.claim(settings, "diagnosis", NOW)
+    assert first.allowed and retrain.started_at(settings, "diagnosis") == [NOW]
+    cooled = retrain.claim(settings, "diagnosis", NOW + 60)  # refused: not counted
+    assert not cooled.allowed and "cooldown" in cooled.reasons[0]
+    assert retrain.started_at(settings, "diagnosis") == [NOW]
+    assert retrain.claim(settings, "diagnosis", NOW + 31 * 60).allowed
+    capped = retrain.claim(settings, "diagnosis", NOW + 62 * 60)
+    assert not capped.allowed and "daily cap: 2 retrains" in capped.reasons[0]
+    suggest = settings.model_copy(update={"retrain": RetrainSettings(suggest_only=True)})
+    assert retrain.claim(suggest, "other", NOW).suggest_only
+    assert retrain.started_at(settings, "other") == []  # suggested: nothing started
 
 
 def test_a_refusal_is_recorded_with_the_guardrails_reasons(home: Path) -> None:
@@ -117,12 +134,65 @@ def test_another_platform_error_is_recorded_and_raised(home: Path) -> None:
     assert entry.error == "suite failed"
 
 
-def test_history_skips_a_torn_last_line(home: Path) -> None:
+def test_an_error_from_outside_the_platform_is_recorded_too(home: Path) -> None:
+    """A Ray node that did not start, say: the history says failed, not nothing."""
     settings = Settings(_env_file=None, home=home)
-    retrain.record_refusal(settings, "diagnosis", "r", ALLOWED)
-    with retrain.history_path(settings).open("a") as fh:
-        fh.write('{"model": "diagnosis", "act')
-    assert len(retrain.retrain_history(settings, "diagnosis")) == 1
+    with pytest.raises(RuntimeError, match="node timed out"):
+        with retrain.attempt(settings, "diagnosis", "r", ALLOWED, FeedbackExport(None)):
+            raise RuntimeError("The current node timed out during startup.")
+    (entry,) = retrain.retrain_history(settings, "diagnosis")
+    assert entry.outcome == "failed"
+    assert entry.error == "RuntimeError: The current node timed out during startup."
+
+
+def test_history_is_shared_by_every_home_on_the_database(
+    platform_settings: Settings, tmp_path: Path
+) -> None:
+    other = platform_settings.model_copy(update={"home": tmp_path / "host-b"})
+    retrain.record_refusal(platform_settings, "diagnosis", "on a", ALLOWED)
+    retrain.record_refusal(other, "diagnosis", "on b", ALLOWED)
+    for s in (platform_settings, other):
+        assert [e.reason for e in retrain.retrain_history(s, "diagnosis")] == ["on a", "on b"]
+        assert retrain.retrain_history(s, "other") == []
+
+
+def test_the_files_of_an_older_aipaas_are_imported_once(
+    platform_settings: Settings, tmp_path: Path
+) -> None:
+    settings = _with_data_dir(platform_settings, tmp_path / "data")
+    folder = settings.home / "retrain"
+    folder.mkdir()
+    an_hour_ago = time.time() - H
+    old = RetrainOutcome("diagnosis", "drift: x", "skipped", ("cooldown",), at=an_hour_ago)
+    retrain.history_path(settings).write_text(
+        json.dumps(old.to_dict()) + '\n{"model": "diagnosis", "act'  # a torn last line
+    )
+    state = {
+        "diagnosis": {"started": [NOW - 2 * H], "exported_through": "2026-01-01T10:00:00+00:00"}
+    }
+    retrain.state_path(settings).write_text(json.dumps(state))
+
+    new = retrain.record_refusal(settings, "diagnosis", "requested", ALLOWED)
+    assert retrain.retrain_history(settings, "diagnosis") == [old, new]
+    assert retrain.started_at(settings, "diagnosis") == [NOW - 2 * H]
+    assert retrain.exported_through(settings, "diagnosis") == pd.Timestamp(
+        "2026-01-01T10:00:00", tz="UTC"
+    )
+    assert sorted(p.name.split("-")[0] for p in folder.iterdir()) == [
+        "history.jsonl.imported",
+        "state.json.imported",
+    ]
+    assert len(retrain.retrain_history(settings, "diagnosis")) == 2  # once
+
+    # The export mark carries on where the file left it.
+    store = FeedbackStore()
+    store.add(5, "2026-01-01T09:00:00")
+    store.add(2, "2026-01-01T11:00:00")
+    assert retrain.export_feedback(settings, _definition(), labelled_rows=store).rows == 2
+
+
+def _with_data_dir(settings: Settings, folder: Path) -> Settings:
+    return settings.model_copy(update={"data": settings.data.model_copy(update={"dir": folder})})
 
 
 def _definition() -> ModelDefinition:
@@ -166,8 +236,10 @@ class FeedbackStore:
         return self.frame[self.frame["labelled_at"] >= pd.Timestamp(since)].copy()
 
 
-def test_export_writes_only_new_labelled_rows_with_inputs(home: Path, tmp_path: Path) -> None:
-    settings = Settings(_env_file=None, home=home, data={"dir": tmp_path / "data"})
+def test_export_writes_only_new_labelled_rows_with_inputs(
+    platform_settings: Settings, tmp_path: Path
+) -> None:
+    settings = _with_data_dir(platform_settings, tmp_path / "data")
     store = FeedbackStore()
     store.add(5, "2026-01-01T10:00:00")
     store.add(2, "2026-01-01T10:30:00", with_inputs=False)
