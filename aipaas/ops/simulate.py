@@ -119,8 +119,12 @@ class NewTexts:
     def shifted(
         self, frame: pd.DataFrame, features: Sequence[str], target: str, n: int, seed: int
     ) -> Traffic:
-        new = pd.DataFrame({features[0]: list(self.texts()), target: self.label})
-        return sample_texts(new, features[0], target, n, seed=seed)
+        # Distinct texts while there are enough: labelled, they become training
+        # rows, and the data suite refuses a text column of repeats (as it should).
+        texts = list(dict.fromkeys(self.texts()))
+        rng = np.random.default_rng(seed)
+        picked = rng.choice(len(texts), size=n, replace=n > len(texts))
+        return [({features[0]: texts[i]}, self.label) for i in picked]
 
 
 Scenario = ScaledFeatures | NewTexts

@@ -9,6 +9,7 @@ instead: nothing else changes.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 
 from aipaas.exceptions import ConfigurationError
@@ -56,10 +57,13 @@ def ensure_ray(ray_settings: RaySettings) -> RayInfo:
 
 
 # Ray 2.60 gives a new node 30 s (hard-coded) to register with its GCS; on a
-# machine busy with other work it sometimes needs longer, and raises a bare
-# Exception with this text. Starting again, once, has always been enough here.
+# machine busy with other work (load average 10 on 2 cores, several Ray
+# instances starting at once) it sometimes needs longer, and raises a bare
+# Exception with this text; twice in a row was seen. Start again, a few
+# seconds later, up to three times in all.
 _SLOW_START = "timed out during startup"
-START_ATTEMPTS = 2
+START_ATTEMPTS = 3
+RETRY_PAUSE_S = 5.0
 
 
 def _start_local(ray_settings: RaySettings) -> None:
@@ -82,6 +86,7 @@ def _start_local(ray_settings: RaySettings) -> None:
             if _SLOW_START not in str(err) or attempt == START_ATTEMPTS:
                 raise
             ray.shutdown()
+            time.sleep(RETRY_PAUSE_S * attempt)
 
 
 def ray_info() -> RayInfo:
