@@ -99,6 +99,10 @@ class RaySettings(BaseModel):
     storage_path: str = ""
     object_store_memory_mb: int = 200
     include_dashboard: bool = False
+    # `aipaas up` keeps one head node running for its flow runs (unless
+    # `address` names a cluster); 0 picks a free port on each start.
+    head: bool = True
+    head_port: int = Field(0, ge=0, le=65535)
 
 
 class TuneSettings(BaseModel):

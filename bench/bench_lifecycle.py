@@ -31,18 +31,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from aipaas.settings import PROJECT_ROOT
 from bench import print_table, write_results
+from tests.support.platform import get_json
 
 MODEL = "diagnosis"
 UP_TIMEOUT_S = 300.0
@@ -50,72 +45,12 @@ LIFECYCLE_TIMEOUT_S = 1200.0
 FLOWS = ("lifecycle", "data", "train", "promote")
 SQLITE = "sqlite (default)"
 POSTGRES = "postgresql 15 (all three stores)"
-CLI = [sys.executable, "-c", "from aipaas.cli import main; main()"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _http(url: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        url,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
-def _env(root: Path, stores: dict[str, str]) -> tuple[dict[str, str], dict[str, int]]:
-    from tests.support.project import new_project
-
-    repo = new_project(root / "project")
-    ports = {"prefect": _free_port(), "mlflow": _free_port(), "serving": _free_port()}
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AIPAAS_", "PREFECT_"))},
-        "AIPAAS_HOME": str(root / "home"),
-        "AIPAAS_PREFECT__PORT": str(ports["prefect"]),
-        "AIPAAS_MLFLOW__PORT": str(ports["mlflow"]),
-        "AIPAAS_SERVING__PORT": str(ports["serving"]),
-        "AIPAAS_DATA__DIR": str(repo / "data"),
-        "AIPAAS_DATA__EXPECTATIONS_DIR": str(repo / "expectations"),
-        "AIPAAS_VERSIONING__REPO": str(repo),
-        "AIPAAS_TUNE__NUM_SAMPLES": "2",
-        "AIPAAS_TUNE__CV_FOLDS": "2",
-        "AIPAAS_SERVING__MODELS": f'["{MODEL}"]',
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
-        **stores,
-    }
-    return env, ports
-
-
-def _wait(
-    what: str, check: Any, timeout_s: float, proc: subprocess.Popen[bytes], log: Path
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if proc.poll() is not None:
-            raise RuntimeError(f"aipaas up exited while waiting for {what}:\n{log.read_text()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
-        time.sleep(0.5)
-
-
-def _champion_served(ports: dict[str, int]) -> bool:
-    try:
-        ready = _http(f"http://127.0.0.1:{ports['serving']}/readyz")
-    except OSError:  # 503 until a champion is loaded
-        return False
-    return f'"{MODEL}":"1"' in json.dumps(ready).replace(" ", "")
 
 
 def _flow_runs(prefect: str) -> dict[str, float]:
     """Seconds each completed flow run took (first run of each flow), from the Prefect API."""
-    flows = {f["id"]: f["name"] for f in _http(f"{prefect}/flows/filter", {})}
-    runs = _http(f"{prefect}/flow_runs/filter", {"sort": "START_TIME_ASC"})
+    flows = {f["id"]: f["name"] for f in get_json(f"{prefect}/flows/filter", {})}
+    runs = get_json(f"{prefect}/flow_runs/filter", {"sort": "START_TIME_ASC"})
     seconds: dict[str, float] = {}
     for run in runs:
         name = flows.get(run["flow_id"], "?")
@@ -126,8 +61,8 @@ def _flow_runs(prefect: str) -> dict[str, float]:
 
 def _training_steps(mlflow: str) -> dict[str, float]:
     """The ``time_<step>_s`` metrics of the registered model's training run, from the MLflow API."""
-    version = _http(f"{mlflow}/api/2.0/mlflow/model-versions/get?name={MODEL}&version=1")
-    run = _http(f"{mlflow}/api/2.0/mlflow/runs/get?run_id={version['model_version']['run_id']}")
+    version = get_json(f"{mlflow}/api/2.0/mlflow/model-versions/get?name={MODEL}&version=1")
+    run = get_json(f"{mlflow}/api/2.0/mlflow/runs/get?run_id={version['model_version']['run_id']}")
     metrics = run["run"]["data"].get("metrics", [])
     return {
         m["key"].removeprefix("time_").removesuffix("_s"): float(m["value"])
@@ -138,41 +73,21 @@ def _training_steps(mlflow: str) -> dict[str, float]:
 
 def measure(label: str, root: Path, stores: dict[str, str]) -> dict[str, Any]:
     """One ``aipaas up`` with its first lifecycle, timed; everything stopped afterwards."""
-    env, ports = _env(root, stores)
-    log = root / "up.out"
-    with log.open("wb") as out:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            [*CLI, "up"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            _wait(
-                "up", lambda: "Ctrl-C stops everything." in log.read_text(), UP_TIMEOUT_S, proc, log
-            )
-            t_up = time.perf_counter()
-            _wait("champion v1", lambda: _champion_served(ports), LIFECYCLE_TIMEOUT_S, proc, log)
-            t_served = time.perf_counter()
-            flows = _flow_runs(f"http://127.0.0.1:{ports['prefect']}/api")
-            steps = _training_steps(f"http://127.0.0.1:{ports['mlflow']}")
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGINT)
-                try:
-                    proc.wait(120)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(10)
+    from tests.support.platform import running_up, stop
+
+    extra = {"AIPAAS_SERVING__MODELS": f'["{MODEL}"]', **stores}
+    with running_up(root, extra, timeout_s=UP_TIMEOUT_S) as up:
+        up.wait_served({MODEL: "1"}, timeout_s=LIFECYCLE_TIMEOUT_S)
+        t_served = time.monotonic() - up.started
+        flows = _flow_runs(up.url("prefect", "/api"))
+        steps = _training_steps(up.url("mlflow"))
+        stop(up)
     load = os.getloadavg()[0]
     sqlite_files = sorted(str(p.name) for p in (root / "home").rglob("*.db"))
     figures = {
         "backend": label,
-        "up_s": t_up - t0,
-        "up_to_champion_served_s": t_served - t_up,
+        "up_s": up.up_s,
+        "up_to_champion_served_s": t_served - up.up_s,
         "flow_run_s": flows,
         "training_step_s": steps,
         "sqlite_files_under_home": sqlite_files,

@@ -10,8 +10,9 @@ import sys
 
 import typer
 
-# One module per command group; each registers its commands on the apps in _app.
-from aipaas.cli import (
+# One module per command group; importing it registers its commands on the
+# apps in _app.
+from aipaas.cli import (  # noqa: F401
     audit,
     data,
     db,
@@ -20,6 +21,7 @@ from aipaas.cli import (
     models,
     monitor,
     promote,
+    rayhead,
     run,
     serve,
     train,
@@ -32,23 +34,6 @@ from aipaas.cli._app import app
 from aipaas.exceptions import AipaasError
 
 __all__ = ["app", "main"]
-GROUPS = (
-    audit,
-    data,
-    db,
-    demo,
-    keys,
-    models,
-    monitor,
-    promote,
-    run,
-    serve,
-    train,
-    up,
-    usage,
-    users,
-    worker,
-)
 
 
 def main() -> None:

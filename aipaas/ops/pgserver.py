@@ -13,13 +13,13 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from aipaas.exceptions import ConfigurationError
+from aipaas.ops.net import free_port
 
 RUN_AS = "postgres"
 
@@ -38,12 +38,6 @@ def bin_dir() -> Path:
             "install Debian's `postgresql` package (apt-get install postgresql)"
         )
     return Path(found[-1]).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _as_owner(argv: list[str]) -> list[str]:

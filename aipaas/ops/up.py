@@ -32,6 +32,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -50,6 +51,7 @@ from typing import IO, Any
 
 from aipaas.exceptions import AipaasError, AlreadyRunningError, ConfigurationError
 from aipaas.files import atomic_write_json, read_json
+from aipaas.ops.net import free_port
 from aipaas.settings import PROJECT_ROOT, Settings
 from aipaas.training.registry import credentials_env
 
@@ -72,6 +74,8 @@ class Service:
     port: int | None = None  # must be free before starting
     # Ready when this returns True (instead of a health URL); probed like one.
     ready_check: Callable[[], bool] | None = None
+    # Ready once the child writes a line containing this to its log.
+    ready_line: str | None = None
     port_setting: str = ""  # the setting that moves it, for the error message
     ready_timeout_s: float = 120.0
     # Started only after every service of a lower stage is ready.
@@ -86,6 +90,7 @@ class Running:
     process: subprocess.Popen[bytes]
     log: Path
     log_file: IO[bytes]
+    log_offset: int = 0  # where this start's output begins in the log
 
 
 def cli_argv(*args: str) -> list[str]:
@@ -159,7 +164,12 @@ def plan(
         services.append(prefect_service(settings))
     if not settings.mlflow.tracking_uri:
         services.append(mlflow_service(settings, mlflow_argv or _mlflow_argv(settings)))
-    services.append(worker_service(settings))
+    ray_env: dict[str, str] = {}
+    if settings.ray.head and not settings.ray.address:
+        head = ray_head_service(settings)
+        services.append(head)
+        ray_env = {"AIPAAS_RAY__ADDRESS": f"{head.host}:{head.port}", **ray_auth_env(settings)}
+    services.append(worker_service(settings, ray_env=ray_env))
     services.append(serving_service(settings, serving_argv or cli_argv("serve")))
     services.append(profiler_service(profiler_argv or cli_argv("profiler")))
     return services
@@ -232,12 +242,60 @@ def mlflow_service(settings: Settings, argv: list[str]) -> Service:
     )
 
 
-def worker_service(settings: Settings) -> Service:
+def ray_head_service(settings: Settings) -> Service:
+    """One Ray head node on loopback for every flow run of this ``up`` (stage 0).
+
+    Its flow runs join it (the worker gets ``AIPAAS_RAY__ADDRESS``), so none
+    pays Ray's start; see :mod:`aipaas.ops.rayhead`. ``ray.head: false``
+    leaves each flow run to start its own Ray, as without ``up``.
+    """
+    from aipaas.ops.rayhead import READY_LINE, RETRY_PAUSE_S, START_ATTEMPTS
+
+    host = "127.0.0.1"
+    port = settings.ray.head_port or free_port(host)
+    sizing = ["--object-store-mb", str(settings.ray.object_store_memory_mb)]
+    if settings.ray.num_cpus is not None:
+        sizing += ["--num-cpus", str(settings.ray.num_cpus)]
+    return Service(
+        name="ray",
+        argv=cli_argv("ray-head", "--host", host, "--port", str(port), *sizing),
+        env=ray_auth_env(settings),
+        description=f"Ray head node {host}:{port}: hyperparameter search and evaluation",
+        host=host,
+        port=port,
+        port_setting="AIPAAS_RAY__HEAD_PORT",
+        ready_line=READY_LINE,
+        # Ray gives a node 30 s to register; each retry pauses a little longer.
+        ready_timeout_s=START_ATTEMPTS * 45.0 + RETRY_PAUSE_S * START_ATTEMPTS**2,
+    )
+
+
+def ray_auth_env(settings: Settings) -> dict[str, str]:
+    """Ray's token authentication for ``up``'s head and the drivers that join it.
+
+    Ray's GCS listens on the machine's address, not loopback only (Ray
+    refuses to advertise 127.0.0.1), and whoever reaches it can run code; so
+    the head requires a token. One random token per home, in
+    ``<run_dir>/ray-auth-token`` (mode 0600), not Ray's shared
+    ``~/.ray/auth_token``.
+    """
+    path = settings.run_dir / "ray-auth-token"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
+
+
+def worker_service(settings: Settings, *, ray_env: dict[str, str] | None = None) -> Service:
     """A Prefect worker on the platform's work pool (stage 1: needs the Prefect API).
 
     ``aipaas worker --register`` first creates the pool and registers the
     deployments on it, then polls the pool; it is ready once the API lists it
-    as an online worker of the pool.
+    as an online worker of the pool. With ``ray_env`` (``up``'s Ray head:
+    its address and token) its flow runs join that Ray instead of starting
+    one each.
     """
     name = f"aipaas-up-{socket.gethostname()}-{os.getpid()}"
     return Service(
@@ -246,9 +304,11 @@ def worker_service(settings: Settings) -> Service:
         description=(
             f"Prefect worker on work pool {settings.prefect.work_pool!r} "
             f"(up to {WORKER_RUN_LIMIT} flow runs at once)"
+            + (f", Ray at {ray_env['AIPAAS_RAY__ADDRESS']}" if ray_env else "")
         ),
         ready_check=lambda: worker_online(settings, name),
         stage=1,
+        env=dict(ray_env or {}),
     )
 
 
@@ -491,7 +551,7 @@ class Supervisor:
             start_new_session=True,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets a death signal
         )
-        run = Running(svc, process, log, log_file)
+        run = Running(svc, process, log, log_file, log_file.tell())
         self.running.append(run)
         self.echo(f"  starting {svc.name:<9} pid {process.pid:<7} log {log}")
         return run
@@ -508,8 +568,8 @@ class Supervisor:
                     f"{svc.name} exited with code {code} while starting; "
                     f"the end of {run.log}:\n{tail(run.log)}"
                 )
-            if svc.ready_check is not None:
-                if svc.ready_check():
+            if svc.ready_check is not None or svc.ready_line is not None:
+                if _ready(run):
                     return
                 if time.monotonic() >= deadline:
                     raise AipaasError(
@@ -658,6 +718,19 @@ def run(
 
 
 # --- helpers ---------------------------------------------------------------------
+
+
+def _ready(run: Running) -> bool:
+    svc = run.service
+    if svc.ready_check is not None:
+        return svc.ready_check()
+    assert svc.ready_line is not None
+    try:
+        with run.log.open("rb") as f:
+            f.seek(run.log_offset)
+            return svc.ready_line.encode() in f.read()
+    except OSError:
+        return False
 
 
 def port_free(host: str, port: int) -> bool:

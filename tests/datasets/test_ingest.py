@@ -72,7 +72,7 @@ def test_ingest_refuses_an_incoming_file_that_is_not_csv(st):
     assert report.path == str(incoming / "feedback.csv") and "not a CSV file" in str(report.error)
 
 
-def test_validate_then_split_is_stratified_and_deterministic(st):
+def test_validate_then_split_is_deterministic_with_both_classes_on_each_side(st):
     ingest.ingest("breast_cancer", st)
     report = ingest.validate("breast_cancer", st)
     assert report.success
@@ -83,13 +83,36 @@ def test_validate_then_split_is_stratified_and_deterministic(st):
     train_path, holdout_path = ingest.split("breast_cancer", st)
     train, holdout = pd.read_csv(train_path), pd.read_csv(holdout_path)
     assert len(train) + len(holdout) == 569
-    assert len(holdout) == pytest.approx(569 * st.data.holdout_fraction, abs=1)
+    # A sample of the rows: the fraction and the class shares up to sampling noise.
+    assert len(holdout) == pytest.approx(569 * st.data.holdout_fraction, abs=15)
     share = lambda f: (f["diagnosis"] == "malignant").mean()  # noqa: E731
-    assert share(train) == pytest.approx(share(holdout), abs=0.01)
+    assert share(train) == pytest.approx(share(holdout), abs=0.1)
+    assert set(train["diagnosis"]) == set(holdout["diagnosis"]) == {"benign", "malignant"}
 
     first = train_path.read_bytes(), holdout_path.read_bytes()
     ingest.split("breast_cancer", st)
     assert (train_path.read_bytes(), holdout_path.read_bytes()) == first
+
+
+def test_appended_rows_never_move_an_old_row_and_duplicates_share_a_side(st):
+    """Feedback appended to raw data: the old rows keep their side (no champion leak)."""
+    raw = pd.read_csv(Path(__file__).parents[2] / "data" / "breast_cancer" / "raw.csv")
+    before = ingest.holdout_rows(raw, 0.2, seed=42)
+    shifted = raw.sample(300, random_state=1).assign(mean_radius=lambda f: f.mean_radius * 1.45)
+    grown = pd.concat([raw, shifted, raw.head(20)], ignore_index=True)
+    after = ingest.holdout_rows(grown, 0.2, seed=42)
+    assert (after.iloc[: len(raw)].to_numpy() == before.to_numpy()).all()
+    assert (after.iloc[-20:].to_numpy() == before.iloc[:20].to_numpy()).all()  # the duplicates
+    assert 0.15 < after.iloc[len(raw) : len(raw) + 300].mean() < 0.25  # new rows: a fair share
+    # Another seed is another partition, as stable.
+    assert (ingest.holdout_rows(raw, 0.2, seed=7) != before).any()
+
+
+def test_a_class_missing_from_one_side_is_named() -> None:
+    frame = pd.DataFrame({"y": ["a", "a", "b", "b", "rare"]})
+    train, holdout = frame.iloc[[0, 2, 4]], frame.iloc[[1, 3]]
+    assert ingest.one_sided_classes(train, holdout, "y") == ["rare"]
+    assert ingest.one_sided_classes(frame.iloc[[0, 2]], frame.iloc[[1, 3]], "y") == []
 
 
 def _bad_raw(kind: str, source: pd.DataFrame, path: Path) -> None:

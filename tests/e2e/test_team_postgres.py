@@ -19,13 +19,7 @@ it, and the session stops the server.
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,39 +28,22 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from aipaas.cli.demo import DEMO_ENV
 from aipaas.ops import pgserver
 from aipaas.ops.up import port_free
-from aipaas.settings import PROJECT_ROOT
-from tests.support.net import free_port
-from tests.support.project import new_project
+from tests.support.platform import Platform, alive, get, running_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-CLI = [sys.executable, "-c", "from aipaas.cli import main; main()"]
 STORES = ("platform", "mlflow", "prefect")
 
 
 @dataclass
 class TeamPlatform:
-    proc: subprocess.Popen[bytes]
-    home: Path
-    repo: Path
-    out: Path
-    ports: dict[str, int]
-    env: dict[str, str]
+    """The platform, and the PostgreSQL databases its three stores are in."""
+
+    up: Platform
     server: pgserver.PgServer
     databases: dict[str, str]  # store -> database name
-
-    def output(self) -> str:
-        return self.out.read_text()
-
-    def url(self, service: str, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.ports[service]}{path}"
-
-    def children(self) -> dict[str, int]:
-        state = json.loads((self.home / "run" / "up.json").read_text())
-        return {s["name"]: s["pid"] for s in state["services"]}
 
     def query(self, store: str, sql: str) -> list[tuple[object, ...]]:
         """Rows straight from the store's PostgreSQL database, as an operator's psql sees them."""
@@ -84,7 +61,7 @@ class TeamPlatform:
         return sorted(
             p
             for pattern in ("*.db", "*.db-wal", "*.sqlite", "*.sqlite3")
-            for p in self.home.rglob(pattern)
+            for p in self.up.home.rglob(pattern)
         )
 
 
@@ -93,28 +70,11 @@ def team(
     tmp_path_factory: pytest.TempPathFactory, pg_server: pgserver.PgServer
 ) -> Iterator[TeamPlatform]:
     """``aipaas up`` on a private data project with every store on ``pg_server``."""
-    root = tmp_path_factory.mktemp("team-pg")
-    repo = new_project(root / "project")
-    home = root / "home"
     suffix = uuid.uuid4().hex[:8]
     databases = {store: f"e2e_{store}_{suffix}" for store in STORES}
     urls = {store: pg_server.create_database(name) for store, name in databases.items()}
-    ports = {"prefect": free_port(), "mlflow": free_port(), "serving": free_port()}
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AIPAAS_", "PREFECT_"))},
-        **DEMO_ENV,
-        "AIPAAS_HOME": str(home),
-        "AIPAAS_PREFECT__PORT": str(ports["prefect"]),
-        "AIPAAS_MLFLOW__PORT": str(ports["mlflow"]),
-        "AIPAAS_SERVING__PORT": str(ports["serving"]),
-        "AIPAAS_DATA__DIR": str(repo / "data"),
-        "AIPAAS_DATA__EXPECTATIONS_DIR": str(repo / "expectations"),
-        "AIPAAS_VERSIONING__REPO": str(repo),
-        "AIPAAS_TUNE__NUM_SAMPLES": "2",
-        "AIPAAS_TUNE__CV_FOLDS": "2",
-        "AIPAAS_RETRAIN__COOLDOWN_MINUTES": "60",
+    stores = {
         "AIPAAS_SERVING__MODELS": '["diagnosis"]',
-        "PREFECT_RUNNER_POLL_FREQUENCY": "1",
         # The team setup: the three stores on PostgreSQL.
         "AIPAAS_AUDIT__DB_URL": urls["platform"],
         "AIPAAS_MLFLOW__BACKEND_STORE_URI": urls["mlflow"],
@@ -122,53 +82,22 @@ def team(
             "postgresql+psycopg://", "postgresql+asyncpg://"
         ),
     }
-    out_path = root / "up.out"
-    with out_path.open("wb") as out:
-        proc = subprocess.Popen(
-            [*CLI, "up"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        team = TeamPlatform(proc, home, repo, out_path, ports, env, pg_server, databases)
-        try:
-            deadline = time.monotonic() + 300
-            while "Ctrl-C stops everything." not in team.output():
-                assert proc.poll() is None, team.output()
-                assert time.monotonic() < deadline, team.output()
-                time.sleep(0.5)
-            yield team
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-            for name in databases.values():
-                pg_server.drop_database(name)
-
-
-def _get(url: str) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return int(resp.status), resp.read().decode()
-
-
-def _alive(pid: int) -> bool:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+        with running_up(tmp_path_factory.mktemp("team-pg"), stores) as up:
+            yield TeamPlatform(up, pg_server, databases)
+    finally:
+        for name in databases.values():
+            pg_server.drop_database(name)
 
 
 def test_up_on_postgresql_starts_every_service_and_no_sqlite(team: TeamPlatform) -> None:
-    assert _get(team.url("prefect", "/api/health"))[0] == 200
-    assert _get(team.url("mlflow", "/health"))[0] == 200
-    assert _get(team.url("serving", "/healthz"))[0] == 200
-    assert _get(team.url("prefect", "/api/deployments/name/lifecycle/lifecycle"))[0] == 200
-    children = team.children()
-    assert set(children) == {"prefect", "mlflow", "worker", "serving", "profiler"}
-    assert all(_alive(pid) for pid in children.values())
+    assert get(team.up.url("prefect", "/api/health"))[0] == 200
+    assert get(team.up.url("mlflow", "/health"))[0] == 200
+    assert get(team.up.url("serving", "/healthz"))[0] == 200
+    assert get(team.up.url("prefect", "/api/deployments/name/lifecycle/lifecycle"))[0] == 200
+    children = team.up.children()
+    assert set(children) == {"prefect", "mlflow", "ray", "worker", "serving", "profiler"}
+    assert all(alive(pid) for pid in children.values())
     # Each server really is on its PostgreSQL database: its schema is there.
     assert team.query("prefect", "SELECT count(*) FROM deployment")[0][0] >= 6
     assert team.query("mlflow", "SELECT count(*) FROM experiments")[0][0] >= 1
@@ -177,17 +106,8 @@ def test_up_on_postgresql_starts_every_service_and_no_sqlite(team: TeamPlatform)
 
 
 def test_up_runs_the_lifecycle_on_postgresql(team: TeamPlatform) -> None:
-    deadline = time.monotonic() + 900
-    ready = ""
-    while '"diagnosis":"1"' not in ready.replace(" ", ""):
-        assert team.proc.poll() is None, team.output()
-        assert time.monotonic() < deadline, (team.output(), ready)
-        try:
-            ready = _get(team.url("serving", "/readyz"))[1]
-        except OSError:  # 503 until a champion is loaded
-            ready = ""
-        time.sleep(1)
-    assert "diagnosis: no champion yet; started the lifecycle" in team.output()
+    team.up.wait_served({"diagnosis": "1"}, timeout_s=900)
+    assert "diagnosis: no champion yet; started the lifecycle" in team.up.output()
     champion = team.query(
         "mlflow",
         "SELECT version FROM registered_model_aliases "
@@ -198,19 +118,7 @@ def test_up_runs_the_lifecycle_on_postgresql(team: TeamPlatform) -> None:
 
 
 def test_demo_closes_the_loop_on_postgresql(team: TeamPlatform) -> None:
-    proc = subprocess.run(
-        [*CLI, "demo", "--model", "diagnosis"],
-        cwd=PROJECT_ROOT,
-        env=team.env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        check=False,
-    )
-    out = proc.stdout + proc.stderr
-    (team.out.parent / "demo.out").write_text(out)
-    print(out)
-    assert proc.returncode == 0, out[-6000:]
+    out = team.up.demo("--model", "diagnosis")
     assert "aipaas is already up on this home; using it" in out
     assert "champion v1 serving" in out
     assert "no drift reported on ordinary traffic" in out
@@ -249,12 +157,12 @@ def test_the_rows_are_in_postgresql(team: TeamPlatform) -> None:
 
 
 def test_ctrl_c_stops_every_child_and_frees_the_ports(team: TeamPlatform) -> None:
-    children = team.children()
-    team.proc.send_signal(signal.SIGINT)
-    assert team.proc.wait(90) == 0, team.output()
-    text = team.output()
+    children = team.up.children()
+    team.up.proc.send_signal(signal.SIGINT)
+    assert team.up.proc.wait(90) == 0, team.up.output()
+    text = team.up.output()
     assert "stopped prefect" in text and "ignored SIGTERM" not in text, text
-    assert not [name for name, pid in children.items() if _alive(pid)], text
-    assert not (team.home / "run" / "up.json").exists()
-    assert all(port_free("127.0.0.1", p) for p in team.ports.values())
+    assert not [name for name, pid in children.items() if alive(pid)], text
+    assert not (team.up.home / "run" / "up.json").exists()
+    assert all(port_free("127.0.0.1", p) for p in team.up.ports.values())
     assert team.sqlite_files() == []

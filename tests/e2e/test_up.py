@@ -19,122 +19,30 @@ short retrain cooldown), which the profiler and the worker read at start-up.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from aipaas.cli.demo import DEMO_ENV
 from aipaas.exceptions import AlreadyRunningError
 from aipaas.inference import keys
-from aipaas.ops.up import port_free, tail
+from aipaas.ops.up import port_free
 from aipaas.settings import PROJECT_ROOT, Settings
 from aipaas.training import promotion_log
 from models.topic import TOPICS
-from tests.support.net import free_port
-from tests.support.project import new_project
+from tests.support.platform import CLI, Platform, alive, get, get_json, running_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-CLI = [sys.executable, "-c", "from aipaas.cli import main; main()"]
-
-
-@dataclass
-class Platform:
-    proc: subprocess.Popen[bytes]
-    home: Path
-    repo: Path
-    out: Path
-    ports: dict[str, int]
-    env: dict[str, str]
-
-    def output(self) -> str:
-        return self.out.read_text()
-
-    def url(self, service: str, path: str = "") -> str:
-        return f"http://127.0.0.1:{self.ports[service]}{path}"
-
-    def diagnosis(self) -> str:
-        """What a failed wait needs: up's output, the decisions so far, the flows' log tail."""
-        decisions = promotion_log.read(Settings(_env_file=None, home=self.home))
-        logs = sorted((self.home / "run" / "logs").glob("*.log"))
-        tails = "\n".join(f"--- {p.name}\n{tail(p, 40)}" for p in logs if p.stem != "prefect")
-        return f"{self.output()}\ndecisions: {decisions}\n{tails}"
-
-    def children(self) -> dict[str, int]:
-        state = json.loads((self.home / "run" / "up.json").read_text())
-        return {s["name"]: s["pid"] for s in state["services"]}
 
 
 @pytest.fixture(scope="module")
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     """``aipaas up`` on a private data project (a fresh clone: nothing reproduced yet)."""
-    root = tmp_path_factory.mktemp("up")
-    repo = new_project(root / "project")
-    home = root / "home"
-    ports = {"prefect": free_port(), "mlflow": free_port(), "serving": free_port()}
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AIPAAS_", "PREFECT_"))},
-        # The demo's defaults go to `up`: its profiler and worker read them.
-        **DEMO_ENV,
-        "AIPAAS_HOME": str(home),
-        "AIPAAS_PREFECT__PORT": str(ports["prefect"]),
-        "AIPAAS_MLFLOW__PORT": str(ports["mlflow"]),
-        "AIPAAS_SERVING__PORT": str(ports["serving"]),
-        "AIPAAS_DATA__DIR": str(repo / "data"),
-        "AIPAAS_DATA__EXPECTATIONS_DIR": str(repo / "expectations"),
-        "AIPAAS_VERSIONING__REPO": str(repo),
-        "AIPAAS_TUNE__NUM_SAMPLES": "2",
-        "AIPAAS_TUNE__CV_FOLDS": "2",
-        # One retrain per demo: the demo's 5 min cooldown can end while a slow
-        # machine still retrains, and a second retrain would share the CPU.
-        "AIPAAS_RETRAIN__COOLDOWN_MINUTES": "60",
-        # The worker picks up the lifecycle run within 1 s instead of Prefect's 10 s.
-        "PREFECT_WORKER_QUERY_SECONDS": "1",
-    }
-    out_path = root / "up.out"
-    with out_path.open("wb") as out:
-        proc = subprocess.Popen(
-            [*CLI, "up"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        up = Platform(proc, home, repo, out_path, ports, env)
-        try:
-            deadline = time.monotonic() + 300
-            while "Ctrl-C stops everything." not in up.output():
-                assert proc.poll() is None, up.output()
-                assert time.monotonic() < deadline, up.output()
-                time.sleep(0.5)
-            yield up
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-
-
-def _get(url: str) -> tuple[int, str]:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return int(resp.status), resp.read().decode()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    with running_up(tmp_path_factory.mktemp("up")) as up:
+        yield up
 
 
 def test_up_starts_every_service_and_says_where(platform: Platform) -> None:
@@ -143,15 +51,16 @@ def test_up_starts_every_service_and_says_where(platform: Platform) -> None:
     assert platform.url("serving", "/docs") in text
     deployments = "data, train, promote, lifecycle, drift (cron */15 * * * *), retrain"
     assert f"deployments: {deployments}" in text, text
-    assert _get(platform.url("prefect", "/api/health"))[0] == 200
-    assert _get(platform.url("mlflow", "/health"))[0] == 200
-    assert _get(platform.url("serving", "/healthz"))[0] == 200
+    assert get(platform.url("prefect", "/api/health"))[0] == 200
+    assert get(platform.url("mlflow", "/health"))[0] == 200
+    assert get(platform.url("serving", "/healthz"))[0] == 200
     deployment = platform.url("prefect", "/api/deployments/name/lifecycle/lifecycle")
-    assert _get(deployment)[0] == 200
+    assert get(deployment)[0] == 200
     children = platform.children()
-    assert set(children) == {"prefect", "mlflow", "worker", "serving", "profiler"}
+    assert set(children) == {"prefect", "mlflow", "ray", "worker", "serving", "profiler"}
     assert "work pool: 'aipaas'; another machine joins it with `aipaas worker`" in text
-    assert all(_alive(pid) for pid in children.values())
+    assert all(alive(pid) for pid in children.values())
+    assert platform.ray_address().startswith("127.0.0.1:")
 
 
 def test_a_second_up_refuses_and_names_the_first(platform: Platform) -> None:
@@ -169,16 +78,7 @@ def test_a_second_up_refuses_and_names_the_first(platform: Platform) -> None:
 
 def test_up_runs_the_lifecycle_when_no_champion_serves(platform: Platform) -> None:
     """Every defined model (the tabular ``diagnosis``, the text ``topic``) gets its champion."""
-    deadline = time.monotonic() + 600
-    ready = ""
-    while not all(f'"{m}":"1"' in ready.replace(" ", "") for m in ("diagnosis", "topic")):
-        assert platform.proc.poll() is None, platform.output()
-        assert time.monotonic() < deadline, (ready, platform.diagnosis())
-        try:
-            ready = _get(platform.url("serving", "/readyz"))[1]
-        except OSError:  # 503 until a champion is loaded
-            ready = ""
-        time.sleep(1)
+    platform.wait_served({"diagnosis": "1", "topic": "1"}, timeout_s=600)
     text = platform.output()
     assert "diagnosis: no champion yet; started the lifecycle" in text
     assert "topic: no champion yet; started the lifecycle" in text
@@ -189,6 +89,9 @@ def test_up_runs_the_lifecycle_when_no_champion_serves(platform: Platform) -> No
         ("topic", "1", "promoted"),
     ]
     assert all(d.decided_by.startswith("flow-run ") for d in decisions)
+    # The lifecycle's training joined up's Ray head instead of starting its own.
+    for model in ("diagnosis", "topic"):
+        assert _training_param(platform, model, "setting.ray.address") == platform.ray_address()
     # The text model takes the browser snippet's body, {text}, and nothing else.
     _, key = keys.create_key(Settings(_env_file=None, home=platform.home), "e2e-text", "predict")
     request = urllib.request.Request(
@@ -203,19 +106,7 @@ def test_up_runs_the_lifecycle_when_no_champion_serves(platform: Platform) -> No
 
 def test_demo_closes_the_loop_on_the_running_platform(platform: Platform) -> None:
     """``aipaas demo`` finds the platform up, with champion v1 (the test above), and uses it."""
-    proc = subprocess.run(
-        [*CLI, "demo"],
-        cwd=PROJECT_ROOT,
-        env=platform.env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    out = proc.stdout + proc.stderr
-    (platform.out.parent / "demo.out").write_text(out)
-    print(out)  # the demo's timestamped steps, shown with `pytest -s`
-    assert proc.returncode == 0, out[-6000:] + platform.diagnosis()[-8000:]
+    out = platform.demo()
     assert "aipaas is already up on this home; using it" in out
     # Both demo models, the tabular then the text one, close their loop.
     assert out.index("diagnosis step 1/4") < out.index("topic step 1/4")
@@ -246,6 +137,15 @@ def test_ctrl_c_stops_every_child_and_frees_the_ports(platform: Platform) -> Non
     assert platform.proc.wait(90) == 0, platform.output()
     text = platform.output()
     assert "stopped prefect" in text and "ignored SIGTERM" not in text, text
-    assert not [name for name, pid in children.items() if _alive(pid)], text
+    assert not [name for name, pid in children.items() if alive(pid)], text
     assert not (platform.home / "run" / "up.json").exists()
     assert all(port_free("127.0.0.1", p) for p in platform.ports.values())
+
+
+def _training_param(platform: Platform, model: str, param: str) -> str:
+    """A param of the run that trained ``model`` v1, from the MLflow API."""
+    mlflow = platform.url("mlflow", "/api/2.0/mlflow")
+    version = get_json(f"{mlflow}/model-versions/get?name={model}&version=1")["model_version"]
+    run = get_json(f"{mlflow}/runs/get?run_id={version['run_id']}")["run"]
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    return str(params[param])

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import socket
 import sys
+from pathlib import Path
 
 import pytest
 
 from aipaas.exceptions import AipaasError, AlreadyRunningError, ConfigurationError
 from aipaas.ops import up
+from aipaas.ops.rayhead import READY_LINE
 from aipaas.settings import Settings
 from tests.support.net import free_port
 
@@ -30,12 +32,29 @@ def _http_service(port: int, stage: int = 0) -> up.Service:
 def test_plan_follows_the_settings(settings: Settings) -> None:
     local = Settings(_env_file=None, home=settings.home, prefect={"port": 4300})
     services = {s.name: s for s in up.plan(local)}
-    assert list(services) == ["prefect", "mlflow", "worker", "serving", "profiler"]
+    assert list(services) == ["prefect", "mlflow", "ray", "worker", "serving", "profiler"]
     assert services["prefect"].argv[-4:] == ["--host", "127.0.0.1", "--port", "4300"]
     assert services["serving"].argv == up.cli_argv("serve")
     assert services["profiler"].argv == up.cli_argv("profiler")
     # Servers first; what needs them (worker, serving, profiler) once they answer.
-    assert [s.stage for s in services.values()] == [0, 0, 1, 1, 1]
+    assert [s.stage for s in services.values()] == [0, 0, 0, 1, 1, 1]
+    # One Ray head for every flow run: the worker's runs join it with its token.
+    ray = services["ray"]
+    assert ray.argv == up.cli_argv(
+        "ray-head", "--host", "127.0.0.1", "--port", str(ray.port), "--object-store-mb", "200"
+    )
+    assert ray.ready_line == READY_LINE
+    worker_env = services["worker"].env
+    assert worker_env["AIPAAS_RAY__ADDRESS"] == f"127.0.0.1:{ray.port}"
+    assert worker_env["RAY_AUTH_MODE"] == ray.env["RAY_AUTH_MODE"] == "token"
+    token = Path(worker_env["RAY_AUTH_TOKEN_PATH"])
+    assert token == Path(ray.env["RAY_AUTH_TOKEN_PATH"])
+    assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+    # Without the head (or with a cluster named), flow runs start or join Ray themselves.
+    for ray_settings in ({"head": False}, {"address": "10.0.0.5:6379"}):
+        other = Settings(_env_file=None, home=settings.home, ray=ray_settings)
+        names = {s.name: s for s in up.plan(other)}
+        assert "ray" not in names and "AIPAAS_RAY__ADDRESS" not in names["worker"].env
     # The worker registers the pool and the deployments first, then polls the pool.
     worker = services["worker"].argv
     assert worker[: len(up.cli_argv("worker", "--register"))] == up.cli_argv("worker", "--register")
@@ -53,11 +72,11 @@ def test_plan_follows_the_settings(settings: Settings) -> None:
         prefect={"api_url": "http://prefect.internal:4200/api"},
     )
     plan = up.plan(remote, serving_argv=["serve"], profiler_argv=["profile"])
-    assert [(s.name, s.argv[-1]) for s in plan][1:] == [
+    assert [(s.name, s.argv[-1]) for s in plan][2:] == [
         ("serving", "serve"),
         ("profiler", "profile"),
     ]
-    assert plan[0].name == "worker"
+    assert [s.name for s in plan[:2]] == ["ray", "worker"]
     env = up.child_env(remote)
     assert env["PREFECT_API_URL"] == "http://prefect.internal:4200/api"
     assert env["AIPAAS_HOME"] == str(settings.home)
