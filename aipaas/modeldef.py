@@ -80,6 +80,24 @@ class DriftPolicy:
     max_accuracy_drop: float = 0.05
     # Fewer served rows than this: no decision.
     min_rows: int = 100
+    # Accuracy is judged on recent labels only: the last this many labelled
+    # rows of the champion ...
+    accuracy_window_rows: int = 500
+    # ... labelled within this many hours (None: of any age). Labels a retrain
+    # already learnt from never count, whatever the window.
+    accuracy_window_hours: float | None = 168.0
+
+    def __post_init__(self) -> None:
+        if self.accuracy_window_rows < 1:
+            raise ConfigurationError(
+                f"drift policy: accuracy_window_rows must be at least 1, "
+                f"not {self.accuracy_window_rows}"
+            )
+        if self.accuracy_window_hours is not None and not self.accuracy_window_hours > 0:
+            raise ConfigurationError(
+                f"drift policy: accuracy_window_hours must be positive (or None for any age), "
+                f"not {self.accuracy_window_hours}"
+            )
 
 
 @dataclass(frozen=True)

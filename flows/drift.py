@@ -3,10 +3,11 @@
 Runs on a schedule and whenever the profiler closes a window (see
 :mod:`flows.triggers`). The comparison and the verdict are
 :func:`aipaas.monitoring.drift.check_model`; this flow publishes them where
-people look (a table artifact and a link to the HTML report in Prefect, a run
-with the scores in MLflow) and starts the ``retrain`` flow as a subflow when
-the model's drift policy is violated. Only MLflow I/O is retried, and only
-when the server did not answer.
+people look (a table artifact and a link to the HTML report in Prefect; the
+check itself stores its run, report and profile in MLflow) and starts the
+``retrain`` flow as a subflow when the model's drift policy is violated.
+Only MLflow I/O is retried, and only when the server did not answer; a check
+MLflow could not store still decides (its verdict is in the history).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 
 from aipaas.modeldef import ModelDefinition
-from aipaas.monitoring import drift, drift_report
+from aipaas.monitoring import drift
 from aipaas.monitoring.drift import DriftOutcome
 from aipaas.monitoring.drift_stats import DriftReport
 from aipaas.settings import get_settings
@@ -41,19 +42,13 @@ def publish_report(report: DriftReport) -> None:
         create_table_artifact(table=report.table(), key=key, description=description)
     else:
         create_markdown_artifact(markdown=f"**{description}**", key=key, description=description)
-    if report.html_path:
+    if report.report_uri or report.html_path:
         create_link_artifact(
-            link=f"file://{report.html_path}",
+            link=report.report_uri or f"file://{report.html_path}",
             link_text=f"drift report {report.model} v{report.version}",
             key=f"{key}-html",
             description="HTML report: one plot per feature, reference against current",
         )
-
-
-@task(name="log to MLflow", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
-      retry_condition_fn=registry_unreachable)  # fmt: skip
-def log_to_mlflow(report: DriftReport) -> str:
-    return drift_report.log_to_mlflow(get_settings(), report)
 
 
 @flow(name="drift", persist_result=True, log_prints=True)
@@ -62,7 +57,7 @@ def drift_flow(model: str = "diagnosis") -> DriftOutcome:
     definition = load_model_definition(model)
     report = compare_with_reference(definition)
     publish_report(report)
-    mlflow_run = log_to_mlflow(report)
+    mlflow_run = report.mlflow_run
     if not report.decision.retrain:
         return DriftOutcome(report, mlflow_run)
     from flows.retrain import retrain_flow

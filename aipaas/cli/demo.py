@@ -459,15 +459,8 @@ class Demo:
 
 
 def check_line(check: DriftCheckRecord) -> str:
-    """One drift check as a line: windows, rows, drifting features, verdict."""
-    decision = check.decision
-    verdict = "retrain" if decision.retrain else ("no drift" if decision.decided else "—")
-    drifting = check.drifting
-    names = ", ".join(drifting[:4]) + (" ..." if len(drifting) > 4 else "")
-    return (
-        f"v{check.version} windows {list(check.windows)}: {check.rows} rows, "
-        f"{len(drifting)} features drifting{f' ({names})' if names else ''} -> {verdict}"
-    )
+    """One drift check as a line: windows, rows, drifting features, verdict and its cause."""
+    return check.summary
 
 
 def gates_line(rec: PromotionRecord) -> str:

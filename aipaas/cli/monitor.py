@@ -81,7 +81,9 @@ def drift_cmd(
     model: Annotated[
         str, typer.Argument(help="Model name: a definition in models/.")
     ] = "diagnosis",
-    mlflow: Annotated[bool, typer.Option(help="Log the scores as an MLflow run.")] = True,
+    mlflow: Annotated[
+        bool, typer.Option(help="Store the check (scores, report, profile) as an MLflow run.")
+    ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")] = False,
 ) -> None:
     """Compare the windows served since the last check with the champion's reference, now.
@@ -90,11 +92,12 @@ def drift_cmd(
     retrain: `aipaas run drift` does, through the flows.
     """
     from aipaas.modeldef import load_definition
-    from aipaas.monitoring import drift, drift_report
+    from aipaas.monitoring import drift, drift_store
 
     s = settings()
-    report = drift.check_model(s, load_definition(model, s.models_dir))
-    run_id = drift_report.log_to_mlflow(s, report) if mlflow else None
+    store = drift_store.store_check if mlflow else None
+    report = drift.check_model(s, load_definition(model, s.models_dir), report_store=store)
+    run_id = report.mlflow_run
     if as_json:
         typer.echo(json.dumps({**report.to_dict(), "mlflow_run": run_id}, indent=2, default=str))
         return
@@ -110,6 +113,7 @@ def _print_report(report: DriftReport) -> None:
         f"{report.model} v{report.version}: {report.rows} served rows "
         f"(windows {', '.join(map(str, report.windows)) or 'none'})"
     )
+    typer.echo(report.summary)
     for f in sorted(report.features, key=lambda f: -f.score)[:10]:
         mark = "DRIFT" if f.drifting else "ok"
         typer.echo(
@@ -122,8 +126,10 @@ def _print_report(report: DriftReport) -> None:
         )
     if report.accuracy is not None:
         a = report.accuracy
-        typer.echo(f"  accuracy on {a.labelled_rows} labelled rows: {a.accuracy:.3f}")
+        typer.echo(f"  {a.reason}; labels judged: {a.window}")
     typer.echo(f"decision: {verdict}")
     for reason in d.reasons:
         typer.echo(f"  - {reason}")
     typer.echo(f"report: {report.html_path}")
+    if report.store_error:
+        typer.echo(f"not stored in MLflow (only on this host): {report.store_error}")

@@ -3,11 +3,22 @@
 :func:`check_model` merges the profile windows serving closed since the last
 decided check, loads the champion's reference profile (the whylogs profile
 training logged) and its holdout accuracy, scores them with
-:mod:`.drift_stats`, writes the HTML page and appends the verdict to the
-drift history (:mod:`.drift_report`). The registry and the feedback store
-are collaborators it is given (:class:`ChampionLoader`, ``labelled_rows``),
-so the check runs on fakes in tests and on MLflow and the platform database
-in production.
+:mod:`.drift_stats`, writes the HTML page, stores the page and the merged
+windows in MLflow where every host reads them (:mod:`.drift_store`) and
+appends the verdict, with the run, to the drift history
+(:mod:`.drift_report`). The registry, the feedback store and the artifact
+store are collaborators it is given (:class:`ChampionLoader`,
+``labelled_rows``, :class:`~.drift_store.ReportStore`), so the check runs on
+fakes in tests and on MLflow and the platform database in production. A
+store that fails costs the other hosts the report, never the verdict: the
+check records it with the error and logs a warning.
+
+Accuracy is judged on labels no retrain has learnt from: those labelled
+after the model's last retrain start and after its last feedback export
+(:func:`labels_consumed_through`, from the retrain records in the platform
+database), within the policy's window. Otherwise every check of the old
+version, until the new one serves, would say "retrain" again on the very
+labels the retrain is training on.
 
 Windows are marked consumed only when a check decided something, so a quiet
 hour's rows add up until there are ``min_rows`` of them; checks of one model
@@ -25,13 +36,16 @@ imported once, on first use.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import tempfile
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol
 
@@ -42,11 +56,12 @@ from sqlalchemy.engine import Connection
 from aipaas import coordination, db, files
 from aipaas.datasets import profiles
 from aipaas.datasets.profiles import Profile
-from aipaas.exceptions import ModelNotFoundError
+from aipaas.exceptions import AipaasError, ModelNotFoundError
 from aipaas.modeldef import ModelDefinition
-from aipaas.monitoring import spool
+from aipaas.monitoring import retrain, spool
 from aipaas.monitoring.drift_report import record_check, report_path, write_html
 from aipaas.monitoring.drift_stats import DriftReport, build_report
+from aipaas.monitoring.drift_store import ReportStore, store_check
 from aipaas.monitoring.retrain import RetrainOutcome
 from aipaas.settings import Settings
 from aipaas.training import tags
@@ -54,6 +69,8 @@ from aipaas.training import tags
 # ``labelled_rows(settings, model, target=...)``: labelled feedback as a frame,
 # the label under ``target`` (see :func:`aipaas.inference.feedback.labelled_rows`).
 LabelledRows = Callable[..., pd.DataFrame]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,7 @@ class Champion:
     version: str
     reference: Profile
     holdout_accuracy: float | None
+    run_id: str | None = None  # its training run: the drift run links to it
 
 
 @dataclass(frozen=True)
@@ -229,7 +247,22 @@ def load_champion(settings: Settings, model: str) -> Champion:
         version=champion.version,
         reference=reference,
         holdout_accuracy=metrics.get(tags.holdout_metric("accuracy")),
+        run_id=champion.run_id,
     )
+
+
+def labels_consumed_through(settings: Settings, model: str) -> float | None:
+    """Epoch seconds up to which labels of ``model`` went into a retrain (None: none did).
+
+    The later of the last retrain start (a check judged those labels and
+    started it) and the feedback export mark (the rows a retrain trained on),
+    both in the platform database, so every host agrees.
+    """
+    marks = retrain.started_at(settings, model)[-1:]
+    exported = retrain.exported_through(settings, model)
+    if exported is not None:
+        marks.append(exported.timestamp())
+    return max(marks, default=None)
 
 
 def champion_feedback(
@@ -237,15 +270,22 @@ def champion_feedback(
     definition: ModelDefinition,
     version: str,
     labelled_rows: LabelledRows | None = None,
+    *,
+    since: float | None = None,
 ) -> pd.DataFrame:
     """Labelled feedback on the predictions of this version (empty when there is none).
 
-    ``labelled_rows`` defaults to :func:`aipaas.inference.feedback.labelled_rows`.
+    ``labelled_rows`` defaults to :func:`aipaas.inference.feedback.labelled_rows`,
+    which then reads only labels from ``since`` (epoch seconds) on: older ones
+    are out of the accuracy window or already learnt by a retrain. An injected
+    ``labelled_rows`` is called as before; the window itself is applied by
+    :func:`aipaas.monitoring.drift_stats.accuracy_window` either way.
     """
     if labelled_rows is None:
         from aipaas.inference import feedback
 
-        labelled_rows = feedback.labelled_rows
+        after = None if since is None else datetime.fromtimestamp(since, UTC)
+        labelled_rows = functools.partial(feedback.labelled_rows, since=after)
     frame = labelled_rows(settings, definition.name, target=definition.target)
     if frame.empty or "model_version" not in frame:
         return frame
@@ -261,15 +301,21 @@ def check_model(
     *,
     champion_loader: ChampionLoader = load_champion,
     labelled_rows: LabelledRows | None = None,
+    report_store: ReportStore | None = store_check,
+    now: float | None = None,
 ) -> DriftReport:
-    """Run one drift check of the champion now: compare, write the HTML, record.
+    """Run one drift check of the champion now: compare, write the HTML, store, record.
 
     Checks of one model are serialised on every host sharing the platform
     database (two window closes start two drift runs, perhaps on two hosts):
     each window is judged once, so one shift starts one retrain.
+    ``report_store=None`` keeps the report on this host only (``aipaas
+    monitor drift --no-mlflow``).
     """
     with coordination.lock(settings, drift_lock(definition.name)):
-        return _check_locked(settings, definition, champion_loader, labelled_rows)
+        return _check_locked(
+            settings, definition, champion_loader, labelled_rows, report_store, now
+        )
 
 
 def drift_lock(model: str) -> str:
@@ -282,18 +328,63 @@ def _check_locked(
     definition: ModelDefinition,
     champion_loader: ChampionLoader,
     labelled_rows: LabelledRows | None,
+    report_store: ReportStore | None,
+    now: float | None,
 ) -> DriftReport:
     model = definition.name
+    now = time.time() if now is None else now
     champion = champion_loader(settings, model)
     current, seqs = collect_windows(settings, model, champion.version)
-    feedback = champion_feedback(settings, definition, champion.version, labelled_rows)
+    consumed = labels_consumed_through(settings, model)
+    feedback = champion_feedback(
+        settings, definition, champion.version, labelled_rows,
+        since=_feedback_since(definition, consumed, now),
+    )  # fmt: skip
     report, comparisons = build_report(
         champion.version, champion.reference, current, definition,
         windows=seqs, feedback=feedback, holdout_accuracy=champion.holdout_accuracy,
+        consumed_through=consumed, now=now,
     )  # fmt: skip
     path = write_html(report, comparisons, report_path(settings, report))
     report = replace(report, html_path=str(path))
+    if report_store is not None:
+        report = _store(settings, report, report_store, path, current, champion.run_id)
     record_check(settings, report)
     if report.decision.decided and seqs:
         mark_checked(settings, model, champion.version, max(seqs))
     return report
+
+
+def _feedback_since(
+    definition: ModelDefinition, consumed: float | None, now: float
+) -> float | None:
+    """The oldest label time the accuracy window can use: read no older labels."""
+    hours = definition.drift.accuracy_window_hours
+    oldest = None if hours is None else now - hours * 3600.0
+    marks = [t for t in (consumed, oldest) if t is not None]
+    return max(marks, default=None)
+
+
+def _store(
+    settings: Settings,
+    report: DriftReport,
+    report_store: ReportStore,
+    html: Path,
+    window: Profile | None,
+    champion_run: str | None,
+) -> DriftReport:
+    """The report with where it is stored; or, when the store failed, why, and a warning.
+
+    The verdict is recorded either way: a store outage must not cost a
+    decision (nor the windows, which the record then consumes).
+    """
+    try:
+        stored = report_store(settings, report, html=html, window=window, champion_run=champion_run)
+    except AipaasError as err:
+        log.warning(
+            "drift check of %s v%s decided %r but was not stored in MLflow; "
+            "its report stays on this host only (%s): %s",
+            report.model, report.version, report.decision.verdict, html, err,
+        )  # fmt: skip
+        return replace(report, store_error=str(err))
+    return replace(report, mlflow_run=stored.run_id, report_uri=stored.report_uri)

@@ -9,8 +9,14 @@ themselves are :mod:`.drift_stats`.
 
 The history is the ``drift_checks`` table of the platform database, so every
 host sharing it sees every check of a model, whichever host ran it, oldest
-first by the time of the check. The HTML pages stay where the check ran
-(``<reports>/drift/<model>/``); a history written by an older aipaas
+first by the time of the check. Each row names the check's MLflow run and
+its report's artifact URI (:mod:`.drift_store`): the HTML page is written
+where the check ran (``<reports>/drift/<model>/``) and stored in MLflow, so
+a host without the file fetches it; a row whose store failed says why
+(``store_error``). The row is JSON (``drift_checks.record``): fields added
+since (``mlflow_run``, ``report_uri``, ``store_error``, ``summary``, the
+decision's ``cause``) are absent from older rows and read as empty, so
+there was no schema change. A history written by an older aipaas
 (``history.jsonl`` there) is imported once, on first use.
 """
 
@@ -31,7 +37,7 @@ from sqlalchemy.engine import Connection
 
 from aipaas import coordination, db, files
 from aipaas.datasets.profiles import ColumnComparison
-from aipaas.monitoring.drift_stats import DriftDecision, DriftReport, FeatureDrift
+from aipaas.monitoring.drift_stats import DriftDecision, DriftReport, FeatureDrift, summary_line
 from aipaas.monitoring.spool import PREDICTION
 from aipaas.settings import Settings
 from aipaas.training import tags
@@ -116,7 +122,8 @@ def _accuracy_html(report: DriftReport) -> str:
     a = report.accuracy
     holdout = "unknown" if a.holdout_accuracy is None else f"{a.holdout_accuracy:.3f}"
     return (
-        f"<p>Accuracy on {a.labelled_rows} labelled rows: {a.accuracy:.3f} (holdout {holdout})</p>"
+        f"<p>Accuracy on {a.labelled_rows} labelled rows: {a.accuracy:.3f} (holdout {holdout}): "
+        f"{html.escape(a.reason)}.<br>Labels judged: {html.escape(a.window)}.</p>"
     )
 
 
@@ -133,7 +140,7 @@ img{{margin:4px;border:1px solid #eee}}</style></head><body>
 <h1>Drift: {esc(report.model)} version {esc(report.version)}</h1>
 <p>{time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(report.created_at))};
 {report.rows} served rows from windows {windows}.</p>
-<h2>Decision: {report.decision.verdict}</h2><ul>{reasons}</ul>
+<h2>Decision: {report.decision.verdict}</h2><p>{esc(report.decision.why)}</p><ul>{reasons}</ul>
 {_accuracy_html(report)}{_table_html(report)}
 <h2>Reference (training) against current (served)</h2>{_plots_html(report, comparisons)}
 </body></html>"""
@@ -154,7 +161,16 @@ class DriftCheckRecord:
     windows: tuple[int, ...]
     drifting: tuple[str, ...]
     decision: DriftDecision
-    html: str | None = None
+    html: str | None = None  # the report's path on the host that ran the check
+    mlflow_run: str | None = None  # the check's run in the monitoring experiment
+    report_uri: str | None = None  # the report's artifact URI, readable from every host
+    store_error: str | None = None  # why the check is not in MLflow, when it is not
+    summary: str = ""  # the one-line summary (:func:`~.drift_stats.summary_line`)
+
+    def __post_init__(self) -> None:
+        if not self.summary:  # a row an older aipaas wrote
+            line = summary_line(self.version, self.windows, self.rows, self.drifting, self.decision)
+            object.__setattr__(self, "summary", line)
 
     @classmethod
     def of(cls, report: DriftReport) -> DriftCheckRecord:
@@ -167,7 +183,16 @@ class DriftCheckRecord:
             drifting=tuple(report.drifting),
             decision=report.decision,
             html=report.html_path,
+            mlflow_run=report.mlflow_run,
+            report_uri=report.report_uri,
+            store_error=report.store_error,
+            summary=report.summary,
         )
+
+    @property
+    def report_name(self) -> str | None:
+        """The report's file name: the same on the host that wrote it and in MLflow."""
+        return Path(self.html).name if self.html else None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DriftCheckRecord:
@@ -178,6 +203,7 @@ class DriftCheckRecord:
             decided=bool(decision.get("decided")),
             retrain=bool(decision.get("retrain")),
             reasons=tuple(decision.get("reasons") or ()),
+            cause=str(decision.get("cause") or ""),
         )
         values["windows"] = tuple(values.get("windows") or ())
         values["drifting"] = tuple(values.get("drifting") or ())
@@ -193,6 +219,10 @@ class DriftCheckRecord:
             "drifting": list(self.drifting),
             "decision": self.decision.to_dict(),
             "html": self.html,
+            "mlflow_run": self.mlflow_run,
+            "report_uri": self.report_uri,
+            "store_error": self.store_error,
+            "summary": self.summary,
         }
 
 
@@ -263,27 +293,18 @@ def report_metrics(report: DriftReport) -> dict[str, float]:
 
 
 def log_to_mlflow(settings: Settings, report: DriftReport) -> str:
-    """Log the report's numbers as a run in the platform's experiment; returns its id.
+    """The check's MLflow run id: the one the check stored, else a new run (returns its id).
 
-    The run is tagged with the model and version so the MLflow UI lists a
-    version's drift checks side by side; the HTML report rides along as an
-    artifact.
+    :func:`aipaas.monitoring.drift.check_model` stores every check itself
+    (:mod:`.drift_store`), so for its reports this returns that run and logs
+    nothing twice; a report made otherwise (or whose store failed) is stored
+    now, in the monitoring experiment. Raises
+    :class:`~aipaas.exceptions.RegistryUnavailableError` when MLflow does
+    not take it.
     """
-    import mlflow
+    if report.mlflow_run:
+        return report.mlflow_run
+    from aipaas.monitoring import drift_store
 
-    from aipaas.training import registry
-
-    registry.connect(settings)
-    registry.ensure_experiment(settings)
-    run_tags = {
-        tags.MODEL_DEFINITION: report.model,
-        tags.DRIFT_VERSION: report.version,
-        tags.DRIFT_RETRAIN: str(report.decision.retrain).lower(),
-        tags.KIND: tags.KIND_DRIFT_CHECK,
-    }
-    with mlflow.start_run(run_name=f"drift-{report.model}-v{report.version}", tags=run_tags) as run:
-        mlflow.log_metrics(report_metrics(report))
-        mlflow.log_dict(report.to_dict(), f"{tags.DRIFT_ARTIFACT}/report.json")
-        if report.html_path and Path(report.html_path).is_file():
-            mlflow.log_artifact(report.html_path, artifact_path=tags.DRIFT_ARTIFACT)
-        return str(run.info.run_id)
+    html = Path(report.html_path) if report.html_path else None
+    return drift_store.store_check(settings, report, html=html, window=None).run_id

@@ -99,6 +99,39 @@ class AccuracyCheck:
     drop: float | None
     max_drop: float
     violated: bool
+    # Which labels were judged: the policy's window, after the labels a retrain
+    # already learnt from (epoch seconds; None: no retrain has consumed any).
+    window_rows: int = 0
+    window_hours: float | None = None
+    consumed_through: float | None = None
+
+    @property
+    def floor(self) -> float | None:
+        """The accuracy below which the policy retrains: holdout less ``max_drop``."""
+        return None if self.holdout_accuracy is None else self.holdout_accuracy - self.max_drop
+
+    @property
+    def reason(self) -> str:
+        """The comparison as a person reads it: ``accuracy 0.850 < 0.920 (holdout ...)``."""
+        n = f"on {self.labelled_rows} labelled rows"
+        if self.holdout_accuracy is None or self.floor is None:
+            return f"accuracy {self.accuracy:.3f} {n} (no holdout accuracy to compare with)"
+        sign = "<" if self.violated else ">="
+        return (
+            f"accuracy {self.accuracy:.3f} {sign} {self.floor:.3f} "
+            f"(holdout {self.holdout_accuracy:.3f} - policy {self.max_drop:g}) {n}"
+        )
+
+    @property
+    def window(self) -> str:
+        """Which labels the accuracy was computed on, for the report."""
+        parts = [f"the last {self.window_rows} labelled rows at most"]
+        if self.window_hours is not None:
+            parts.append(f"labelled in the last {self.window_hours:g} h")
+        if self.consumed_through is not None:
+            at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.consumed_through))
+            parts.append(f"after {at} (labels before it went to an earlier retrain)")
+        return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,6 +144,10 @@ class DriftDecision:
     decided: bool
     retrain: bool
     reasons: tuple[str, ...]
+    # Why, in one short line: what asked for the retrain (accuracy, features or
+    # both), "no drift: ...", or why nothing was decided. Empty in records an
+    # older aipaas wrote: :attr:`why` falls back to the first reason.
+    cause: str = ""
 
     @property
     def verdict(self) -> str:
@@ -118,6 +155,10 @@ class DriftDecision:
         if self.retrain:
             return "retrain"
         return "no retrain" if self.decided else "no decision"
+
+    @property
+    def why(self) -> str:
+        return self.cause or (self.reasons[0] if self.reasons else "")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,6 +178,16 @@ class DriftReport:
     decision: DriftDecision
     created_at: float = field(default_factory=time.time)
     html_path: str | None = None
+    # Where every host reads the check (see :mod:`.drift_store`): its MLflow
+    # run, and the HTML report's artifact URI; or why it is only local.
+    mlflow_run: str | None = None
+    report_uri: str | None = None
+    store_error: str | None = None
+
+    @property
+    def summary(self) -> str:
+        """The check in one line, as the history, ``aipaas demo`` and ``aipaas monitor`` show it."""
+        return summary_line(self.version, self.windows, self.rows, self.drifting, self.decision)
 
     @property
     def drifting(self) -> list[str]:
@@ -168,7 +219,33 @@ class DriftReport:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["drifting"] = self.drifting
+        d["summary"] = self.summary
         return d
+
+
+def summary_line(
+    version: str,
+    windows: Sequence[int],
+    rows: int,
+    drifting: Sequence[str],
+    decision: DriftDecision,
+) -> str:
+    """One check as a line: windows, rows, drifting features, the verdict and its reason.
+
+    ``v1 windows [3, 4]: 200 rows, 0 features drifting -> retrain: accuracy
+    0.850 < 0.920 (holdout 0.970 - policy 0.05) on 300 labelled rows``: a
+    retrain always says what asked for it.
+    """
+    names = ", ".join(drifting[:4]) + (" ..." if len(drifting) > 4 else "")
+    head = (
+        f"v{version} windows {list(windows)}: {rows} rows, "
+        f"{len(drifting)} features drifting{f' ({names})' if names else ''}"
+    )
+    if decision.retrain:
+        return f"{head} -> retrain: {decision.why}"
+    if decision.decided:
+        return f"{head} -> no drift"
+    return f"{head} -> {decision.why or 'no decision'}"
 
 
 # -- scores -------------------------------------------------------------------
@@ -355,19 +432,64 @@ def compare_profiles(
 # -- accuracy on feedback -----------------------------------------------------
 
 
+def min_labelled_rows(policy: DriftPolicy) -> int:
+    """How many labels the accuracy check needs before it says anything."""
+    return max(MIN_LABELLED_ROWS, policy.min_rows // 4)
+
+
+def accuracy_window(
+    feedback: pd.DataFrame,
+    policy: DriftPolicy,
+    *,
+    consumed_through: float | None = None,
+    now: float | None = None,
+) -> pd.DataFrame:
+    """The labels the accuracy check judges: recent, and none a retrain already learnt from.
+
+    Labels up to ``consumed_through`` (epoch seconds) went into a retrain an
+    earlier check started: judging them again would repeat that check's
+    verdict on evidence already acted on. Of the rest, those labelled in the
+    last ``accuracy_window_hours``, at most the newest ``accuracy_window_rows``.
+    A frame without ``labelled_at`` is taken as labelled now, in order.
+    """
+    if feedback is None or feedback.empty:
+        return feedback
+    frame = feedback
+    if "labelled_at" in frame:
+        at = pd.to_datetime(frame["labelled_at"], utc=True)
+        keep = pd.Series(True, index=frame.index)
+        if consumed_through is not None:
+            keep &= at > pd.Timestamp(consumed_through, unit="s", tz="UTC")
+        if policy.accuracy_window_hours is not None:
+            now = time.time() if now is None else now
+            oldest = now - policy.accuracy_window_hours * 3600.0
+            keep &= at >= pd.Timestamp(oldest, unit="s", tz="UTC")
+        frame = frame[keep.to_numpy()]
+        order = pd.to_datetime(frame["labelled_at"], utc=True).argsort(kind="stable")
+        frame = frame.iloc[order.to_numpy()]
+    return frame.tail(policy.accuracy_window_rows)
+
+
 def accuracy_check(
     feedback: pd.DataFrame,
     definition: ModelDefinition,
     holdout_accuracy: float | None,
+    *,
+    consumed_through: float | None = None,
+    now: float | None = None,
 ) -> AccuracyCheck | None:
-    """Accuracy of served predictions on labelled feedback; None when too few labels."""
+    """Accuracy of served predictions on the policy's window of labelled feedback.
+
+    None when there are too few labels in the window (:func:`accuracy_window`).
+    """
     policy = definition.drift
     if definition.task != "classification" or feedback is None or feedback.empty:
         return None
     if definition.target not in feedback or PREDICTION not in feedback:
         return None
-    pairs = feedback[[definition.target, PREDICTION]].dropna()
-    if len(pairs) < max(MIN_LABELLED_ROWS, policy.min_rows // 4):
+    recent = accuracy_window(feedback, policy, consumed_through=consumed_through, now=now)
+    pairs = recent[[definition.target, PREDICTION]].dropna()
+    if len(pairs) < min_labelled_rows(policy):
         return None
     predicted = pairs[PREDICTION].map(_label_of)
     correct = [_same(a, b) for a, b in zip(pairs[definition.target], predicted, strict=True)]
@@ -380,6 +502,9 @@ def accuracy_check(
         drop=drop,
         max_drop=policy.max_accuracy_drop,
         violated=drop is not None and drop > policy.max_accuracy_drop,
+        window_rows=policy.accuracy_window_rows,
+        window_hours=policy.accuracy_window_hours,
+        consumed_through=consumed_through,
     )
 
 
@@ -406,44 +531,56 @@ def decide_retrain(
     rows: int,
     features: Sequence[FeatureDrift],
     accuracy: AccuracyCheck | None,
+    *,
+    accuracy_note: str | None = None,
 ) -> DriftDecision:
-    """Apply the drift policy; every verdict carries its reasons.
+    """Apply the drift policy; every verdict names its reason.
 
     Features are counted, not rows: the statistics of one text feature drift
-    as one feature. A retrain needs :func:`needed_features` of them.
+    as one feature. A retrain needs :func:`needed_features` of them, or an
+    accuracy below the holdout's less ``max_accuracy_drop``. The decision's
+    ``cause`` says which: a retrain asked for by accuracy alone never reads
+    as "0 features drifting". ``accuracy_note`` says why accuracy was not
+    judged (too few labels in the window), when it was not.
     """
     if rows < policy.min_rows:
+        why = f"only {rows} served rows since the last check (< min_rows {policy.min_rows})"
         return DriftDecision(
-            decided=False,
-            retrain=False,
-            reasons=(
-                f"only {rows} served rows since the last check (< min_rows {policy.min_rows})",
-            ),
+            decided=False, retrain=False, reasons=(why,), cause=f"no decision: {why}"
         )
-    reasons: list[str] = []
     drifting = [f for f in features if f.drifting]
     judged = len({f.of_feature for f in features})
     drifting_features = list(dict.fromkeys(f.of_feature for f in drifting))
     k = needed_features(policy, judged)
-    if drifting and len(drifting_features) >= k:
+    policy_k = f"(policy: {_policy_k(policy, k)})"
+    count = f"{len(drifting_features)} features drifting {policy_k}"
+    by_features = bool(drifting) and len(drifting_features) >= k
+    by_accuracy = accuracy is not None and accuracy.violated
+    causes: list[str] = []
+    reasons: list[str] = []
+    if by_accuracy and accuracy is not None:
+        causes.append(accuracy.reason)
+        reasons.append(accuracy.reason)
+    if by_features:
         listed = ", ".join(f"{f.feature} ({'; '.join(f.reasons)})" for f in drifting[:8])
         more = f" and {len(drifting) - 8} more" if len(drifting) > 8 else ""
-        reasons.append(
-            f"{len(drifting_features)} features drift (policy: {_policy_k(policy, k)}): "
-            f"{listed}{more}"
+        causes.append(count)
+        reasons.append(f"{count}: {listed}{more}")
+    if causes:
+        if not by_features:  # what the features said, beside the accuracy that decided
+            reasons.append(f"{len(drifting_features)} of {judged} features drifting {policy_k}")
+        if not by_accuracy:
+            reasons.append(accuracy.reason if accuracy is not None else _no_accuracy(accuracy_note))
+        return DriftDecision(
+            decided=True, retrain=True, reasons=tuple(reasons), cause="; ".join(causes)
         )
-    if accuracy is not None and accuracy.violated:
-        reasons.append(
-            f"accuracy on {accuracy.labelled_rows} labelled rows is {accuracy.accuracy:.3f}, "
-            f"{accuracy.drop:.3f} below the holdout's {accuracy.holdout_accuracy:.3f} "
-            f"(policy: {policy.max_accuracy_drop})"
-        )
-    if reasons:
-        return DriftDecision(decided=True, retrain=True, reasons=tuple(reasons))
-    ok = [f"{len(drifting_features)} of {judged} features drift (policy: {_policy_k(policy, k)})"]
-    if accuracy is not None:
-        ok.append(f"accuracy {accuracy.accuracy:.3f} on {accuracy.labelled_rows} labelled rows")
-    return DriftDecision(decided=True, retrain=False, reasons=tuple(ok))
+    ok = f"no drift: {len(drifting_features)} of {judged} features drifting {policy_k}"
+    second = accuracy.reason if accuracy is not None else _no_accuracy(accuracy_note)
+    return DriftDecision(decided=True, retrain=False, reasons=(ok, second), cause=ok)
+
+
+def _no_accuracy(note: str | None) -> str:
+    return f"accuracy not judged: {note}" if note else "accuracy not judged"
 
 
 def needed_features(policy: DriftPolicy, features: int) -> int:
@@ -467,6 +604,8 @@ def build_report(
     windows: Sequence[int] = (),
     feedback: pd.DataFrame | None = None,
     holdout_accuracy: float | None = None,
+    consumed_through: float | None = None,
+    now: float | None = None,
 ) -> tuple[DriftReport, list[ColumnComparison]]:
     """The whole comparison and verdict for one champion version of ``definition``.
 
@@ -479,9 +618,12 @@ def build_report(
     comparisons: list[ColumnComparison] = []
     if current is not None:
         features, prediction, comparisons = compare_profiles(reference, current, definition)
-    accuracy = (
-        accuracy_check(feedback, definition, holdout_accuracy) if feedback is not None else None
-    )
+    accuracy = None
+    if feedback is not None:
+        accuracy = accuracy_check(
+            feedback, definition, holdout_accuracy, consumed_through=consumed_through, now=now
+        )
+    note = _accuracy_note(definition, feedback, consumed_through) if accuracy is None else None
     report = DriftReport(
         model=definition.name,
         version=version,
@@ -490,6 +632,22 @@ def build_report(
         features=tuple(features),
         prediction=prediction,
         accuracy=accuracy,
-        decision=decide_retrain(definition.drift, rows, features, accuracy),
+        decision=decide_retrain(definition.drift, rows, features, accuracy, accuracy_note=note),
     )
     return report, comparisons
+
+
+def _accuracy_note(
+    definition: ModelDefinition, feedback: pd.DataFrame | None, consumed_through: float | None
+) -> str:
+    """Why there is no accuracy check, in words a person can act on."""
+    if definition.task != "classification":
+        return f"a {definition.task} model"
+    policy = definition.drift
+    since = " since the last retrain started" if consumed_through is not None else ""
+    if feedback is None or feedback.empty:
+        return f"no labelled feedback on this version{since}"
+    n = len(accuracy_window(feedback, policy, consumed_through=consumed_through))
+    return (
+        f"{n} labelled rows in the window{since}, fewer than the {min_labelled_rows(policy)} needed"
+    )

@@ -232,14 +232,24 @@ async def drift(request: Request, current: SessionDep) -> Response:
 
 @router.get("/drift/{model}/{name}")
 async def drift_report(request: Request, model: str, name: str, current: SessionDep) -> Response:
-    """One drift report, only from the model's drift folder; anything else is a 404 page."""
-    path = await anyio.to_thread.run_sync(
-        views.report_file, components(request).settings, model, name
+    """One drift report: this host's file, else the copy the check stored in MLflow.
+
+    Only from the model's drift folder or from a run its drift history
+    names; anything else is a 404 page, an MLflow that does not answer a 503.
+    """
+    found = await anyio.to_thread.run_sync(
+        views.report_source, components(request).settings, model, name
     )
-    if path is None:
-        message = f"No drift report {name!r} for model {model!r}."
-        return render(request, "error.html", {"message": message}, status_code=404, current=current)
-    response = FileResponse(path, media_type="text/html; charset=utf-8")
+    response: Response
+    if found.path is not None:
+        response = FileResponse(found.path, media_type="text/html; charset=utf-8")
+    elif found.content is not None:
+        response = Response(found.content, media_type="text/html; charset=utf-8")
+    else:
+        message = found.problem or f"No drift report {name!r} for model {model!r}."
+        return render(
+            request, "error.html", {"message": message}, status_code=found.status, current=current
+        )
     response.headers["Content-Security-Policy"] = REPORT_CSP
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Cache-Control"] = "no-store"

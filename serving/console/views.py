@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from aipaas import audit
-from aipaas.exceptions import AipaasError
+from aipaas.exceptions import AipaasError, ModelNotFoundError
 from aipaas.inference import usage as usage_mod
 from aipaas.inference import usage_chart
 from aipaas.inference.usage import UsageRow
-from aipaas.monitoring import drift_report
+from aipaas.monitoring import drift_report, drift_store
 from aipaas.monitoring.drift_report import DriftCheckRecord
 from aipaas.settings import Settings
 from aipaas.training import promote, registry, tags
@@ -102,7 +102,17 @@ def models_view(settings: Settings, holder: ModelHolder) -> tuple[list[ModelView
 class DriftCheckView:
     when: str
     record: DriftCheckRecord
-    report: str | None  # the report's file name, when it can be served
+    report: str | None  # the report's file name, when it can be served (here or from MLflow)
+
+
+@dataclass(frozen=True)
+class ReportSource:
+    """Where the drift report page comes from: this host's file, MLflow, or neither and why."""
+
+    path: Path | None = None
+    content: bytes | None = None
+    problem: str | None = None
+    status: int = 200
 
 
 @dataclass(frozen=True)
@@ -120,8 +130,10 @@ def _drift_models(settings: Settings, names: Iterable[str]) -> list[str]:
 
 
 def _check_view(settings: Settings, record: DriftCheckRecord) -> DriftCheckView:
-    name = Path(record.html).name if record.html else None
-    served = name if name and report_file(settings, record.model, name) else None
+    name = record.report_name
+    local = name is not None and report_file(settings, record.model, name) is not None
+    stored = name is not None and record.mlflow_run is not None and REPORT_NAME.match(name)
+    served = name if local or stored else None
     when = datetime.fromtimestamp(record.at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return DriftCheckView(when, record, served)
 
@@ -159,6 +171,43 @@ def report_file(settings: Settings, model: str, name: str) -> Path | None:
     if resolved.parent != folder.resolve() or not resolved.is_file():
         return None
     return resolved
+
+
+def stored_record(settings: Settings, model: str, name: str) -> DriftCheckRecord | None:
+    """The newest check of ``model`` whose report ``name`` was stored in MLflow."""
+    for record in reversed(drift_report.drift_history(settings, model)):
+        if record.report_name == name and record.mlflow_run:
+            return record
+    return None
+
+
+def report_source(settings: Settings, model: str, name: str) -> ReportSource:
+    """The drift report ``name``: this host's file when there is one, else MLflow's copy.
+
+    A check stores its report in MLflow (:mod:`aipaas.monitoring.drift_store`)
+    and its history row names the run, so a console on any host shows a
+    report another host wrote. Only names the platform writes are looked up
+    (:data:`REPORT_NAME`), and only in runs the history names.
+    """
+    missing = f"No drift report {name!r} for model {model!r}."
+    local = report_file(settings, model, name)
+    if local is not None:
+        return ReportSource(path=local)
+    if not SAFE_NAME.match(model) or not REPORT_NAME.match(name):
+        return ReportSource(problem=missing, status=404)
+    record = stored_record(settings, model, name)
+    if record is None or record.mlflow_run is None:
+        return ReportSource(problem=missing, status=404)
+    try:
+        return ReportSource(content=drift_store.fetch_report(settings, record.mlflow_run, name))
+    except ModelNotFoundError as err:
+        return ReportSource(problem=f"{missing} {err}", status=404)
+    except AipaasError as err:
+        problem = (
+            f"The drift report {name!r} of {model!r} was written on another host, "
+            f"and MLflow could not return it now: {err}"
+        )
+        return ReportSource(problem=problem, status=503)
 
 
 # -- usage -----------------------------------------------------------------------------

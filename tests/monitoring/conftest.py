@@ -8,7 +8,9 @@ reference costs a few hundred milliseconds.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,6 +19,13 @@ from sklearn.datasets import load_breast_cancer
 
 from aipaas.datasets import profiles
 from aipaas.modeldef import DriftPolicy, ModelDefinition
+from aipaas.settings import Settings
+from tests.monitoring.mlflow_server import mlflow_server
+
+
+def local_mlflow(home: Path) -> dict[str, str]:
+    """MLflow on a SQLite file in ``home``: a check stores its report there, never on :5000."""
+    return {"tracking_uri": f"sqlite:///{home / 'mlflow.db'}"}
 
 
 @dataclass
@@ -67,3 +76,21 @@ def cancer() -> BreastCancer:
         train=train,
         reference=profiles.profile_frame(train),
     )
+
+
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A real ``mlflow server`` (SQLite backend, proxied artifacts), as ``aipaas up`` starts it."""
+    with mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server
+
+
+@pytest.fixture
+def on_db(platform_settings: Settings) -> Callable[[int], Settings]:
+    """Settings on each platform database backend, with windows of ``n`` rows."""
+
+    def make(window_rows: int) -> Settings:
+        monitoring = platform_settings.monitoring.model_copy(update={"window_rows": window_rows})
+        return platform_settings.model_copy(update={"monitoring": monitoring})
+
+    return make

@@ -22,6 +22,7 @@ from aipaas.monitoring.drift_report import drift_history
 from aipaas.monitoring.spool import Profiler, SpoolWriter
 from aipaas.settings import Settings
 from tests.conftest import settings_env
+from tests.monitoring.conftest import local_mlflow
 
 if TYPE_CHECKING:
     from tests.monitoring.conftest import BreastCancer
@@ -55,17 +56,6 @@ class Champions:
 
 def no_feedback(settings: Settings, model: str, *, target: str) -> pd.DataFrame:
     return pd.DataFrame()
-
-
-@pytest.fixture
-def on_db(platform_settings: Settings) -> Callable[[int], Settings]:
-    """Settings on each platform database backend, with windows of ``n`` rows."""
-
-    def make(window_rows: int) -> Settings:
-        monitoring = platform_settings.monitoring.model_copy(update={"window_rows": window_rows})
-        return platform_settings.model_copy(update={"monitoring": monitoring})
-
-    return make
 
 
 def test_windows_are_consumed_once_per_decided_check(
@@ -109,7 +99,9 @@ def test_check_decides_writes_the_report_and_records_it(
 
 
 def test_too_little_traffic_stays_for_the_next_check(cancer: BreastCancer, home: Path) -> None:
-    settings = Settings(_env_file=None, home=home, monitoring={"window_rows": 60})
+    settings = Settings(
+        _env_file=None, home=home, mlflow=local_mlflow(home), monitoring={"window_rows": 60}
+    )
     champions = Champions(cancer)
     _serve(settings, cancer, cancer.served(60, seed=2), "1")
     first = drift.check_model(
@@ -126,7 +118,9 @@ def test_too_little_traffic_stays_for_the_next_check(cancer: BreastCancer, home:
 def test_feedback_of_the_champion_version_enters_the_check(
     cancer: BreastCancer, home: Path
 ) -> None:
-    settings = Settings(_env_file=None, home=home, monitoring={"window_rows": 150})
+    settings = Settings(
+        _env_file=None, home=home, mlflow=local_mlflow(home), monitoring={"window_rows": 150}
+    )
     _serve(settings, cancer, cancer.served(150, seed=3), "2")
     right = pd.DataFrame({"target": [1, 0] * 20, "prediction": [1, 0] * 20, "model_version": "1"})
     wrong = pd.DataFrame({"target": [1, 0] * 20, "prediction": [1] * 40, "model_version": "2"})

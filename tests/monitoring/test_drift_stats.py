@@ -72,7 +72,7 @@ def test_shifted_traffic_drifts_and_asks_for_retraining(cancer: BreastCancer) ->
     # Only shifted features (or ones strongly correlated with them) drift.
     worst_measures = {f for f in cancer.features if f.startswith("worst_")}
     assert drifting <= set(cancer.features[:10]) | worst_measures
-    assert "features drift" in report.decision.reasons[0]
+    assert "features drifting (policy: 3): " in report.decision.reasons[0]
     worst = max(report.features, key=lambda f: f.score)
     assert worst.kind == "numeric" and worst.ks is not None and worst.ks > 0.2
     assert report.retrain_reason == "drift: " + " ".join(report.decision.reasons)
@@ -148,7 +148,8 @@ def test_accuracy_drop_on_feedback_triggers_retraining(cancer: BreastCancer) -> 
     )  # fmt: skip
     assert bad.accuracy is not None and bad.accuracy.violated
     assert bad.decision.retrain
-    assert any("accuracy on 80 labelled rows" in r for r in bad.decision.reasons)
+    assert bad.decision.reasons[0].startswith("accuracy 0.")
+    assert "< 0.900 (holdout 0.950 - policy 0.05) on 80 labelled rows" in bad.decision.reasons[0]
 
     good, _ = drift_stats.build_report(
         "1", cancer.reference, current, definition,
@@ -180,5 +181,5 @@ def test_decide_retrain_counts_drifting_features() -> None:
     assert drift_stats.decide_retrain(policy, 10, two, None).retrain
     calm = drift_stats.decide_retrain(policy, 10, one, None)
     assert calm.decided and not calm.retrain and calm.verdict == "no retrain"
-    assert calm.reasons == ("1 of 2 features drift (policy: 2)",)
+    assert calm.reasons == ("no drift: 1 of 2 features drifting (policy: 2)", "accuracy not judged")
     assert not drift_stats.decide_retrain(policy, 9, two, None).decided

@@ -23,6 +23,7 @@ from aipaas.monitoring.drift import Champion
 from aipaas.monitoring.drift_stats import FeatureDrift
 from aipaas.monitoring.spool import Profiler, SpoolWriter
 from aipaas.settings import PROJECT_ROOT, Settings
+from tests.monitoring.conftest import local_mlflow
 
 TOPIC = load_definition("topic", PROJECT_ROOT / "models")
 STATISTICS = ("text.length", "text.tokens", "text.oov", "text.empty")
@@ -119,7 +120,8 @@ def test_held_out_quotes_of_the_same_topics_do_not_drift(quotes: Quotes, seed: i
     assert [f.feature for f in report.features] == list(STATISTICS)
     assert report.decision.verdict == "no retrain", report.decision.reasons
     assert report.decision.reasons == (
-        "0 of 1 features drift (policy: 1, every feature; max_drifting_features is 3)",
+        "no drift: 0 of 1 features drifting (policy: 1, every feature; max_drifting_features is 3)",
+        "accuracy not judged: no labelled feedback on this version",
     )
 
 
@@ -130,7 +132,9 @@ def test_a_shifted_text_population_asks_for_a_retrain(
     texts = (
         quotes.sample(quotes.startrek, 150, 0) if population == "startrek" else gibberish(150, 0)
     )
-    settings = Settings(_env_file=None, home=home, monitoring={"window_rows": 50})
+    settings = Settings(
+        _env_file=None, home=home, mlflow=local_mlflow(home), monitoring={"window_rows": 50}
+    )
     report = check(settings, quotes, texts)
     assert report.rows == 150 and report.windows == (1, 2, 3)
     assert report.decision.verdict == "retrain", report.decision.reasons
@@ -149,7 +153,9 @@ def test_a_shifted_text_population_asks_for_a_retrain(
 
 
 def test_ordinary_traffic_through_the_spool_does_not_retrain(quotes: Quotes, home: Path) -> None:
-    settings = Settings(_env_file=None, home=home, monitoring={"window_rows": 100})
+    settings = Settings(
+        _env_file=None, home=home, mlflow=local_mlflow(home), monitoring={"window_rows": 100}
+    )
     report = check(settings, quotes, quotes.sample(list(quotes.holdout.text), 200, 3))
     assert report.decision.verdict == "no retrain", report.decision.reasons
     assert drift_report.report_metrics(report)["drift_text.oov"] < 0.05
@@ -180,7 +186,10 @@ def test_a_one_feature_model_retrains_when_its_feature_drifts() -> None:
     decision = drift_stats.decide_retrain(policy, 10, one, None)
     assert decision.retrain
     assert decision.reasons[0].startswith(
-        "1 features drift (policy: 1, every feature; max_drifting_features is 3)"
+        "1 features drifting (policy: 1, every feature; max_drifting_features is 3): text.oov"
+    )
+    assert decision.cause == (
+        "1 features drifting (policy: 1, every feature; max_drifting_features is 3)"
     )
     assert drift_stats.needed_features(policy, 1) == 1
     assert drift_stats.needed_features(policy, 2) == 2
@@ -192,5 +201,8 @@ def test_statistics_of_one_feature_count_once() -> None:
     rows = [_drifting("text.oov", "text"), _drifting("text.tokens", "text"), _calm("x")]
     decision = drift_stats.decide_retrain(policy, 10, rows, None)
     assert not decision.retrain  # one of two features drifts, however many statistics
-    assert decision.reasons == ("1 of 2 features drift (policy: 2)",)
+    assert decision.reasons == (
+        "no drift: 1 of 2 features drifting (policy: 2)",
+        "accuracy not judged",
+    )
     assert drift_stats.decide_retrain(policy, 10, [*rows[:2], _drifting("x")], None).retrain
