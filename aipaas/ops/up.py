@@ -12,6 +12,20 @@ supervisor, which then stops the children in order) and, on Linux, is told to
 receive SIGTERM if the supervisor dies without cleaning up. Logs go to
 ``<run_dir>/logs/<service>.log``; ``<run_dir>/up.json`` lists what is running.
 
+Once everything is up, a child that dies on its own is started again, not
+the platform stopped: after a pause that doubles with each crash in a row
+(:data:`RESTART_BACKOFF_S` up to :data:`RESTART_BACKOFF_MAX_S`), through the
+same readiness check as at start-up (the others keep running meanwhile), its
+new pid written to ``up.json``, the restart said in ``up``'s output and in
+the child's log, and audited (``platform.restarted`` on the audit chain).
+A crash loop is not hidden behind restarts: a child that dies
+:data:`MAX_RESTARTS` + 1 times in a row, no run of it lasting
+:data:`STABLE_S` after it was ready, stops the platform with its log tail
+(exit 1). Restarts happen on the supervisor's own thread, between Ctrl-C
+checks, so a stop never races a restart; only the audit append runs on
+another thread, so a slow or unreachable database delays no restart and
+crashes nothing (``up`` then says the restart could not be audited).
+
 This module knows processes, ports and health URLs; what to start is built by
 :func:`plan`, and what to do once everything is up is the caller's callback.
 
@@ -32,6 +46,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import queue
 import secrets
 import signal
 import socket
@@ -49,6 +64,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
+from aipaas import audit
 from aipaas.exceptions import AipaasError, AlreadyRunningError, ConfigurationError
 from aipaas.files import atomic_write_json, read_json
 from aipaas.ops.net import free_port
@@ -56,8 +72,20 @@ from aipaas.settings import PROJECT_ROOT, Settings
 from aipaas.training.registry import credentials_env
 
 STOP_GRACE_S = 15.0
+# Restarts: the pause before the n-th crash in a row is restarted is
+# RESTART_BACKOFF_S * 2**(n-1), at most RESTART_BACKOFF_MAX_S; after
+# MAX_RESTARTS restarts in a row (none of whose runs lasted STABLE_S once
+# ready) the next crash stops the platform. A run that lasted resets the count.
+# The first pause is short: a one-off crash of serving should cost its
+# clients little more than serving's own start (about 7 s here, mostly imports).
+RESTART_BACKOFF_S = 0.5
+RESTART_BACKOFF_MAX_S = 30.0
+MAX_RESTARTS = 5
+STABLE_S = 60.0
+AUDIT_WAIT_S = 10.0  # at stop, how long queued restart events may still take to commit
 WORKER_RUN_LIMIT = 4  # concurrent flow runs of one worker (a paused promotion holds one)
 POLL_S = 0.5
+WATCH_S = 0.2  # how often a running platform's children are looked at (a waitpid each)
 
 
 @dataclass
@@ -91,6 +119,33 @@ class Running:
     log: Path
     log_file: IO[bytes]
     log_offset: int = 0  # where this start's output begins in the log
+    started: float = field(default_factory=time.monotonic)
+    ready_at: float | None = None  # time.monotonic() once it answered its readiness check
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a child that died is started again, and when ``up`` gives up on it instead."""
+
+    backoff_s: float = RESTART_BACKOFF_S
+    max_backoff_s: float = RESTART_BACKOFF_MAX_S
+    max_restarts: int = MAX_RESTARTS
+    stable_s: float = STABLE_S
+
+    def delay(self, in_a_row: int) -> float:
+        """The pause before restarting the ``in_a_row``-th crash in a row: doubling, capped."""
+        return float(min(self.max_backoff_s, self.backoff_s * 2 ** (in_a_row - 1)))
+
+
+@dataclass
+class _Restarts:
+    """One service's crash history while ``up`` runs."""
+
+    in_a_row: int = 0  # crashes since its last run that lasted ``stable_s`` once ready
+    total: int = 0  # restarts since ``up`` started
+    due: float | None = None  # time.monotonic() of the pending restart; None when none is
+    died_at: float = 0.0
+    exit_code: int | None = None
 
 
 def cli_argv(*args: str) -> list[str]:
@@ -457,7 +512,7 @@ def _mlflow_argv(settings: Settings) -> list[str]:
 
 
 class Supervisor:
-    """Starts services, watches them, stops them all; one per home."""
+    """Starts services, restarts one that dies, stops them all; one per home."""
 
     def __init__(
         self,
@@ -465,11 +520,15 @@ class Supervisor:
         services: list[Service],
         *,
         echo: Callable[[str], None] = print,
+        restart: RestartPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.services = services
         self.echo = echo
+        self.policy = restart or RestartPolicy()
         self.running: list[Running] = []
+        self._restarts = {s.name: _Restarts() for s in services}
+        self._auditor = _EventAuditor(settings, echo)
         self.stop_requested = threading.Event()
         self.logs_dir = settings.run_dir / "logs"
         self.state_path = settings.run_dir / "up.json"
@@ -530,15 +589,21 @@ class Supervisor:
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         for stage in sorted({s.stage for s in self.services}):
             group = [s for s in self.services if s.stage == stage]
-            started = [self._spawn(s) for s in group]
+            started = []
+            for svc in group:
+                run = self._spawn(svc)
+                started.append(run)
+                self.running.append(run)
+                self.echo(f"  starting {svc.name:<9} pid {run.process.pid:<7} log {run.log}")
             self._write_state()
             for run in started:
                 self._wait_ready(run)
+                run.ready_at = time.monotonic()
 
-    def _spawn(self, svc: Service) -> Running:
+    def _spawn(self, svc: Service, note: str = "starting") -> Running:
         log = self.logs_dir / f"{svc.name}.log"
         log_file = log.open("ab")
-        log_file.write(f"\n=== {_now()} starting: {' '.join(svc.argv)}\n".encode())
+        log_file.write(f"\n=== {_now()} {note}: {' '.join(svc.argv)}\n".encode())
         log_file.flush()
         env = {**os.environ, **child_env(self.settings), **svc.env}
         process = subprocess.Popen(
@@ -551,10 +616,7 @@ class Supervisor:
             start_new_session=True,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets a death signal
         )
-        run = Running(svc, process, log, log_file, log_file.tell())
-        self.running.append(run)
-        self.echo(f"  starting {svc.name:<9} pid {process.pid:<7} log {log}")
-        return run
+        return Running(svc, process, log, log_file, log_file.tell())
 
     def _wait_ready(self, run: Running) -> None:
         svc = run.service
@@ -608,17 +670,125 @@ class Supervisor:
     # -- run and stop -----------------------------------------------------------
 
     def watch(self) -> int:
-        """Block until asked to stop (0) or a child dies on its own (1)."""
-        while not self.stop_requested.wait(POLL_S):
-            for run in self.running:
-                code = run.process.poll()
-                if code is not None:
-                    self.echo(
-                        f"{run.service.name} (pid {run.process.pid}) exited with code {code}; "
-                        f"stopping everything. The end of {run.log}:\n{tail(run.log)}"
-                    )
+        """Block until asked to stop (0) or a child keeps crashing (1); restart the others.
+
+        Everything happens on this thread, one child at a time between two
+        looks at ``stop_requested``: a restart is either done before
+        :meth:`stop` runs (which then stops the new process) or never begun.
+        """
+        while not self.stop_requested.wait(WATCH_S):
+            for i in range(len(self.running)):
+                if self.stop_requested.is_set():
+                    break
+                if not self._tend(i):
                     return 1
         return 0
+
+    def _tend(self, i: int) -> bool:
+        """One look at one child: restart it when its pause is over, see it back, or see it die.
+
+        Returns:
+            False when it keeps crashing and the platform must stop.
+        """
+        run = self.running[i]
+        state = self._restarts[run.service.name]
+        if state.due is not None:
+            if time.monotonic() >= state.due:
+                self._restart(i, state)
+            return True
+        code = run.process.poll()
+        if code is not None:
+            return self._crashed(run, state, f"exited with code {code}")
+        if run.ready_at is None:
+            return self._check_back(run, state)
+        return True
+
+    def _crashed(self, run: Running, state: _Restarts, what: str) -> bool:
+        """Schedule the restart of a child that died (or never got ready); False: give up."""
+        svc, pid = run.service, run.process.pid
+        now = time.monotonic()
+        lasted = run.ready_at is not None and now - run.ready_at >= self.policy.stable_s
+        state.in_a_row = 1 if lasted else state.in_a_row + 1
+        state.exit_code = run.process.returncode
+        state.died_at = now
+        # Whatever it left in its session (uvicorn's, Ray's processes) would hold its port.
+        _signal_group(run.process, signal.SIGKILL)
+        if state.in_a_row > self.policy.max_restarts:
+            self._note(run, f"{what}; crashed {state.in_a_row} times in a row: not restarted")
+            self.echo(
+                f"{svc.name} (pid {pid}) {what}; it crashed {state.in_a_row} times in a row "
+                f"(restarted {state.in_a_row - 1} times, no run lasting "
+                f"{self.policy.stable_s:g} s): stopping everything. "
+                f"The end of {run.log}:\n{tail(run.log)}"
+            )
+            self._auditor.submit("platform.crash_loop", self._event(svc, state))
+            return False
+        delay = self.policy.delay(state.in_a_row)
+        state.due = now + delay
+        self._note(run, f"{what}; restarting in {delay:g} s")
+        self.echo(
+            f"{svc.name} (pid {pid}) {what}; restarting it in {delay:g} s "
+            f"({state.in_a_row} crash(es) in a row; the platform stops at "
+            f"{self.policy.max_restarts + 1})"
+        )
+        return True
+
+    def _restart(self, i: int, state: _Restarts) -> None:
+        old = self.running[i]
+        svc = old.service
+        state.total += 1
+        note = f"restarting (restart {state.total}, after exit code {state.exit_code})"
+        try:
+            run = self._spawn(svc, note)
+        except OSError as err:
+            raise AipaasError(
+                f"could not restart {svc.name} ({' '.join(svc.argv)}): {err}"
+            ) from err
+        self.running[i] = run
+        state.due = None
+        self._write_state()
+        self.echo(
+            f"  restarted {svc.name:<9} pid {run.process.pid:<7} (restart {state.total}); "
+            "waiting until it is ready"
+        )
+        self._auditor.submit("platform.restarted", self._event(svc, state, pid=run.process.pid))
+
+    def _check_back(self, run: Running, state: _Restarts) -> bool:
+        """Probe a restarted child once; one not ready in time is killed and counts as a crash."""
+        svc = run.service
+        if _probe(run):
+            run.ready_at = time.monotonic()
+            self._note(run, "ready again")
+            self.echo(
+                f"{svc.name} is back (pid {run.process.pid}, "
+                f"{run.ready_at - state.died_at:.1f} s after it died)"
+            )
+            return True
+        if time.monotonic() - run.started < svc.ready_timeout_s:
+            return True
+        _signal_group(run.process, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            run.process.wait(10)
+        return self._crashed(
+            run, state, f"did not become ready within {svc.ready_timeout_s:g} s of its restart"
+        )
+
+    def _note(self, run: Running, what: str) -> None:
+        """A line in the child's own log, between its output, then the log closed if it died."""
+        with contextlib.suppress(OSError, ValueError):
+            run.log_file.write(f"=== {_now()} aipaas up: {run.service.name} {what}\n".encode())
+            run.log_file.flush()
+        if run.process.returncode is not None:
+            run.log_file.close()
+
+    def _event(self, svc: Service, state: _Restarts, **more: Any) -> dict[str, Any]:
+        return {
+            "service": svc.name,
+            "exit_code": state.exit_code,
+            "restarts": state.total,
+            "in_a_row": state.in_a_row,
+            **more,
+        }
 
     def stop(self) -> None:
         """Stop every child, last stage first: SIGTERM, then SIGKILL after a grace period.
@@ -643,6 +813,7 @@ class Supervisor:
                 run.log_file.close()
                 self.echo(f"  stopped {run.service.name} (exit {run.process.returncode})")
         self.running.clear()
+        self._auditor.close(AUDIT_WAIT_S)
 
     @contextlib.contextmanager
     def signals(self) -> Iterator[None]:
@@ -675,17 +846,19 @@ def run(
     on_ready: Callable[[Supervisor], None] | None = None,
     echo: Callable[[str], None] = print,
     stay: bool = True,
+    restart: RestartPolicy | None = None,
 ) -> int:
     """The one start-up sequence of ``aipaas up`` and ``aipaas demo``.
 
     Take the home's lock, refuse taken ports, start everything stage by
     stage, call ``on_ready``, then (``stay``) wait for Ctrl-C or a child's
-    death; whatever happens, stop everything and release the lock. Ctrl-C
-    sets ``Supervisor.stop_requested``, which a long ``on_ready`` may watch.
+    crash loop (a child that dies is restarted, ``restart`` says how);
+    whatever happens, stop everything and release the lock. Ctrl-C sets
+    ``Supervisor.stop_requested``, which a long ``on_ready`` may watch.
 
     Returns:
         0 after a requested stop (or after ``on_ready`` when not ``stay``),
-        1 when a child died on its own.
+        1 when a child kept crashing.
 
     Raises:
         AlreadyRunningError: another ``aipaas up`` holds this home.
@@ -693,7 +866,7 @@ def run(
         AipaasError: a service failed to start (everything started is stopped),
             or whatever ``on_ready`` raised.
     """
-    sup = Supervisor(settings, services, echo=echo)
+    sup = Supervisor(settings, services, echo=echo, restart=restart)
     sup.acquire()
     try:
         with sup.signals():
@@ -717,7 +890,69 @@ def run(
         sup.release()
 
 
+class _EventAuditor:
+    """Appends the supervisor's events to the audit chain on a thread of its own, in order.
+
+    An append waits for the database's append lock and, when the database
+    is down, for its connection to fail: neither may hold up a restart. An
+    event that cannot be written is said in ``up``'s output, and the next
+    one is still tried.
+    """
+
+    def __init__(self, settings: Settings, echo: Callable[[str], None]) -> None:
+        self._settings = settings
+        self._echo = echo
+        self._queue: queue.SimpleQueue[tuple[str, dict[str, Any]] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, event: str, detail: dict[str, Any]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="aipaas-up-audit", daemon=True)
+            self._thread.start()
+        self._queue.put((event, detail))
+
+    def close(self, timeout_s: float) -> None:
+        """Let queued events commit for up to ``timeout_s``, then leave them (a daemon thread)."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._echo(
+                f"  could not audit every restart within {timeout_s:g} s; not waiting longer"
+            )
+        self._thread = None
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            event, detail = item
+            try:
+                audit.append_event(self._settings, event, detail)
+            # Whatever the database or its driver raises (SQLAlchemy's, the DBAPI's
+            # own, a failed migration): said to the operator, and the thread lives on.
+            except Exception as err:  # noqa: BLE001
+                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                self._echo(
+                    f"  could not audit {event} of {detail.get('service')} "
+                    f"(platform database {self._settings.db_url.split('@')[-1]}): {first}"
+                )
+
+
 # --- helpers ---------------------------------------------------------------------
+
+
+def _probe(run: Running) -> bool:
+    """One readiness check, as at start-up: ready_check or ready_line, else the health URL.
+
+    A service with neither counts as ready once it has stayed alive for its
+    ``ready_timeout_s``.
+    """
+    svc = run.service
+    if svc.ready_check is not None or svc.ready_line is not None:
+        return _ready(run)
+    if svc.health_url is None:
+        return time.monotonic() - run.started >= svc.ready_timeout_s
+    return http_ok(svc.health_url, ca_file=svc.ca_file)
 
 
 def _ready(run: Running) -> bool:

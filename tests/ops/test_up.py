@@ -167,14 +167,15 @@ def test_a_child_that_dies_while_starting_is_reported_and_the_rest_stopped(
     assert any(line.strip().startswith(f"stopped {ok.name}") for line in lines)
 
 
-def test_a_child_dying_later_stops_the_platform(settings: Settings) -> None:
+def test_a_child_that_keeps_dying_stops_the_platform(settings: Settings) -> None:
     quitter = up.Service(
         name="quitter",
         argv=[sys.executable, "-c", "import time; time.sleep(1.5)"],
         description="exits on its own",
         ready_timeout_s=0.5,
     )
-    assert up.run(settings, [quitter], echo=lambda _: None) == 1
+    policy = up.RestartPolicy(backoff_s=0.1, max_backoff_s=0.1, max_restarts=1)
+    assert up.run(settings, [quitter], echo=lambda _: None, restart=policy) == 1
 
 
 def test_without_stay_the_platform_stops_once_the_work_is_done(settings: Settings) -> None:

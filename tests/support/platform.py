@@ -128,16 +128,20 @@ def up_env(root: Path, extra: dict[str, str] | None = None) -> tuple[dict[str, s
 
 @contextmanager
 def running_up(
-    root: Path, extra: dict[str, str] | None = None, *, timeout_s: float = 300
+    root: Path,
+    extra: dict[str, str] | None = None,
+    *,
+    args: tuple[str, ...] = (),
+    timeout_s: float = 300,
 ) -> Iterator[Platform]:
-    """``aipaas up`` until it says it is up; killed (its whole session) on the way out."""
+    """``aipaas up ARGS`` until it says it is up; killed (its whole session) on the way out."""
     env, repo = up_env(root, extra)
     ports = {s: int(env[f"AIPAAS_{s.upper()}__PORT"]) for s in ("prefect", "mlflow", "serving")}
     out_path = root / "up.out"
     with out_path.open("wb") as out:
         started = time.monotonic()
         proc = subprocess.Popen(
-            [*CLI, "up"],
+            [*CLI, "up", *args],
             cwd=PROJECT_ROOT,
             env=env,
             stdout=out,
