@@ -188,6 +188,28 @@ class RetrainSettings(BaseModel):
     suggest_only: bool = False
 
 
+class WebhookSettings(BaseModel):
+    """One receiver of the platform's notifications."""
+
+    url: str
+    # "json": the event as JSON; "slack": a Slack-compatible {"text": ...} body.
+    format: Literal["json", "slack"] = "json"
+    # Event kinds sent to it (see aipaas/notify.py); empty: every kind.
+    events: list[str] = Field(default_factory=list)
+
+
+class NotifySettings(BaseModel):
+    """Webhooks on what operators must hear about (sent off the request path)."""
+
+    webhooks: list[WebhookSettings] = Field(default_factory=list)
+    # Signs every body: header X-Aipaas-Signature: sha256=<hex HMAC of the body>.
+    signing_key: SecretStr = SecretStr("")
+    max_attempts: int = Field(5, ge=1)
+    timeout_s: float = 5.0
+    # A key's quota used past this fraction is announced (once per period).
+    quota_warn_fraction: float = Field(0.8, gt=0.0, le=1.0)
+
+
 class Settings(BaseSettings):
     """Everything configurable, one object."""
 
@@ -218,6 +240,7 @@ class Settings(BaseSettings):
     audit: AuditSettings = AuditSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     retrain: RetrainSettings = RetrainSettings()
+    notify: NotifySettings = NotifySettings()
 
     @classmethod
     def settings_customise_sources(
