@@ -1,7 +1,7 @@
 """The layout's rules, checked on the source: imports point down the lifecycle.
 
     top level (settings, exceptions, modeldef, schemas, db, migrations, audit, files,
-               coordination)
+               coordination, progress)
       <- datasets <- training <- inference <- monitoring <- ops <- cli
 
 A stage may import the stages before it and the top-level modules, never one
@@ -29,6 +29,7 @@ TOP = {
     "audit",
     "files",
     "coordination",
+    "progress",
     "__init__",
 }
 EDGES = ("prefect", "fastapi", "starlette", "flows", "serving")

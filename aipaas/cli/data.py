@@ -77,13 +77,28 @@ def run_cmd(
     ] = True,
     as_json: JsonOpt = False,
 ) -> None:
-    """Reproduce ingest -> validate -> split with DVC, push, and print the version."""
-    try:
-        version = ingest.run_data_pipeline(dataset, settings(), push=push)
-    except DataValidationError as err:
-        if err.report is not None:
-            _print_report(err.report)
-        raise
+    """Reproduce ingest -> validate -> split with DVC, push, and print the version.
+
+    Each stage is shown as it runs, with its time (stdout; stderr with --json).
+    """
+    from aipaas.cli.train import progress_display
+    from aipaas.progress import stage
+
+    s = settings()
+    # ingest.run_data_pipeline's three steps, each a stage people see.
+    with progress_display(to_stderr=as_json) as progress:
+        try:
+            with stage(progress, "reproduce", "ingest, validate, split"):
+                ingest.reproduce(dataset, s)
+        except DataValidationError as err:
+            if err.report is not None:
+                _print_report(err.report)
+            raise
+        if push:
+            with stage(progress, "push", "DVC remote"):
+                ingest.push_dataset(dataset, s)
+        with stage(progress, "version"):
+            version = ingest.recorded_version(dataset, s)
     _print_version(version, as_json)
 
 

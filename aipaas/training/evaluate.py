@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,11 +136,15 @@ def write_report(
     *,
     title: str,
     extra: dict[str, Any] | None = None,
+    importance: list[tuple[str, float]] | None = None,
 ) -> Path:
-    """The evaluation report (markdown and HTML) with its plots, into ``out_dir``."""
+    """The evaluation report (markdown and HTML) with its plots, into ``out_dir``.
+
+    ``importance`` (:func:`feature_importance`) adds the feature-importance plot.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     ev = evaluation
-    drawn = _plots(ev, out_dir)
+    drawn = _plots(ev, out_dir, importance or [])
     if ev.task == "classification" and ev.y_true is not None:
         pd.DataFrame(ev.per_class).to_csv(out_dir / PER_CLASS_CSV, index=False)
     latency_ms = {**latency.metrics(), tags.LATENCY_BATCH_ROWS: float(latency.batch_rows)}
@@ -160,16 +165,52 @@ def write_report(
     return out_dir / REPORT_MD
 
 
-def _plots(ev: HoldoutEvaluation, out_dir: Path) -> list[str]:
-    if ev.task != "classification" or ev.y_true is None:
-        return []
+def _plots(ev: HoldoutEvaluation, out_dir: Path, importance: list[tuple[str, float]]) -> list[str]:
     drawn: list[str] = []
-    if ev.proba is not None and len(ev.classes) == 2:
-        auc = ev.metrics.get("roc_auc", float("nan"))
-        drawn += plots.binary_curves(ev.y_true, ev.proba[:, 1], ev.classes[-1], out_dir, auc=auc)
-    if ev.confusion:
-        drawn.append(plots.confusion_matrix(ev.confusion, ev.classes, out_dir))
+    if ev.task == "classification" and ev.y_true is not None:
+        if ev.proba is not None and len(ev.classes) == 2:
+            auc = ev.metrics.get("roc_auc", float("nan"))
+            drawn += plots.binary_curves(
+                ev.y_true, ev.proba[:, 1], ev.classes[-1], out_dir, auc=auc
+            )
+        elif ev.proba is not None and len(ev.classes) > 2:
+            drawn += plots.one_vs_rest_curves(ev.y_true, ev.proba, ev.classes, out_dir)
+        if ev.confusion:
+            drawn.append(plots.confusion_matrix(ev.confusion, ev.classes, out_dir))
+    elif ev.y_true is not None and ev.pred is not None and len(ev.y_true):
+        drawn += plots.regression_plots(ev.y_true, ev.pred, out_dir)
+    drawn += plots.feature_importance(importance, out_dir)
     return drawn
+
+
+def feature_importance(model: Any, features: Sequence[str]) -> list[tuple[str, float]]:
+    """What the model weighs, by name: empty for a model that does not say.
+
+    ``feature_importances_`` (trees) as is; ``coef_`` (linear models) by its
+    size, averaged over classes. For a pipeline, the last step's weights are
+    named by the steps before it (``get_feature_names_out``): the tokens of a
+    TF-IDF text pipeline, without the column prefix.
+    """
+    names: list[str] = list(features)
+    estimator = model
+    steps = getattr(model, "steps", None)
+    if steps:
+        estimator = steps[-1][1]
+        if len(steps) > 1 and hasattr(model[:-1], "get_feature_names_out"):
+            try:
+                names = [str(n) for n in model[:-1].get_feature_names_out()]
+            except (AttributeError, ValueError, TypeError):
+                names = list(features)  # a step that cannot name its outputs
+    values: np.ndarray | None = None
+    if hasattr(estimator, "feature_importances_"):
+        values = np.asarray(estimator.feature_importances_, dtype=float).ravel()
+    elif hasattr(estimator, "coef_"):
+        coef = np.atleast_2d(np.asarray(estimator.coef_, dtype=float))
+        values = np.abs(coef).mean(axis=0)
+    if values is None or len(values) != len(names):
+        return []
+    clean = [n.split("__", 1)[1] if "__" in n else n for n in names]
+    return list(zip(clean, (float(v) for v in values), strict=True))
 
 
 def _markdown(

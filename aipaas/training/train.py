@@ -6,7 +6,8 @@ between them is a dataclass (:class:`PreparedData`, the search's
 :class:`ModelEvaluation`, and :class:`TrainResult` at the end). The Prefect
 flow ``train`` calls them one task each, so the UI shows where a run is and
 where it failed; :func:`train_model` calls the same steps in this process for
-``aipaas train``.
+``aipaas train``, reporting each as a stage of a :class:`~aipaas.progress.Progress`
+(the search also reports each trial); nothing here prints.
 
 Everything that can refuse (a failed suite, a missing file, an invalid search
 space, an unreachable tracking server) refuses in :func:`prepare_data`,
@@ -19,7 +20,9 @@ MLflow layout (every name in :mod:`aipaas.training.tags`), read by
 promotion, serving and drift:
 
 * one parent run per training, the trials as nested runs (failed ones with
-  status FAILED and their error);
+  status FAILED and their error), each logged the moment its trial finishes
+  (:class:`TrialLogger`, called by the search in the driver), so the MLflow
+  UI lists them while the search runs;
 * params: the best configuration, plus the settings used (``setting.*``);
 * metrics: ``holdout_<metric>`` for each of the definition's metrics,
   ``cv_<metric>`` (best trial), ``latency_{p50,p99}_ms`` (one-row predict),
@@ -33,8 +36,10 @@ promotion, serving and drift:
   exact files on any checkout (on the version only: run tags are too short);
 * the search's directory in Tune's storage (TUNE_RESULTS: a shared path or an
   object-store URI, ``settings.ray.storage_path``);
-* artifacts: ``evaluation/`` (report.md/html, ROC/PR/confusion PNGs,
-  per_class.csv, metrics.json), ``reference_profile/profile.bin`` (whylogs
+* artifacts: ``evaluation/`` (report.md/html; ROC/PR (one-vs-rest for
+  multiclass) and confusion PNGs for a classifier, residuals and
+  predicted-vs-actual for a regressor, feature importance for a model that
+  has it; per_class.csv, metrics.json), ``reference_profile/profile.bin`` (whylogs
   profile of the training data, the drift baseline), ``dataset_version.json``,
   ``dataset_lock.json`` and ``model/`` (MLflow flavour format with signature
   and input example).
@@ -62,20 +67,31 @@ from aipaas.exceptions import (
     TrainingError,
 )
 from aipaas.modeldef import ModelDefinition
+from aipaas.progress import NO_PROGRESS, Progress, stage
 from aipaas.schemas import DatasetVersion
 from aipaas.settings import PROJECT_ROOT, Settings
 from aipaas.training import registry, tags
-from aipaas.training.evaluate import HoldoutEvaluation, evaluate_holdout, write_report
+from aipaas.training.evaluate import (
+    HoldoutEvaluation,
+    evaluate_holdout,
+    feature_importance,
+    write_report,
+)
 from aipaas.training.latency import Latency, measure_latency
 from aipaas.training.metrics import check_metrics, prepare_features
 from aipaas.training.raycluster import RayInfo, ensure_ray
 from aipaas.training.tune import (
     SearchResult,
+    TrialOutcome,
     check_storage,
     run_search,
     storage_location,
     validate_search_space,
 )
+
+# The stages :func:`train_model` reports, in order (the flow's tasks bear the same names).
+PREPARE, SEARCH, REFIT, EVALUATE, REGISTER = "prepare", "search", "refit", "evaluate", "register"
+STAGES = (PREPARE, SEARCH, REFIT, EVALUATE, REGISTER)
 
 LATENCY_BATCH = 100  # rows in the batch whose predict latency is measured
 EXAMPLE_ROWS = 5  # training rows the signature is inferred from
@@ -160,19 +176,25 @@ def prepare_data(
     return PreparedData(version, train_df, holdout_df, run_id, lineage_tags, lock)
 
 
-def search(definition: ModelDefinition, data: PreparedData, settings: Settings) -> SearchResult:
-    """Ray Tune trials on the training split, each logged as a nested run."""
+def search(
+    definition: ModelDefinition,
+    data: PreparedData,
+    settings: Settings,
+    progress: Progress = NO_PROGRESS,
+) -> SearchResult:
+    """Ray Tune trials on the training split, each logged as a nested run as it finishes."""
     import mlflow
 
-    with parent_run(data.run_id), _timed("search"):
+    with parent_run(data.run_id) as parent, _timed("search"):
         result = run_search(
             definition,
             data.train,
             settings.tune,
             storage_dir=storage_location(settings.ray, settings.home),
+            progress=progress,
+            on_trial_done=TrialLogger(definition, data.run_id, parent.info.experiment_id),
         )
         mlflow.set_tag(tags.TUNE_RESULTS, result.results_path)
-        log_trials(result, definition)
         log_search_metrics(result, definition)
     return result
 
@@ -196,7 +218,7 @@ def evaluate(
         evaluation = score_holdout(definition, data, fitted, shards=settings.tune.eval_shards)
         metrics = {tags.holdout_metric(k): v for k, v in evaluation.holdout.metrics.items()}
         mlflow.log_metrics(metrics | evaluation.latency.metrics())
-        log_report(evaluation, definition, data, fitted.search)
+        log_report(evaluation, definition, data, fitted)
     return evaluation
 
 
@@ -216,16 +238,31 @@ def log_and_register(
 
 
 def train_model(
-    definition: ModelDefinition, version: DatasetVersion, settings: Settings
+    definition: ModelDefinition,
+    version: DatasetVersion,
+    settings: Settings,
+    progress: Progress = NO_PROGRESS,
 ) -> TrainResult:
-    """Every step in order, in this process: what ``aipaas train`` runs."""
-    data = prepare_data(definition, version, settings)
-    fitted = refit(definition, data, search(definition, data, settings))
-    evaluate(definition, data, fitted, settings)
-    return log_and_register(definition, data, fitted)
+    """Every step in order, in this process: what ``aipaas train`` runs.
+
+    Each step is a stage of ``progress`` (started, then finished or failed,
+    with its time); the search reports each trial as it finishes.
+    """
+    with stage(progress, PREPARE):
+        data = prepare_data(definition, version, settings)
+    with stage(progress, SEARCH, f"{settings.tune.num_samples} trials"):
+        result = search(definition, data, settings, progress)
+    with stage(progress, REFIT):
+        fitted = refit(definition, data, result)
+    with stage(progress, EVALUATE):
+        evaluate(definition, data, fitted, settings)
+    with stage(progress, REGISTER):
+        return log_and_register(definition, data, fitted)
 
 
-def train(definition: ModelDefinition, settings: Settings) -> TrainResult:
+def train(
+    definition: ModelDefinition, settings: Settings, progress: Progress = NO_PROGRESS
+) -> TrainResult:
     """Train ``definition`` on its dataset's recorded version.
 
     Raises:
@@ -234,7 +271,9 @@ def train(definition: ModelDefinition, settings: Settings) -> TrainResult:
     """
     from aipaas.datasets.ingest import recorded_version
 
-    return train_model(definition, recorded_version(definition.dataset, settings), settings)
+    return train_model(
+        definition, recorded_version(definition.dataset, settings), settings, progress
+    )
 
 
 # --- prepare ---------------------------------------------------------------------
@@ -332,12 +371,12 @@ def open_run(definition: ModelDefinition, run_tags: dict[str, str], params: dict
 
 
 @contextmanager
-def parent_run(run_id: str) -> Iterator[None]:
+def parent_run(run_id: str) -> Iterator[Any]:
     """Re-enter the training's parent run for one step; a step that raises marks it FAILED."""
     import mlflow
 
-    with mlflow.start_run(run_id=run_id):
-        yield
+    with mlflow.start_run(run_id=run_id) as run:
+        yield run
 
 
 def _git_commit(settings: Settings) -> str | None:
@@ -354,33 +393,55 @@ def _git_commit(settings: Settings) -> str | None:
 # --- search and refit ------------------------------------------------------------
 
 
-def log_trials(result: SearchResult, definition: ModelDefinition) -> None:
-    """One nested run per trial; a crashed trial is a FAILED run carrying its error."""
-    import mlflow
+@dataclass(frozen=True)
+class TrialLogger:
+    """Logs each finished trial as a nested run of the training's parent run.
 
-    cv = tags.cv_metric(definition.metric)
-    for i, trial in enumerate(result.trials):
-        with mlflow.start_run(run_name=f"{tags.TRIAL_RUN_PREFIX}{i:03d}", nested=True) as child:
-            _log_params(trial.config)
-            mlflow.set_tags(
-                {
-                    tags.TRIAL_ID: trial.trial_id,
-                    tags.NODE_ID: trial.node_id or "unknown",
-                    tags.MODEL_DEFINITION: definition.name,
-                }
-            )
-            if trial.ok:
-                mlflow.log_metrics(
-                    {
-                        cv: trial.score or 0.0,
-                        f"{cv}{tags.STD_SUFFIX}": trial.score_std or 0.0,
-                        tags.TRIAL_DURATION_S: trial.duration_s or 0.0,
-                    }
-                )
-            else:
-                mlflow.set_tag(tags.ERROR, (trial.error or "")[:5000])
-        if not trial.ok:
-            mlflow.MlflowClient().set_terminated(child.info.run_id, status="FAILED")
+    Called by the search's Tune callback in the driver, as each trial ends,
+    so the MLflow UI lists trials while the search still runs. It names the
+    parent explicitly (an MLflow client, not the fluent active-run stack), so
+    it does not depend on which thread Tune calls it from.
+    """
+
+    definition: ModelDefinition
+    parent_run_id: str
+    experiment_id: str
+
+    def __call__(self, index: int, trial: TrialOutcome) -> None:
+        import mlflow
+        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+        client = mlflow.MlflowClient()
+        name = f"{tags.TRIAL_RUN_PREFIX}{index:03d}"
+        run = client.create_run(
+            self.experiment_id,
+            run_name=name,
+            tags={MLFLOW_PARENT_RUN_ID: self.parent_run_id, MLFLOW_RUN_NAME: name},
+        )
+        run_tags = {
+            tags.TRIAL_ID: trial.trial_id,
+            tags.NODE_ID: trial.node_id or "unknown",
+            tags.MODEL_DEFINITION: self.definition.name,
+        }
+        now = int(time.time() * 1000)
+        metrics: dict[str, float] = {}
+        if trial.ok:
+            cv = tags.cv_metric(self.definition.metric)
+            metrics = {
+                cv: trial.score or 0.0,
+                f"{cv}{tags.STD_SUFFIX}": trial.score_std or 0.0,
+                tags.TRIAL_DURATION_S: trial.duration_s or 0.0,
+            }
+        else:
+            run_tags[tags.ERROR] = (trial.error or "")[:5000]
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
+            params=[Param(k, str(_param(v))) for k, v in trial.config.items()],
+            tags=[RunTag(k, v) for k, v in run_tags.items()],
+        )
+        client.set_terminated(run.info.run_id, status="FINISHED" if trial.ok else "FAILED")
 
 
 def log_search_metrics(result: SearchResult, definition: ModelDefinition) -> None:
@@ -425,12 +486,13 @@ def log_report(
     evaluation: ModelEvaluation,
     definition: ModelDefinition,
     data: PreparedData,
-    result: SearchResult,
+    fitted: FittedModel,
 ) -> None:
     """The evaluation report, its plots and tables, as the run's ``evaluation/`` artifacts."""
     import mlflow
 
     version = data.version
+    result = fitted.search
     with tempfile.TemporaryDirectory(prefix="aipaas-report-") as tmp:
         out = Path(tmp) / tags.EVALUATION_ARTIFACT
         write_report(
@@ -439,6 +501,7 @@ def log_report(
             out,
             title=f"{definition.name} on {version.name}@{version.hash[:12]}",
             extra={"best_params": result.best_config, "trials": result.trial_table()},
+            importance=feature_importance(fitted.model, definition.features),
         )
         mlflow.log_artifacts(str(out), artifact_path=tags.EVALUATION_ARTIFACT)
 

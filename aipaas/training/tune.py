@@ -7,8 +7,16 @@ trial. A trial that raises is recorded as failed with its error and the
 search goes on; only a search where every trial failed is an error.
 
 Trials do not talk to MLflow: on a cluster the workers may not reach the
-tracking store. The driver logs them as nested runs afterwards
-(``aipaas.training.train``), from the outcomes returned here.
+tracking store. A Tune callback in the driver hands each trial to the caller
+the moment it finishes (``on_trial_done``: ``aipaas.training.train`` logs it
+as a nested run then, so trials appear in MLflow while the search goes on),
+and reports it to the caller's :class:`~aipaas.progress.Progress`.
+
+Ray pays for itself only when the work it spreads outweighs what it adds per
+trial: the frame is shipped once, an actor is reused across trials, the CV
+folds run inside the trial (one round trip per configuration, not per fold),
+and no more trials run at once than Ray has CPUs
+(:func:`effective_concurrency`): a trial over that only queues for a CPU.
 
 Tune writes each trial's results where the trial runs, so on a cluster its
 storage must be one every node reaches: Ray 2 no longer copies results back
@@ -19,7 +27,9 @@ falls back to ``<home>/ray-results``, which only one machine sees.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -31,6 +41,7 @@ import pandas as pd
 
 from aipaas.exceptions import ConfigurationError, TrainingError
 from aipaas.modeldef import Choice, IntRange, LogUniform, ModelDefinition, Uniform
+from aipaas.progress import NO_PROGRESS, Progress, TrialEvent
 from aipaas.settings import RaySettings, TuneSettings
 
 SCORE = "score"
@@ -230,20 +241,28 @@ def run_search(
     *,
     storage_dir: str | Path,
     name: str | None = None,
+    progress: Progress = NO_PROGRESS,
+    on_trial_done: TrialListener | None = None,
 ) -> SearchResult:
     """Search the definition's space; Ray must be up (``aipaas.training.raycluster.ensure_ray``).
 
     ``storage_dir`` is a local or shared path, or an object-store URI
-    (:func:`storage_location`); a path is created if missing.
+    (:func:`storage_location`); a path is created if missing. Each finished
+    trial goes to ``on_trial_done`` (its 0-based completion index and outcome),
+    then to ``progress``, in the driver, while the other trials still run.
 
     Raises:
         ConfigurationError: the search space is invalid (nothing ran).
         TrainingError: every trial failed.
     """
+    import ray
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
     param_space = to_param_space(definition)
+    concurrency = effective_concurrency(
+        tune_settings.max_concurrent, ray.cluster_resources().get("CPU", 1.0)
+    )
     spec = _TrialSpec(
         build=definition.build_estimator,
         features=tuple(definition.features),
@@ -270,7 +289,7 @@ def run_search(
             reuse_actors=True,
             # With a SearchGenerator Tune ignores max_concurrent_trials: bound it here.
             search_alg=BasicVariantGenerator(
-                max_concurrent=tune_settings.max_concurrent, random_state=tune_settings.seed
+                max_concurrent=concurrency, random_state=tune_settings.seed
             ),
         ),
         run_config=tune.RunConfig(
@@ -278,10 +297,25 @@ def run_search(
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
             verbose=0,
+            callbacks=[
+                _live_callback(
+                    _Live(
+                        total=tune_settings.num_samples,
+                        mode=definition.mode,
+                        metric=definition.metric,
+                        progress=progress,
+                        on_trial_done=on_trial_done,
+                    )
+                )
+            ],
         ),
     )
     t0 = time.perf_counter()
-    grid = tuner.fit()
+    # Tune's output engine prints its configuration table to stdout even at
+    # verbose=0: stdout is the caller's (``aipaas train --json`` prints its
+    # result there), so Tune's text goes to stderr.
+    with contextlib.redirect_stdout(sys.stderr):
+        grid = tuner.fit()
     wall = time.perf_counter() - t0
     result = _best(definition, [_outcome(grid[i]) for i in range(len(grid))], wall)
     return replace(result, results_path=str(grid.experiment_path))
@@ -289,25 +323,122 @@ def run_search(
 
 def _outcome(res: Any) -> TrialOutcome:
     """One trial's result as the driver saw it: its score, or its error."""
-    m = res.metrics or {}
-    trial_id = str(m.get("trial_id") or Path(str(res.path)).name)
-    if res.error is not None or SCORE not in m:
+    return _trial_outcome(res.metrics, res.config, res.error, Path(str(res.path)).name)
+
+
+def _trial_outcome(
+    metrics: Mapping[str, Any] | None,
+    config: Mapping[str, Any] | None,
+    error: BaseException | None,
+    fallback_id: str,
+) -> TrialOutcome:
+    m = metrics or {}
+    trial_id = str(m.get("trial_id") or fallback_id)
+    if error is not None or SCORE not in m:
         return TrialOutcome(
             trial_id=trial_id,
-            config=_native(res.config),
+            config=_native(config),
             ok=False,
             node_id=m.get("node_id"),
-            error=_short_error(res.error),
+            error=_short_error(error),
         )
     return TrialOutcome(
         trial_id=trial_id,
-        config=_native(res.config),
+        config=_native(config),
         ok=True,
         score=float(m[SCORE]),
         score_std=float(m.get("score_std", 0.0)),
         node_id=m.get("node_id"),
         duration_s=float(m.get("duration_s", 0.0)),
     )
+
+
+def effective_concurrency(requested: int, cpus: float) -> int:
+    """Trials at once: ``requested`` (0 = as many as Ray's CPUs), never more than the CPUs.
+
+    Each trial takes one CPU: beyond the CPUs Ray sees, a trial waits for
+    one and only adds scheduling work.
+    """
+    available = max(1, int(cpus))
+    return available if requested <= 0 else max(1, min(requested, available))
+
+
+# Called with each finished trial's 0-based completion index and its outcome.
+TrialListener = Callable[[int, TrialOutcome], None]
+
+
+@dataclass
+class _Live:
+    """The search as the driver follows it: trials done, the best so far."""
+
+    total: int
+    mode: str
+    metric: str
+    progress: Progress
+    on_trial_done: TrialListener | None
+    done: int = 0
+    best: float | None = None
+
+    def finished(self, outcome: TrialOutcome) -> None:
+        index = self.done
+        self.done += 1
+        score = outcome.score
+        if outcome.ok and score is not None and math.isfinite(score):
+            better = self.best is None or (
+                score > self.best if self.mode == "max" else score < self.best
+            )
+            self.best = score if better else self.best
+        if self.on_trial_done is not None:
+            self.on_trial_done(index, outcome)
+        self.progress.on_trial(
+            TrialEvent(
+                done=self.done,
+                total=self.total,
+                best=self.best,
+                trial_id=outcome.trial_id,
+                ok=outcome.ok,
+                score=outcome.score,
+                duration_s=outcome.duration_s,
+                error=outcome.error,
+                metric=self.metric,
+            )
+        )
+
+
+def _live_callback(live: _Live) -> Any:
+    """A Tune callback feeding ``live`` as trials finish; it runs in the driver.
+
+    Tune pickles its run config into the experiment directory (``tuner.pkl``,
+    for a restore); the callback's listeners (an MLflow client, a terminal)
+    mean nothing there, so they are left out of the pickle.
+    """
+    from ray import tune
+
+    class LiveTrials(tune.Callback):
+        def __init__(self, live: _Live | None) -> None:
+            self.live = live
+
+        def __getstate__(self) -> dict[str, Any]:
+            return {"live": None}
+
+        def on_trial_complete(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            if self.live is not None:
+                self.live.finished(
+                    _trial_outcome(trial.last_result, trial.config, None, str(trial.trial_id))
+                )
+
+        def on_trial_error(
+            self, iteration: int, trials: list[Any], trial: Any, **info: Any
+        ) -> None:
+            if self.live is not None:
+                error = _trial_error(trial)
+                self.live.finished(
+                    _trial_outcome(trial.last_result, trial.config, error, str(trial.trial_id))
+                )
+
+    return LiveTrials(live)
 
 
 def _best(definition: ModelDefinition, trials: list[TrialOutcome], wall: float) -> SearchResult:
@@ -326,6 +457,25 @@ def _best(definition: ModelDefinition, trials: list[TrialOutcome], wall: float) 
         trials=trials,
         wall_s=wall,
     )
+
+
+def _trial_error(trial: Any) -> BaseException | None:
+    """A failed trial's error, read where Tune just wrote it (the driver's copy).
+
+    When the callback runs, the error is on the driver's disk but not yet in
+    Tune's storage, which ``Trial.get_pickled_error`` reads.
+    """
+    import ray.cloudpickle
+
+    pickled = trial.pickled_error_file
+    if pickled and Path(pickled).is_file():
+        with open(pickled, "rb") as f:
+            error: BaseException = ray.cloudpickle.load(f)
+        return error
+    text = trial.error_file
+    if text and Path(text).is_file():
+        return RuntimeError(Path(text).read_text(errors="replace").strip())
+    return None
 
 
 def _native(config: Mapping[str, Any] | None) -> dict[str, Any]:

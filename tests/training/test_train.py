@@ -343,6 +343,7 @@ def test_artifacts_report_profile_and_model(trained, tmp_path: Path) -> None:
         "roc.png",
         "pr.png",
         "confusion_matrix.png",
+        "feature_importance.png",
         "per_class.csv",
     ):
         assert f"evaluation/{name}" in names
