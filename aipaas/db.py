@@ -215,6 +215,49 @@ legacy_imports = Table(
     Column("imported_at", Float, nullable=False),
 )
 
+# -- notifications (revision 0004): what the notifier found and sent ------------------
+# Where each source was read up to (aipaas.ops.notify).
+
+notify_cursors = Table(
+    "notify_cursors",
+    metadata,
+    Column("source", String(64), primary_key=True),
+    Column("position", String(200), nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Every event found, once: its id names where it came from; ``event`` is the Event as JSON.
+notify_events = Table(
+    "notify_events",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("kind", String(64), nullable=False),
+    Column("at", Float, nullable=False),  # epoch seconds it happened
+    Column("event", Text, nullable=False),
+    Column("found_at", Float, nullable=False),
+)
+Index("ix_notify_events_at", notify_events.c.at)
+
+# One row per event and webhook (a hash of its URL): pending, sent or failed.
+notify_deliveries = Table(
+    "notify_deliveries",
+    metadata,
+    Column("event_id", String(200), primary_key=True),
+    Column("webhook", String(32), primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_at", Float, nullable=False),
+    Column("status", Integer, nullable=True),  # the last HTTP status, if any answered
+    Column("error", Text, nullable=True),  # why the last attempt failed
+    Column("updated_at", Float, nullable=False),
+)
+Index(
+    "ix_notify_deliveries_due",
+    notify_deliveries.c.webhook,
+    notify_deliveries.c.state,
+    notify_deliveries.c.next_at,
+)
+
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 _MIGRATIONS = Path(__file__).with_name("migrations")

@@ -30,6 +30,8 @@ COORDINATION = {
     "drift_checks", "drift_state", "retrain_starts", "retrain_history", "retrain_exports",
     "champion_signals", "legacy_imports",
 }  # fmt: skip
+# Revision 0004: what the notifier found and sent (aipaas/ops/notify.py).
+NOTIFY = {"notify_cursors", "notify_events", "notify_deliveries"}
 
 
 @pytest.fixture
@@ -55,8 +57,8 @@ def _migrate_to(settings, revision: str) -> None:
 
 def test_the_migrated_schema_is_exactly_the_one_the_code_uses(settings):
     assert db.current(settings) is None
-    assert db.upgrade(settings) == db.head_revision() == "0003"
-    assert db.current(settings) == "0003"
+    assert db.upgrade(settings) == db.head_revision() == "0004"
+    assert db.current(settings) == "0004"
     assert _diff(settings) == []
 
 
@@ -66,6 +68,7 @@ def test_a_database_at_an_older_revision_is_upgraded_and_its_head_anchored(setti
     assert {d[1].name for d in _diff(settings) if d[0] == "add_table"} == {
         "audit_head",
         *COORDINATION,
+        *NOTIFY,
     }
     # Records written at 0001 (by the writer of that release: no head row).
     key = audit.chain_key(settings)
@@ -84,7 +87,7 @@ def test_a_database_at_an_older_revision_is_upgraded_and_its_head_anchored(setti
             conn.exec_driver_sql(sql, tuple(row.values()))
         eng.dispose()
 
-    assert db.upgrade(settings) == "0003"
+    assert db.upgrade(settings) == "0004"
     assert _diff(settings) == []
     report = audit.verify(settings)
     assert report.ok and report.records == 2, report.problems
@@ -96,16 +99,16 @@ def test_a_database_from_a_newer_aipaas_is_refused_naming_both_revisions(setting
     db.upgrade(settings)
     execute(settings, "UPDATE alembic_version SET version_num = '0099'")
     db.dispose(settings)
-    with pytest.raises(SchemaVersionError, match=r"revision 0099.*newest is 0003.*upgrade aipaas"):
+    with pytest.raises(SchemaVersionError, match=r"revision 0099.*newest is 0004.*upgrade aipaas"):
         db.engine(settings)
     with pytest.raises(SchemaVersionError) as raised:
         audit.verify(settings)  # anything that opens the database
-    assert (raised.value.found, raised.value.known, raised.value.exit_code) == ("0099", "0003", 19)
+    assert (raised.value.found, raised.value.known, raised.value.exit_code) == ("0099", "0004", 19)
 
     use_settings(settings)
     result = CliRunner().invoke(app, ["db", "current"])
     assert result.exit_code == 0, result.output
-    assert "revision 0099; this aipaas: 0003 (migrated by a newer aipaas: upgrade aipaas)" in (
+    assert "revision 0099; this aipaas: 0004 (migrated by a newer aipaas: upgrade aipaas)" in (
         result.output
     )
     result = CliRunner().invoke(app, ["db", "upgrade"])
@@ -115,12 +118,12 @@ def test_a_database_from_a_newer_aipaas_is_refused_naming_both_revisions(setting
 def test_the_cli_upgrades_and_shows_the_revision(settings, use_settings):
     use_settings(settings)
     result = CliRunner().invoke(app, ["db", "current"])
-    assert "revision (none); this aipaas: 0003 (run `aipaas db upgrade`)" in result.output
+    assert "revision (none); this aipaas: 0004 (run `aipaas db upgrade`)" in result.output
     result = CliRunner().invoke(app, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
-    assert "upgraded from revision (none) to 0003" in result.output
+    assert "upgraded from revision (none) to 0004" in result.output
     result = CliRunner().invoke(app, ["db", "upgrade"])
-    assert "already at revision 0003" in result.output
+    assert "already at revision 0004" in result.output
     assert "(up to date)" in CliRunner().invoke(app, ["db", "current"]).output
 
 
@@ -148,7 +151,7 @@ def test_processes_starting_together_upgrade_once_without_harm(settings, tmp_pat
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-        assert out.strip() == "0003"
+        assert out.strip() == "0004"
     assert _diff(settings) == []
     assert audit.verify(settings).ok
 

@@ -20,6 +20,7 @@ from aipaas.cli import (  # noqa: F401
     keys,
     models,
     monitor,
+    notify,
     promote,
     rayhead,
     run,

@@ -227,6 +227,8 @@ def plan(
     services.append(worker_service(settings, ray_env=ray_env))
     services.append(serving_service(settings, serving_argv or cli_argv("serve")))
     services.append(profiler_service(profiler_argv or cli_argv("profiler")))
+    if settings.notify.webhooks:
+        services.append(notifier_service(cli_argv("notifier")))
     return services
 
 
@@ -488,6 +490,24 @@ def profiler_service(argv: list[str]) -> Service:
         description="profiles served traffic in windows; closes trigger drift",
         stage=1,
         ready_timeout_s=5.0,
+    )
+
+
+def notifier_service(argv: list[str]) -> Service:
+    """The notifier (stage 1: it reads the Prefect API), when webhooks are configured.
+
+    See :mod:`aipaas.ops.notify`: it reads what the platform records and
+    posts what operators must hear about; ready once it has read its sources.
+    """
+    from aipaas.ops.notify import READY_LINE
+
+    return Service(
+        name="notifier",
+        argv=argv,
+        description="webhooks: failed runs and suites, promotions, rollbacks, drift, quotas",
+        ready_line=READY_LINE,
+        ready_timeout_s=60.0,
+        stage=1,
     )
 
 

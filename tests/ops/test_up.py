@@ -50,6 +50,13 @@ def test_plan_follows_the_settings(settings: Settings) -> None:
     token = Path(worker_env["RAY_AUTH_TOKEN_PATH"])
     assert token == Path(ray.env["RAY_AUTH_TOKEN_PATH"])
     assert token.stat().st_mode & 0o777 == 0o600 and len(token.read_text()) == 64
+    # Webhooks configured: the notifier runs too, ready once it has read its sources.
+    hooks = Settings(
+        _env_file=None, home=settings.home, notify={"webhooks": [{"url": "https://h.example/x"}]}
+    )
+    notifier = {s.name: s for s in up.plan(hooks)}["notifier"]
+    assert notifier.argv == up.cli_argv("notifier") and notifier.ready_line == "notifier ready"
+    assert "notifier" not in services
     # Without the head (or with a cluster named), flow runs start or join Ray themselves.
     for ray_settings in ({"head": False}, {"address": "10.0.0.5:6379"}):
         other = Settings(_env_file=None, home=settings.home, ray=ray_settings)
