@@ -4,7 +4,9 @@
 calls them, and lists this module among their deps); ``run`` reproduces all
 three through DVC and pushes them; ``version`` and ``list`` read what is
 recorded; ``restore`` rebuilds the exact version a model was trained on from
-the DVC remote, on any checkout. A stage command runs with its params as params.yaml holds them
+the DVC remote, on any checkout; ``suite`` scaffolds a starting expectation
+suite from the data (:mod:`aipaas.datasets.scaffold`). A stage command runs
+with its params as params.yaml holds them
 (:func:`aipaas.datasets.ingest.stage_settings`): an environment override of
 one is refused with exit code 2, since DVC would not see it.
 """
@@ -146,6 +148,50 @@ def restore_cmd(
     if not as_json:
         typer.secho(f"restored {dataset} {restored.hash} from the DVC remote", fg="green")
     _print_version(restored, as_json)
+
+
+@data_app.command("suite")
+def suite_cmd(
+    dataset: DatasetArg,
+    from_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help="Scaffold from this CSV instead of the dataset's raw data (or its source).",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Write here instead of expectations/<dataset>.json."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing suite (its edits are lost).")
+    ] = False,
+) -> None:
+    """Write a starting expectation suite from the data, for you to review and edit."""
+    from aipaas.datasets import scaffold
+
+    s = settings()
+    ds = ingest.spec(dataset, s)
+    target = Path(output) if output is not None else ingest.paths(dataset, s).suite
+    scaffold.refuse_overwrite(target, force)  # before reading any data
+    frame, source = scaffold.dataset_frame(dataset, s, from_file)
+    result = scaffold.scaffold_suite(frame, dataset, ds.target, ds.task, source=source)
+    scaffold.write_suite(result, target, force=force)
+    typer.secho(
+        f"wrote {target}: {result.expectations} expectations from {result.rows} rows of {source}",
+        fg=typer.colors.GREEN,
+    )
+    typer.echo(f"  {'column':<28} {'taken for':<10} checks")
+    for c in result.columns:
+        typer.echo(f"  {c.name:<28} {c.kind:<10} {c.summary}")
+    for warning in result.warnings:
+        typer.secho(f"  check: {warning}", fg=typer.colors.YELLOW)
+    typer.echo(
+        "Review it: each expectation's meta says what was seen; tighten or widen bounds "
+        f"and sets, then `aipaas data run {dataset}` (or `aipaas data validate {dataset} "
+        "--path FILE` to try a file)."
+    )
 
 
 @data_app.command("list")

@@ -58,9 +58,19 @@ def load_suite(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConfigurationError(f"expectation suite {path} is not valid JSON: {err}") from err
+    check_suite(data, str(path))
+    return data
+
+
+def check_suite(data: Any, origin: str) -> None:
+    """Check that ``data`` is a suite GX 1.x accepts, before it is used or written.
+
+    Raises:
+        ConfigurationError: it is not (``origin`` names it in the message).
+    """
     if not isinstance(data, dict) or not isinstance(data.get("expectations"), list):
         raise ConfigurationError(
-            f"expectation suite {path} has no 'expectations' list; write it with "
+            f"expectation suite {origin} has no 'expectations' list; write it with "
             "great_expectations.ExpectationSuite(...).to_json_dict()"
         )
     from great_expectations import ExpectationSuite
@@ -68,8 +78,7 @@ def load_suite(path: Path) -> dict[str, Any]:
     try:
         ExpectationSuite(**data)
     except Exception as err:  # GX raises assorted types for a bad suite
-        raise ConfigurationError(f"expectation suite {path} is not valid: {err}") from err
-    return data
+        raise ConfigurationError(f"expectation suite {origin} is not valid: {err}") from err
 
 
 def read_csv(path: Path) -> tuple[pd.DataFrame | None, str | None]:
