@@ -75,7 +75,8 @@ def test_quotes_go_through_the_real_stages(tmp_path: Path, home: Path) -> None:
     assert version.suite_passed and version.target == "topic" and version.rows > 3500
     train = pd.read_csv(version.train_path)
     holdout = pd.read_csv(version.holdout_path)
-    assert len(holdout) == pytest.approx(0.2 * version.rows, abs=2)
+    # A sample of the rows (the split is by content): 20% up to sampling noise.
+    assert len(holdout) == pytest.approx(0.2 * version.rows, abs=40)
     assert set(train["topic"]) == set(holdout["topic"]) == TOPICS
     assert ingest.recorded_version("quotes", settings).hash == version.hash
 

@@ -96,7 +96,8 @@ def test_validate_then_split_is_deterministic_with_both_classes_on_each_side(st)
 
 def test_appended_rows_never_move_an_old_row_and_duplicates_share_a_side(st):
     """Feedback appended to raw data: the old rows keep their side (no champion leak)."""
-    raw = pd.read_csv(Path(__file__).parents[2] / "data" / "breast_cancer" / "raw.csv")
+    ingest.ingest("breast_cancer", st)
+    raw = pd.read_csv(ingest.paths("breast_cancer", st).raw)
     before = ingest.holdout_rows(raw, 0.2, seed=42)
     shifted = raw.sample(300, random_state=1).assign(mean_radius=lambda f: f.mean_radius * 1.45)
     grown = pd.concat([raw, shifted, raw.head(20)], ignore_index=True)

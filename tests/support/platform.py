@@ -54,9 +54,14 @@ class Platform:
         state = json.loads((self.home / "run" / "up.json").read_text())
         return {s["name"]: s["pid"] for s in state["services"]}
 
+    def settings(self) -> Settings:
+        """The platform's settings as its children see them (its home, its platform database)."""
+        db_url = self.env.get("AIPAAS_AUDIT__DB_URL", "")
+        return Settings(_env_file=None, home=self.home, audit={"db_url": db_url})
+
     def diagnosis(self) -> str:
         """What a failed wait needs: up's output, the decisions so far, the children's log tails."""
-        decisions = promotion_log.read(Settings(_env_file=None, home=self.home))
+        decisions = promotion_log.read(self.settings())
         logs = sorted((self.home / "run" / "logs").glob("*.log"))
         tails = "\n".join(f"--- {p.name}\n{tail(p, 40)}" for p in logs if p.stem != "prefect")
         return f"{self.output()}\ndecisions: {decisions}\n{tails}"
