@@ -163,6 +163,11 @@ class ServingSettings(BaseModel):
     # Both set: serve HTTPS with this certificate chain and private key (PEM files).
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
+    # Serving processes on this host behind one port (uvicorn workers), each
+    # with its own model copy, spool segment and audit writer. Above 1, the
+    # rate limits are token buckets shared through a file under home
+    # (aipaas/inference/ratelimit.py), so a key gets its rate in total.
+    replicas: int = Field(1, ge=1, le=64)
 
 
 class AuditSettings(BaseModel):

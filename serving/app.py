@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
+import multiprocessing
 import os
+import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +44,7 @@ from aipaas.audit import AuditRecord, AuditWriter
 from aipaas.exceptions import ConfigurationError
 from aipaas.inference.keys import KeyStore, RateLimiter
 from aipaas.inference.quotas import Quotas
+from aipaas.inference.ratelimit import SharedRateLimiter, limits_path
 from aipaas.monitoring.spool import SpoolWriter
 from aipaas.settings import Settings, get_settings
 from serving import console, errors
@@ -62,6 +67,7 @@ log = logging.getLogger(__name__)
 
 BEARER = "bearer"  # the security scheme's name in the OpenAPI components
 DOCS_STATIC = "/docs-static"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 
 
@@ -198,6 +204,8 @@ def create_app(
             effect within it.
     """
     settings = settings or get_settings()
+    if settings.serving.replicas > 1:
+        _stop_with_supervisor()
     # LightGBM/OpenMP and BLAS pools would fight uvicorn for two cores.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     writer = AuditWriter(settings)
@@ -213,7 +221,7 @@ def create_app(
     components = Components(
         settings=settings,
         keys=KeyStore(settings, ttl_s=key_cache_s),
-        limiter=RateLimiter(settings.serving.default_rate),
+        limiter=_limiter(settings),
         quotas=Quotas(settings),
         holder=holder,
         executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="aipaas-model"),
@@ -244,6 +252,34 @@ def create_app(
     # Outermost, so refusals from the audit middleware carry CORS headers too.
     app.add_middleware(CORSMiddleware, origins=AllowedOrigins(settings, ttl_s=key_cache_s))
     return app
+
+
+def _stop_with_supervisor() -> None:
+    """A replica ends when its supervisor (``aipaas serve --replicas N``) does, even by ``kill -9``.
+
+    uvicorn stops its replicas on SIGTERM and Ctrl-C; a supervisor killed
+    outright would leave them serving the port with nobody restarting them.
+    Linux's parent-death signal closes that gap; elsewhere this does nothing.
+    """
+    supervisor = multiprocessing.parent_process()
+    if supervisor is None or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor.pid:  # it died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _limiter(settings: Settings) -> RateLimiter | SharedRateLimiter:
+    """One replica: buckets in this process's memory (nothing shared, nothing to pay).
+
+    Several: buckets shared by every replica of this home, so a key gets its
+    rate in total rather than once per replica.
+    """
+    rate = settings.serving.default_rate
+    if settings.serving.replicas > 1:
+        return SharedRateLimiter(rate, limits_path(settings))
+    return RateLimiter(rate)
 
 
 def _static_files(app: FastAPI, directory: Path) -> None:

@@ -21,6 +21,7 @@ is not looked at yet).
 from __future__ import annotations
 
 import itertools
+import os
 import secrets
 import time
 from collections.abc import Callable
@@ -56,6 +57,7 @@ UNAUDITED = frozenset(
 # The docs' and the console's own scripts and styles.
 UNAUDITED_PREFIX = ("/docs-static/", "/console/static/")
 END_USER_HEADER = b"x-end-user"
+REPLICA_HEADER = b"x-aipaas-replica"
 END_USER_MAX_BYTES = 128
 
 
@@ -119,6 +121,10 @@ class AuditMiddleware:
         self.price = settings.serving.cost_per_compute_second
         self.hmac_key = settings.audit.hmac_key.get_secret_value().encode()
         self.settings = settings
+        # Which replica answered (its pid), when there are several: for operators and tests.
+        self.replica = (
+            [(REPLICA_HEADER, str(os.getpid()).encode())] if settings.serving.replicas > 1 else []
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -153,6 +159,7 @@ class AuditMiddleware:
                 status = int(message["status"])
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", ctx.request_id.encode()))
+                headers.extend(self.replica)
                 message = {**message, "headers": headers}
                 served_file = ctx.static and status < 400
                 ok = await self._finish(ctx, scope, status, t0, body, audited and not served_file)

@@ -14,15 +14,24 @@ def serve_cmd(
     host: Annotated[str | None, typer.Option(help="Bind address (default serving.host).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default serving.port).")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    replicas: Annotated[
+        int | None,
+        typer.Option(min=1, max=64, help="Serving processes behind the port (serving.replicas)."),
+    ] = None,
 ) -> None:
     """Serve the champion of each configured model on /predict, with keys, limits and audit.
 
-    One process, one worker: the model runs on one thread, and the audit
-    writer, key cache and rate limits live in this process. Scale out with
-    replicas behind a load balancer and the platform DB on PostgreSQL.
-    With ``serving.tls_certfile`` and ``serving.tls_keyfile`` it serves HTTPS
-    only (checked first: both or neither, files that load).
+    Each replica is one process with one model thread, its own model copies,
+    key cache, spool segment and audit writer (appends serialise on the
+    database, so the chain stays one). With more than one, this process is
+    uvicorn's supervisor: it holds the listening socket, the replicas accept
+    from it, a replica that dies is started again, and SIGTERM or Ctrl-C
+    stops them all; rate limits are then shared by every replica of this
+    home. With ``serving.tls_certfile`` and ``serving.tls_keyfile`` it serves
+    HTTPS only (checked first: both or neither, files that load).
     """
+    import os
+
     import uvicorn
 
     from aipaas.ops.up import check_browser_settings, serving_tls
@@ -30,12 +39,16 @@ def serve_cmd(
     s = settings()
     check_browser_settings(s)
     tls = serving_tls(s)
+    workers = replicas or s.serving.replicas
+    # The replicas are spawned and read their settings afresh: the count
+    # decides their limiter, so they must see the one given here.
+    os.environ["AIPAAS_SERVING__REPLICAS"] = str(workers)
     uvicorn.run(
         "serving.app:create_app",
         factory=True,
         host=host or s.serving.host,
         port=port or s.serving.port,
-        workers=1,
+        workers=workers,
         log_level=log_level,
         access_log=False,  # the audit trail is the access log
         ssl_certfile=str(tls[0]) if tls else None,

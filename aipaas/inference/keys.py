@@ -699,7 +699,11 @@ class KeyStore:
 
 
 class RateLimiter:
-    """Token buckets per key, in process memory (one serving process per home)."""
+    """Token buckets per key, in process memory: what one serving replica needs.
+
+    With several replicas, :class:`aipaas.inference.ratelimit.SharedRateLimiter`
+    takes its place (same interface), so a key's rate holds in total.
+    """
 
     def __init__(self, default_rate: str) -> None:
         self.default_rate = default_rate
