@@ -136,7 +136,13 @@ def demo_cmd(
     def on_ready(sup: up.Supervisor) -> None:
         loops(stop=sup.stop_requested)
         if stay:
-            say("the demo is done; the platform keeps running.")
+            say("the demo is done; the platform keeps running (Ctrl-C stops it).")
+        else:
+            say(
+                "the demo is done and stops the services it started; everything it made "
+                f"stays under {s.home}: `make up` (`aipaas up`) shows the same state in the "
+                "Prefect and MLflow UIs, and `aipaas demo --stay` keeps them running."
+            )
 
     raise typer.Exit(up.run(s, up.plan(s), on_ready=on_ready, echo=say, stay=stay))
 
