@@ -85,6 +85,7 @@ STABLE_S = 60.0
 AUDIT_WAIT_S = 10.0  # at stop, how long queued restart events may still take to commit
 WORKER_RUN_LIMIT = 4  # concurrent flow runs of one worker (a paused promotion holds one)
 POLL_S = 0.5
+WAIT_NOTE_S = 10.0  # a start that takes longer says what it waits for, this often
 WATCH_S = 0.2  # how often a running platform's children are looked at (a waitpid each)
 
 
@@ -104,6 +105,8 @@ class Service:
     ready_check: Callable[[], bool] | None = None
     # Ready once the child writes a line containing this to its log.
     ready_line: str | None = None
+    # What ``up`` says it waits for while the service starts (default: its probe).
+    waits_for: str = ""
     port_setting: str = ""  # the setting that moves it, for the error message
     ready_timeout_s: float = 120.0
     # Started only after every service of a lower stage is ready.
@@ -322,6 +325,7 @@ def ray_head_service(settings: Settings) -> Service:
         port=port,
         port_setting="AIPAAS_RAY__HEAD_PORT",
         ready_line=READY_LINE,
+        waits_for="its node to register with Ray's GCS (a timed-out start is retried)",
         # Ray gives a node 30 s to register; each retry pauses a little longer.
         ready_timeout_s=START_ATTEMPTS * 45.0 + RETRY_PAUSE_S * START_ATTEMPTS**2,
     )
@@ -364,6 +368,7 @@ def worker_service(settings: Settings, *, ray_env: dict[str, str] | None = None)
             + (f", Ray at {ray_env['AIPAAS_RAY__ADDRESS']}" if ray_env else "")
         ),
         ready_check=lambda: worker_online(settings, name),
+        waits_for=f"the Prefect API to list it online on work pool {settings.prefect.work_pool!r}",
         stage=1,
         env=dict(ray_env or {}),
     )
@@ -640,10 +645,25 @@ class Supervisor:
 
     def _wait_ready(self, run: Running) -> None:
         svc = run.service
-        deadline = time.monotonic() + svc.ready_timeout_s
+        started = time.monotonic()
+        deadline = started + svc.ready_timeout_s
+        next_note = started + WAIT_NOTE_S
+        self._poll_ready(run, deadline, next_note)
+        if not self.stop_requested.is_set():
+            self.echo(f"  {svc.name} ready after {time.monotonic() - started:.1f} s")
+
+    def _poll_ready(self, run: Running, deadline: float, next_note: float) -> None:
+        svc = run.service
         while True:
             if self.stop_requested.is_set():
                 return
+            if time.monotonic() >= next_note:  # say what a slow start waits for
+                self.echo(
+                    f"  waiting for {svc.name}: {_waits_for(svc)} "
+                    f"({time.monotonic() - deadline + svc.ready_timeout_s:.0f} s of "
+                    f"{svc.ready_timeout_s:.0f} s; log {run.log})"
+                )
+                next_note += WAIT_NOTE_S
             code = run.process.poll()
             if code is not None:
                 raise AipaasError(
@@ -973,6 +993,16 @@ def _probe(run: Running) -> bool:
     if svc.health_url is None:
         return time.monotonic() - run.started >= svc.ready_timeout_s
     return http_ok(svc.health_url, ca_file=svc.ca_file)
+
+
+def _waits_for(svc: Service) -> str:
+    if svc.waits_for:
+        return svc.waits_for
+    if svc.health_url:
+        return f"{svc.health_url} to answer 200"
+    if svc.ready_line:
+        return f"{svc.ready_line!r} in its log"
+    return "its readiness check"
 
 
 def _ready(run: Running) -> bool:

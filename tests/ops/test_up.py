@@ -147,6 +147,30 @@ def test_supervisor_starts_waits_and_stops_its_children(settings: Settings) -> N
     again.release()
 
 
+def test_a_slow_start_says_what_it_waits_for_then_how_long_it_took(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(up, "WAIT_NOTE_S", 0.3)
+    slow = up.Service(
+        name="slow",
+        argv=[
+            sys.executable,
+            "-c",
+            "import time; time.sleep(1.2); print('go', flush=True); time.sleep(30)",
+        ],
+        description="prints its ready line after a while",
+        ready_line="go",
+        waits_for="the word go",
+        ready_timeout_s=20,
+    )
+    lines: list[str] = []
+    assert up.run(settings, [slow], echo=lines.append, stay=False) == 0
+    waiting = [line for line in lines if line.strip().startswith("waiting for slow: the word go")]
+    assert waiting and "s of 20 s; log " in waiting[0]
+    [ready] = [line for line in lines if "slow ready after" in line]
+    assert float(ready.split("after")[1].split()[0]) >= 1.0
+
+
 def test_a_taken_port_is_refused_with_the_setting_to_change(settings: Settings) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
