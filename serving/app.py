@@ -270,7 +270,7 @@ def _stop_with_supervisor() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _limiter(settings: Settings) -> RateLimiter | SharedRateLimiter:
+def _limiter(settings: Settings) -> RateLimiter:
     """One replica: buckets in this process's memory (nothing shared, nothing to pay).
 
     Several: buckets shared by every replica of this home, so a key gets its

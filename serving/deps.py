@@ -20,7 +20,6 @@ from fastapi import Depends, Request
 from aipaas.exceptions import KeyRejectedError, RetiredSecretError
 from aipaas.inference.keys import ApiKey, KeyStore, RateLimiter
 from aipaas.inference.quotas import Quotas
-from aipaas.inference.ratelimit import SharedRateLimiter
 from aipaas.settings import Settings
 from serving.holder import ModelHolder
 from serving.metrics import Metrics
@@ -46,7 +45,7 @@ class Components:
 
     settings: Settings
     keys: KeyStore
-    limiter: RateLimiter | SharedRateLimiter  # shared across replicas when there are several
+    limiter: RateLimiter  # a SharedRateLimiter across replicas when there are several
     quotas: Quotas
     holder: ModelHolder
     executor: ThreadPoolExecutor  # one thread: the model never fights itself for cores

@@ -36,8 +36,8 @@ import threading
 import time
 from pathlib import Path
 
-from aipaas.exceptions import ConfigurationError, RateLimitedError
-from aipaas.inference.keys import ApiKey, parse_rate
+from aipaas.exceptions import ConfigurationError
+from aipaas.inference.keys import RateLimiter, parse_rate
 from aipaas.settings import Settings
 
 SLOTS = 4096
@@ -122,25 +122,13 @@ class SharedBuckets:
         os.close(self._fd)
 
 
-class SharedRateLimiter:
-    """:class:`aipaas.inference.keys.RateLimiter`'s interface over :class:`SharedBuckets`."""
+class SharedRateLimiter(RateLimiter):
+    """:class:`aipaas.inference.keys.RateLimiter` over :class:`SharedBuckets`: one rate in total."""
 
     def __init__(self, default_rate: str, path: Path) -> None:
-        self.default_rate = default_rate
-        self._default = parse_rate(default_rate)
+        super().__init__(default_rate)
         self.buckets = SharedBuckets(path)
 
     def acquire(self, key_id: str, rate: str | None, cost: float = 1.0) -> float:
         per_s, capacity = parse_rate(rate) if rate else self._default
         return self.buckets.acquire(key_id, per_s, capacity, cost)
-
-    def check(self, key: ApiKey, cost: float = 1.0) -> None:
-        """Take ``cost`` tokens from the key's shared bucket.
-
-        Raises:
-            RateLimitedError: the bucket is empty; ``retry_after_s`` says for how long.
-        """
-        wait = self.acquire(key.id, key.rate, cost)
-        if wait > 0:
-            rate = key.rate or self.default_rate
-            raise RateLimitedError(f"rate limit of {rate} exceeded for key {key.id}", wait)

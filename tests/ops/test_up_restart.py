@@ -25,23 +25,10 @@ import pytest
 from aipaas import audit
 from aipaas.ops import up
 from aipaas.settings import Settings
+from tests.ops.test_up import _http_service
 from tests.support.net import free_port
 
 FAST = up.RestartPolicy(backoff_s=0.2, max_backoff_s=0.4, max_restarts=3)
-
-
-def _http_service(port: int, stage: int = 0) -> up.Service:
-    return up.Service(
-        name=f"web{port}",
-        argv=[sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-        description="a tiny web server",
-        url=f"http://127.0.0.1:{port}",
-        health_url=f"http://127.0.0.1:{port}/",
-        port=port,
-        port_setting="TEST_PORT",
-        ready_timeout_s=30,
-        stage=stage,
-    )
 
 
 def _state_pids(settings: Settings) -> dict[str, int]:
