@@ -118,6 +118,10 @@ class ModelDefinition:
     # Store raw inputs in the audit trail (off: only their keyed hash).
     log_inputs: bool = False
     description: str = ""
+    # For the model card: what the model is for (and not for), and what is
+    # known to go wrong with it.
+    intended_use: str = ""
+    limits: tuple[str, ...] = ()
 
     @property
     def is_text(self) -> bool:

@@ -83,4 +83,13 @@ definition = ModelDefinition(
     ),
     log_inputs=True,
     description="LightGBM classifier: malignant or benign, from 30 cell-nucleus measurements.",
+    intended_use=(
+        "A demonstration of the platform on scikit-learn's Wisconsin diagnostic data; "
+        "not for any clinical use."
+    ),
+    limits=(
+        "Trained on 569 cases from one source (1995); measurements from another device "
+        "or protocol drift (the demo's recalibrated device is such a shift).",
+        "Features are image measurements only; no patient history.",
+    ),
 )

@@ -90,4 +90,10 @@ definition = ModelDefinition(
         "TF-IDF + logistic regression: the topic of a quote from Debian's fortunes "
         "(computers, people, politics or science)."
     ),
+    intended_use="A demonstration of a text model on the platform: tagging short English quotes.",
+    limits=(
+        "Four topics only; any other text is forced into one of them.",
+        "Quotes from one Debian package, mostly old and English: other registers "
+        "(chat, news) read as out-of-vocabulary drift.",
+    ),
 )

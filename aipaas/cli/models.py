@@ -1,4 +1,4 @@
-"""``aipaas models list|show|lineage``: what the registry holds, and how each version came to be."""
+"""``aipaas models list|show|lineage|card``: the registry, and how each version came to be."""
 
 from __future__ import annotations
 
@@ -112,3 +112,41 @@ def lineage_cmd(
     width = max(len(k) for k in info)
     for key, value in info.items():
         typer.echo(f"{key:{width}}  {value}")
+
+
+@models_app.command("card")
+def card_cmd(
+    model: ModelArg,
+    version: Annotated[
+        str | None, typer.Argument(help="Registered version (default: the champion).")
+    ] = None,
+    html: Annotated[
+        str | None, typer.Option("--html", help="Also write the HTML page to this file.")
+    ] = None,
+    log: Annotated[
+        bool, typer.Option(help="Store the card with the version's training run in MLflow.")
+    ] = True,
+) -> None:
+    """Print a version's model card (Markdown): use, data, metrics, gates, drift, limits."""
+    from pathlib import Path
+
+    from aipaas.exceptions import ModelNotFoundError
+    from aipaas.modeldef import load_definition
+    from aipaas.monitoring import card
+
+    s = settings()
+    definition = load_definition(model, s.models_dir)
+    if version is None:
+        registry.connect(s)
+        champion = registry.get_alias(model, tags.CHAMPION)
+        if champion is None:
+            raise ModelNotFoundError(f"{model!r} has no champion; name a version")
+        version = champion.version
+    made = card.render(card.gather(s, definition, version))
+    typer.echo(made.markdown)
+    if html:
+        Path(html).write_text(made.html)
+        typer.echo(f"\nwrote {html}", err=True)
+    if log:
+        run_id = card.log_card(s, made)
+        typer.echo(f"stored in MLflow: run {run_id}, {card.CARD_DIR}/", err=True)
