@@ -25,7 +25,7 @@ def ray_head_cmd(
     """Run one Ray head node in the foreground until Ctrl-C (``up`` starts it).
 
     A start that times out (Ray gives a node 30 s to register) is tried
-    again, up to three times. Flow runs join it with
+    again, up to five times. Flow runs join it with
     AIPAAS_RAY__ADDRESS=HOST:PORT; sized by the ray settings (CPUs, object
     store, dashboard).
     """

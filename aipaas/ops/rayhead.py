@@ -27,7 +27,7 @@ from types import FrameType
 from aipaas.settings import RaySettings
 
 READY_LINE = "aipaas: ray head ready at"
-START_ATTEMPTS = 3
+START_ATTEMPTS = 5
 RETRY_PAUSE_S = 5.0
 # `ray start` prints this once the node has registered with its GCS.
 _RAY_STARTED = "Ray runtime started."

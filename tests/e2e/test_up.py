@@ -78,7 +78,8 @@ def test_a_second_up_refuses_and_names_the_first(platform: Platform) -> None:
 
 def test_up_runs_the_lifecycle_when_no_champion_serves(platform: Platform) -> None:
     """Every defined model (the tabular ``diagnosis``, the text ``topic``) gets its champion."""
-    platform.wait_served({"diagnosis": "1", "topic": "1"}, timeout_s=600)
+    # Both lifecycles at once: 3-4 min on a quiet machine, over 10 at a load of 15.
+    platform.wait_served({"diagnosis": "1", "topic": "1"}, timeout_s=1200)
     text = platform.output()
     assert "diagnosis: no champion yet; started the lifecycle" in text
     assert "topic: no champion yet; started the lifecycle" in text
