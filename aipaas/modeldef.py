@@ -9,11 +9,17 @@ one suite in ``expectations/`` and its data: no platform code changes.
 The search space is written with this module's small vocabulary
 (:class:`Uniform`, :class:`LogUniform`, :class:`IntRange`, :class:`Choice`) so
 that definitions do not import Ray; ``aipaas.training.tune`` translates it.
+
+A definition is checked when it is built (:class:`ConfigurationError` names the
+problem): a definition that cannot be gated fails at import, not at its first
+promotion. What only the data can tell (a slice's column missing from the
+holdout) is checked when promotion slices the holdout.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +54,96 @@ class Choice:
 SearchDimension = Uniform | LogUniform | IntRange | Choice
 
 
+# On rows of one class only these are defined (accuracy there is that class's
+# recall); AUCs, precision, recall and f1 need both classes.
+ONE_CLASS_METRICS = frozenset({"accuracy", "log_loss"})
+# Metrics where a smaller value is the better model.
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "log_loss"})
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` is a better model."""
+    return metric not in LOWER_IS_BETTER
+
+
+@dataclass(frozen=True)
+class Slice:
+    """A named part of the holdout that promotion gates on its own.
+
+    Rows whose ``column`` is one of ``values``, or lies in ``range`` =
+    ``(low, high)``: ``low <= x < high``, so adjacent bands do not overlap; one
+    end may be None (open). The column may be a feature, the target (a class
+    slice: ``Slice("malignant", "diagnosis", values=("malignant",))``) or any
+    other column of the holdout (an attribute the model does not read).
+    ``metrics`` limits which slice-gated metrics apply to this slice (empty:
+    all of them), so a class slice can be gated on accuracy while bands are
+    gated on roc_auc.
+    """
+
+    name: str
+    column: str
+    values: tuple[Any, ...] | None = None
+    range: tuple[float | None, float | None] | None = None
+    metrics: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        where = f"slice {self.name!r}"
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigurationError(f"a slice needs a name, not {self.name!r}")
+        if not isinstance(self.column, str) or not self.column:
+            raise ConfigurationError(f"{where}: column must be a column name, not {self.column!r}")
+        if (self.values is None) == (self.range is None):
+            raise ConfigurationError(f"{where}: give either values=(...) or range=(low, high)")
+        if self.values is not None:
+            if isinstance(self.values, str | bytes) or not hasattr(self.values, "__iter__"):
+                raise ConfigurationError(
+                    f"{where}: values must be a tuple of values, not {self.values!r}"
+                )
+            object.__setattr__(self, "values", tuple(self.values))
+            if not self.values:
+                raise ConfigurationError(f"{where}: values is empty")
+        if self.range is not None:
+            object.__setattr__(self, "range", _checked_range(where, self.range))
+        if isinstance(self.metrics, str):
+            raise ConfigurationError(f"{where}: metrics must be a tuple, e.g. ({self.metrics!r},)")
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+
+    def applies_to(self, metric: str) -> bool:
+        """Whether the slice gates on ``metric`` mean this slice."""
+        return not self.metrics or metric in self.metrics
+
+    def describe(self) -> str:
+        """The rows it selects, as a person reads them: ``mean_radius in [12, 15)``."""
+        if self.range is not None:
+            low, high = self.range
+            if low is None:
+                return f"{self.column} < {high:g}"
+            if high is None:
+                return f"{self.column} >= {low:g}"
+            return f"{self.column} in [{low:g}, {high:g})"
+        values = self.values or ()
+        if len(values) == 1:
+            return f"{self.column} = {values[0]}"
+        return f"{self.column} in {{{', '.join(str(v) for v in values)}}}"
+
+
+def _checked_range(where: str, bounds: Any) -> tuple[float | None, float | None]:
+    if isinstance(bounds, str) or not hasattr(bounds, "__len__") or len(bounds) != 2:
+        raise ConfigurationError(f"{where}: range must be (low, high), not {bounds!r}")
+    low, high = bounds
+    for end in (low, high):
+        ok = end is None or (
+            isinstance(end, int | float) and not isinstance(end, bool) and math.isfinite(end)
+        )
+        if not ok:
+            raise ConfigurationError(f"{where}: range ends must be numbers or None, not {end!r}")
+    if low is None and high is None:
+        raise ConfigurationError(f"{where}: range (None, None) selects every row; give an end")
+    if low is not None and high is not None and not low < high:
+        raise ConfigurationError(f"{where}: range low {low} must be below high {high}")
+    return (None if low is None else float(low), None if high is None else float(high))
+
+
 @dataclass(frozen=True)
 class Gates:
     """Promotion policy: what a challenger must show to become champion."""
@@ -64,6 +160,67 @@ class Gates:
     require_signature_compatible: bool = True
     # Pause the promote flow for a person's approval in the Prefect UI.
     require_approval: bool = False
+    # Slice gates, checked on the same holdout as the champion comparison.
+    slices: tuple[Slice, ...] = ()
+    # metric -> floor (or ceiling) on every slice the metric applies to.
+    min_slice_metrics: Mapping[str, float] = field(default_factory=dict)
+    max_slice_metrics: Mapping[str, float] = field(default_factory=dict)
+    # metric -> the largest allowed difference between the best and worst slice.
+    max_slice_gap: Mapping[str, float] = field(default_factory=dict)
+    # metric -> how much worse than the champion the challenger may be on any slice.
+    slice_champion_tolerance: Mapping[str, float] = field(default_factory=dict)
+    # A slice with fewer holdout rows is not judged: its gates fail, saying
+    # "not enough rows", rather than pass or fail on a handful of rows.
+    slice_min_rows: int = 20
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "slices", tuple(self.slices))
+        if any(not isinstance(s, Slice) for s in self.slices):
+            raise ConfigurationError("gates: slices must be Slice(...) objects")
+        names = [s.name for s in self.slices]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigurationError(f"gates: slice names must be unique; repeated: {twice}")
+        kinds = self.slice_gates()
+        for kind, bounds in kinds.items():
+            for metric, bound in bounds.items():
+                number = isinstance(bound, int | float) and not isinstance(bound, bool)
+                if not number or not math.isfinite(bound):
+                    raise ConfigurationError(
+                        f"gates: {kind}[{metric!r}] must be a number, not {bound!r}"
+                    )
+                if kind in ("max_slice_gap", "slice_champion_tolerance") and bound < 0:
+                    raise ConfigurationError(f"gates: {kind}[{metric!r}] must be >= 0, not {bound}")
+        gated = any(kinds.values())
+        if self.slices and not gated:
+            raise ConfigurationError(
+                "gates: slices are named but no slice gate checks them; set min_slice_metrics, "
+                "max_slice_metrics, max_slice_gap or slice_champion_tolerance"
+            )
+        if gated and not self.slices:
+            raise ConfigurationError("gates: slice gates are set but no slices are named")
+        if isinstance(self.slice_min_rows, bool) or not (
+            isinstance(self.slice_min_rows, int) and self.slice_min_rows >= 1
+        ):
+            raise ConfigurationError(
+                f"gates: slice_min_rows must be a whole number >= 1, not {self.slice_min_rows!r}"
+            )
+
+    def slice_gates(self) -> dict[str, Mapping[str, float]]:
+        """The slice gates by kind (field name), each metric -> bound."""
+        return {
+            "min_slice_metrics": self.min_slice_metrics,
+            "max_slice_metrics": self.max_slice_metrics,
+            "max_slice_gap": self.max_slice_gap,
+            "slice_champion_tolerance": self.slice_champion_tolerance,
+        }
+
+    def slice_metrics(self) -> list[str]:
+        """Every metric some slice gate reads, in the order the gates name them."""
+        out: list[str] = []
+        for bounds in self.slice_gates().values():
+            out += [m for m in bounds if m not in out]
+        return out
 
 
 @dataclass(frozen=True)
@@ -123,10 +280,46 @@ class ModelDefinition:
     intended_use: str = ""
     limits: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        _check_slices(self)
+
     @property
     def is_text(self) -> bool:
         """A text model takes exactly one string column named ``text``."""
         return tuple(self.features) == ("text",)
+
+
+def _check_slices(d: ModelDefinition) -> None:
+    """Slice gates only on metrics the definition computes, and defined on each slice."""
+    gated = d.gates.slice_metrics()
+    where = f"model {d.name!r}"
+    missing = [m for m in gated if m not in d.metrics]
+    if missing:
+        raise ConfigurationError(
+            f"{where}: slice gates read {missing}, which are not among its metrics "
+            f"{list(d.metrics)}; add them to metrics=(...)"
+        )
+    for s in d.gates.slices:
+        stray = [m for m in s.metrics if m not in gated]
+        if stray:
+            raise ConfigurationError(
+                f"{where}: slice {s.name!r} names metrics {stray} that no slice gate checks "
+                f"(slice-gated metrics: {gated})"
+            )
+        if s.column != d.target or d.task != "classification":
+            continue
+        if s.range is not None:
+            raise ConfigurationError(
+                f"{where}: slice {s.name!r} takes a range of the class target {d.target!r}; "
+                "name its classes with values=(...)"
+            )
+        undefined = [m for m in gated if s.applies_to(m) and m not in ONE_CLASS_METRICS]
+        if s.values is not None and len(s.values) == 1 and undefined:
+            raise ConfigurationError(
+                f"{where}: slice {s.name!r} holds one class of {d.target!r}, on which "
+                f"{undefined} are undefined; limit it with metrics=('accuracy',) and gate "
+                "accuracy on slices (accuracy on one class is that class's recall)"
+            )
 
 
 def load_definition(name: str, models_dir: Path) -> ModelDefinition:
@@ -139,7 +332,10 @@ def load_definition(name: str, models_dir: Path) -> ModelDefinition:
     if spec is None or spec.loader is None:
         raise ConfigurationError(f"cannot import model definition {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except ConfigurationError as err:
+        raise ConfigurationError(f"{path}: {err}") from err
     definition = getattr(module, "definition", None)
     if not isinstance(definition, ModelDefinition):
         raise ConfigurationError(f"{path} must define `definition = ModelDefinition(...)`")

@@ -2,9 +2,10 @@
 
 The holdout evaluation after the refit spreads prediction over Ray tasks, one
 per shard; :func:`score_version` scores any registered version on a holdout
-for promotion. Both compute their numbers with :mod:`aipaas.training.metrics`,
-so they compare with the search's. The plots are :mod:`aipaas.training.plots`,
-the latency :mod:`aipaas.training.latency`.
+for promotion, and :func:`score_slices` on each slice the definition names.
+All compute their numbers with :mod:`aipaas.training.metrics`, so they compare
+with the search's. The plots are :mod:`aipaas.training.plots`, the latency
+:mod:`aipaas.training.latency`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from aipaas.exceptions import ConfigurationError
 from aipaas.files import atomic_write, atomic_write_json
-from aipaas.modeldef import ModelDefinition
+from aipaas.modeldef import ModelDefinition, Slice
 from aipaas.training import plots, registry, tags
+from aipaas.training.gates import SliceScore
 from aipaas.training.latency import Latency
-from aipaas.training.metrics import compute_metrics, predict_outputs, prepare_features
+from aipaas.training.metrics import (
+    compute_metrics,
+    predict_outputs,
+    prepare_features,
+    undefined_metrics,
+)
+
+# (model_uri, definition, holdout) -> {metric: value}: how promotion scores a version.
+VersionScorer = Callable[[str, ModelDefinition, pd.DataFrame], Mapping[str, float]]
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -120,10 +131,101 @@ def score_version(
     The caller has pointed MLflow at the registry (``aipaas.training.registry.connect``).
     """
     _, model = registry.load_native(model_uri)
+    return score_model(model, definition, holdout)
+
+
+def score_model(model: Any, definition: ModelDefinition, holdout: pd.DataFrame) -> dict[str, float]:
+    """The definition's metrics for a loaded model on ``holdout``."""
     X = prepare_features(definition, holdout)
     y = holdout[definition.target].to_numpy()
     pred, proba, classes = predict_outputs(model, X)
     return compute_metrics(definition.task, definition.metrics, y, pred, proba, classes)
+
+
+def version_scorer() -> VersionScorer:
+    """:func:`score_version` that loads each model once, for one promotion.
+
+    Promotion scores a version on the holdout and again on each slice; loading
+    it from the registry each time would cost more than the predictions.
+    """
+    loaded: dict[str, Any] = {}
+
+    def score(
+        model_uri: str, definition: ModelDefinition, holdout: pd.DataFrame
+    ) -> dict[str, float]:
+        if model_uri not in loaded:
+            loaded[model_uri] = registry.load_native(model_uri)[1]
+        return score_model(loaded[model_uri], definition, holdout)
+
+    return score
+
+
+# --------------------------------------------------------------------------- slices
+
+
+def slice_frames(definition: ModelDefinition, holdout: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The rows of ``holdout`` in each slice of the definition's gates, by slice name.
+
+    Raises:
+        ConfigurationError: a slice names a column the holdout does not have,
+            or takes a range of a column that is not numeric.
+    """
+    return {s.name: holdout[_slice_mask(definition, s, holdout)] for s in definition.gates.slices}
+
+
+def _slice_mask(definition: ModelDefinition, s: Slice, holdout: pd.DataFrame) -> pd.Series:
+    where = f"model {definition.name!r}, slice {s.name!r}"
+    if s.column not in holdout.columns:
+        shown = ", ".join(map(str, list(holdout.columns)[:12]))
+        more = ", ..." if len(holdout.columns) > 12 else ""
+        raise ConfigurationError(
+            f"{where}: the holdout has no column {s.column!r} (it has {shown}{more}); "
+            "fix the slice in the model definition"
+        )
+    column = holdout[s.column]
+    if s.values is not None:
+        return column.isin(list(s.values))
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        raise ConfigurationError(
+            f"{where}: range {s.range} needs a numeric column; {s.column!r} holds {column.dtype}; "
+            "name its values with values=(...) instead"
+        )
+    low, high = s.range or (None, None)
+    mask = pd.Series(True, index=holdout.index)
+    if low is not None:
+        mask &= column >= low
+    if high is not None:
+        mask &= column < high
+    return mask
+
+
+def score_slices(
+    definition: ModelDefinition,
+    holdout: pd.DataFrame,
+    score: Callable[[pd.DataFrame], Mapping[str, float]],
+) -> tuple[SliceScore, ...]:
+    """One version's metrics on each slice of ``holdout``, by ``score`` (rows -> metrics).
+
+    A slice with fewer rows than ``gates.slice_min_rows`` is not scored, and
+    a metric its rows cannot define (AUC on one class) is left out with why
+    (:func:`aipaas.training.metrics.undefined_metrics`): the gates say so
+    rather than read a number that means nothing.
+
+    Raises:
+        ConfigurationError: a slice does not fit the holdout (:func:`slice_frames`).
+    """
+    least = definition.gates.slice_min_rows
+    out = []
+    for name, rows in slice_frames(definition, holdout).items():
+        n = len(rows)
+        if n < least:
+            out.append(SliceScore(name, n, unmeasured=f"not enough rows ({n} < {least})"))
+            continue
+        metrics = {k: float(v) for k, v in score(rows).items()}
+        undefined = undefined_metrics(definition.task, list(metrics), rows[definition.target])
+        kept = {k: v for k, v in metrics.items() if k not in undefined}
+        out.append(SliceScore(name, n, kept, undefined=undefined))
+    return tuple(out)
 
 
 # --------------------------------------------------------------------------- report

@@ -5,17 +5,25 @@ gate is recorded with what was measured, against what threshold, and the
 outcome (:class:`aipaas.schemas.GateResult`), so a rejection explains itself.
 :mod:`aipaas.training.promote` gathers the evidence from the registry and
 applies the outcome.
+
+Slice gates read each version's metrics on named parts of the holdout
+(:class:`SliceScore`, from :func:`aipaas.training.evaluate.score_slices`), one
+gate per kind and metric, every slice's value in its detail. No evidence is
+no pass, as for every other gate: a slice with too few rows, a metric the
+slice cannot define (AUC on one class), or a holdout that was not sliced fails
+the gate and says which slice and why, rather than pass unchecked or be
+judged on noise.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from aipaas.modeldef import ModelDefinition
+from aipaas.modeldef import Gates, ModelDefinition, higher_is_better
 from aipaas.schemas import GateResult
 from aipaas.training import tags
 
@@ -23,8 +31,36 @@ APPROVAL = "approval"
 
 
 @dataclass(frozen=True)
+class SliceScore:
+    """One version's metrics on one slice of the holdout."""
+
+    name: str
+    rows: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    # Why the slice was not scored at all ("not enough rows (12 < 20)"), or "".
+    unmeasured: str = ""
+    # metric -> why these rows cannot define it ("one class (benign) in these rows").
+    undefined: Mapping[str, str] = field(default_factory=dict)
+
+    def reading(self, metric: str) -> tuple[float | None, str]:
+        """The metric's value, or None and why there is none."""
+        if self.unmeasured:
+            return None, self.unmeasured
+        if metric in self.undefined:
+            return None, f"{metric} undefined: {self.undefined[metric]}"
+        value = self.metrics.get(metric)
+        if value is None or not _finite(value):
+            return None, f"{metric} not measured"
+        return float(value), ""
+
+
+@dataclass(frozen=True)
 class Candidate:
-    """The evidence about one version that the gates read."""
+    """The evidence about one version that the gates read.
+
+    ``slices`` is None when the holdout was not sliced (no slices defined, or
+    no holdout: ``slices_error`` says why).
+    """
 
     version: str
     metrics: Mapping[str, float]
@@ -32,6 +68,8 @@ class Candidate:
     input_schema: Mapping[str, str] | None = None
     schema_error: str | None = None
     suite_passed: bool | None = None
+    slices: tuple[SliceScore, ...] | None = None
+    slices_error: str | None = None
 
 
 def now() -> str:
@@ -75,6 +113,7 @@ def check_gates(
         for metric, ceiling in policy.max_metrics.items()
     ]
     results.append(_champion_gate(definition, challenger, champion, comparable))
+    results += slice_gates(definition.gates, challenger, champion, comparable=comparable)
     results.append(_latency_gate(challenger.latency_p99_ms, policy.p99_latency_ms))
     if policy.require_signature_compatible:
         results.append(_signature_gate(challenger, champion))
@@ -207,6 +246,170 @@ def _champion_gate(
         ok, threshold = ours <= bound, f"<= {_round(bound)}"  # type: ignore[operator]
     detail = f"champion v{champion.version} scored {_round(theirs)}, tolerance {tolerance}"
     return GateResult(name, bool(ok), value, threshold, detail)
+
+
+# --- slice gates ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """One slice's value of one metric, or why it has none."""
+
+    slice: str
+    rows: int
+    value: float | None
+    why: str = ""
+
+    def shown(self) -> str:
+        if self.value is None:
+            return f"{self.slice}: {self.why}"
+        return f"{self.slice} {self.value:.3f} ({self.rows} rows)"
+
+
+def slice_gates(
+    policy: Gates,
+    challenger: Candidate,
+    champion: Candidate | None,
+    *,
+    comparable: str | None = None,
+) -> list[GateResult]:
+    """The slice gates of ``policy``: one per kind and metric; none without slices.
+
+    Each applies to the slices whose ``metrics`` include its metric (all, by
+    default) and fails when any of them has no value, naming the slice.
+    """
+    if not policy.slices:
+        return []
+    out = [
+        _slice_bound("min", metric, floor, policy, challenger)
+        for metric, floor in policy.min_slice_metrics.items()
+    ]
+    out += [
+        _slice_bound("max", metric, ceiling, policy, challenger)
+        for metric, ceiling in policy.max_slice_metrics.items()
+    ]
+    out += [
+        _slice_gap(metric, gap, policy, challenger) for metric, gap in policy.max_slice_gap.items()
+    ]
+    out += [
+        _slice_vs_champion(metric, tolerance, policy, challenger, champion, comparable)
+        for metric, tolerance in policy.slice_champion_tolerance.items()
+    ]
+    return out
+
+
+def _readings(policy: Gates, candidate: Candidate, metric: str) -> list[_Reading]:
+    scores = {s.name: s for s in candidate.slices or ()}
+    out = []
+    for s in policy.slices:
+        if not s.applies_to(metric):
+            continue
+        score = scores.get(s.name)
+        if score is None:
+            out.append(_Reading(s.name, 0, None, "not scored"))
+            continue
+        value, why = score.reading(metric)
+        out.append(_Reading(s.name, score.rows, value, why))
+    return out
+
+
+def _measured(readings: Sequence[_Reading]) -> list[tuple[_Reading, float]]:
+    return [(r, r.value) for r in readings if r.value is not None]
+
+
+def _unsliced(name: str, threshold: str, candidate: Candidate) -> GateResult | None:
+    if candidate.slices is not None:
+        return None
+    why = candidate.slices_error or "the holdout was not sliced"
+    return GateResult(name, False, None, threshold, why)
+
+
+def _slice_bound(
+    kind: str, metric: str, bound: float, policy: Gates, challenger: Candidate
+) -> GateResult:
+    name = f"slice {kind} {metric}"
+    threshold = f"{'>=' if kind == 'min' else '<='} {bound} on every slice"
+    unsliced = _unsliced(name, threshold, challenger)
+    if unsliced is not None:
+        return unsliced
+    readings = _readings(policy, challenger, metric)
+    measured = _measured(readings)
+    values = [v for _, v in measured]
+    if kind == "min":
+        beyond = [r.slice for r, v in measured if v < bound]
+        worst = min(values) if values else None
+    else:
+        beyond = [r.slice for r, v in measured if v > bound]
+        worst = max(values) if values else None
+    missing = [r for r in readings if r.value is None]
+    notes = [f"{'below' if kind == 'min' else 'above'} on {', '.join(beyond)}"] if beyond else []
+    notes += _missing_note(missing)
+    detail = "; ".join([*notes, ", ".join(r.shown() for r in readings)])
+    return GateResult(name, not beyond and not missing, _round(worst), threshold, detail)
+
+
+def _slice_gap(metric: str, gap: float, policy: Gates, challenger: Candidate) -> GateResult:
+    name, threshold = f"slice gap {metric}", f"<= {gap} between slices"
+    unsliced = _unsliced(name, threshold, challenger)
+    if unsliced is not None:
+        return unsliced
+    readings = _readings(policy, challenger, metric)
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    ranked = sorted(_measured(readings), key=lambda rv: sign * rv[1], reverse=True)
+    notes = _missing_note([r for r in readings if r.value is None])
+    if len(ranked) < 2:
+        notes.append(f"needs {metric} on two slices or more")
+        return GateResult(name, False, None, threshold, "; ".join(notes))
+    (best, high), (worst, low) = ranked[0], ranked[-1]
+    value = abs(high - low)
+    notes.append(f"best {best.slice} {high:.3f}, worst {worst.slice} {low:.3f}")
+    ok = value <= gap + 1e-12 and len(ranked) == len(readings)
+    return GateResult(name, ok, _round(value), threshold, "; ".join(notes))
+
+
+def _slice_vs_champion(
+    metric: str,
+    tolerance: float,
+    policy: Gates,
+    challenger: Candidate,
+    champion: Candidate | None,
+    comparable: str | None,
+) -> GateResult:
+    name = f"slice vs champion {metric}"
+    threshold = f"no slice worse by more than {tolerance}"
+    if champion is None:
+        return GateResult(name, True, None, "no champion yet", "first model: absolute gates only")
+    if comparable is not None:
+        return GateResult(name, False, None, "same holdout", comparable)
+    unsliced = _unsliced(name, threshold, challenger) or _unsliced(name, threshold, champion)
+    if unsliced is not None:
+        return unsliced
+    theirs = {r.slice: r for r in _readings(policy, champion, metric)}
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    changes: list[tuple[str, float, float, float]] = []  # slice, ours, theirs, change
+    missing: list[_Reading] = []
+    for ours in _readings(policy, challenger, metric):
+        their = theirs[ours.slice]
+        if ours.value is None:
+            missing.append(ours)
+        elif their.value is None:
+            missing.append(replace(their, why=f"champion: {their.why}"))
+        else:
+            changes.append((ours.slice, ours.value, their.value, sign * (ours.value - their.value)))
+    worse = [c[0] for c in changes if c[3] < -tolerance - 1e-12]
+    notes = [f"worse on {', '.join(worse)}"] if worse else []
+    notes += _missing_note(missing)
+    if changes:
+        shown = ", ".join(f"{s} {o:.3f} vs {t:.3f}" for s, o, t, _ in changes)
+        notes.append(f"against champion v{champion.version}: {shown}")
+    value = _round(min(c[3] for c in changes)) if changes else None
+    return GateResult(name, not worse and not missing, value, threshold, "; ".join(notes))
+
+
+def _missing_note(missing: Sequence[_Reading]) -> list[str]:
+    if not missing:
+        return []
+    return ["no value on " + ", ".join(f"{r.slice} ({r.why})" for r in missing)]
 
 
 def _signature_gate(challenger: Candidate, champion: Candidate | None) -> GateResult:

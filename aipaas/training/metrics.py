@@ -18,11 +18,30 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from aipaas.exceptions import ConfigurationError
-from aipaas.modeldef import ModelDefinition
+from aipaas.modeldef import ONE_CLASS_METRICS, ModelDefinition
 
 CLASSIFICATION_METRICS = ("roc_auc", "pr_auc", "accuracy", "f1", "precision", "recall", "log_loss")
 REGRESSION_METRICS = ("rmse", "mae", "r2")
 RANKING_METRICS = ("roc_auc", "pr_auc", "log_loss")  # these need class probabilities
+
+
+def undefined_metrics(task: str, metrics: Sequence[str], y_true: ArrayLike) -> dict[str, str]:
+    """The metrics that these rows cannot define, each with why.
+
+    :func:`compute_metrics` still returns a number for most of them (precision
+    with ``zero_division=0``, an r2 forced finite), and on a slice of the
+    holdout that number would be read as a verdict. On rows of one class only
+    accuracy and log loss mean something; r2 needs more than one target value.
+    """
+    values = pd.unique(pd.Series(np.asarray(y_true)).dropna())
+    if len(values) == 0:
+        return {m: "no rows" for m in metrics}
+    if len(values) > 1:
+        return {}
+    if task == "classification":
+        why = f"one class ({values[0]}) in these rows"
+        return {m: why for m in metrics if m not in ONE_CLASS_METRICS}
+    return {m: "one target value in these rows" for m in metrics if m == "r2"}
 
 
 def check_metrics(definition: ModelDefinition) -> None:

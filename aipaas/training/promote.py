@@ -19,14 +19,16 @@ step; :func:`model_status` reads it all back.
 Champion and challenger are compared on the *same* holdout, the current
 dataset version's, scored now; metrics logged at training time may come from
 different holdouts. For the very first model there is nothing to compare, and
-the absolute gates read the holdout metrics training logged.
+the absolute gates read the holdout metrics training logged. Slice gates
+(``Gates.slices``) are always read on that current holdout, cut into the
+definition's slices, the first model's too: training logs no slice metrics.
 """
 
 from __future__ import annotations
 
 import getpass
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,6 +50,7 @@ from aipaas.training.attestation import tag_for
 from aipaas.training.gates import (
     Approval,
     Candidate,
+    SliceScore,
     approval_gate,
     check_gates,
     failure_reasons,
@@ -128,32 +131,51 @@ def assess(
         return Assessment(model, target.version, champion_version, (), requires, True, "unchanged")
     comparable: str | None = None
     champion: Candidate | None = None
-    if champion_info is None or champion_version == target.version:
-        # No champion, or the alias points at this version but serving refuses
-        # it (e.g. promoted before records were signed): it stands on its own.
+    # No champion, or the alias points at this version but serving refuses it
+    # (e.g. promoted before records were signed): it stands on its own.
+    alone = champion_info is None or champion_version == target.version
+    sliced = bool(definition.gates.slices)
+    current = _Holdout(None, "none", "")
+    if sliced or not alone:
+        current = _Holdout(*_current_holdout(settings, definition, holdout))
+    score = scorer or _default_scorer()
+    if alone or champion_info is None:
         basis = "holdout metrics logged at training"
         ours = _logged_metrics(target)
+        if sliced:
+            basis += f"; slices: {current.basis if current.frame is not None else 'none'}"
     else:
         ours, theirs, basis, comparable = _compare(
-            settings, definition, target, champion_info, scorer, holdout
+            definition, target, champion_info, score, current
         )
-        champion = _candidate(champion_info, theirs)
-    gates = check_gates(definition, _candidate(target, ours), champion, comparable=comparable)
+        wanted = sliced and bool(definition.gates.slice_champion_tolerance)
+        champion = _candidate(
+            champion_info, theirs, _slices(definition, champion_info, score, current, wanted)
+        )
+    challenger = _candidate(target, ours, _slices(definition, target, score, current, sliced))
+    gates = check_gates(definition, challenger, champion, comparable=comparable)
     return Assessment(model, target.version, champion_version, tuple(gates), requires, False, basis)
 
 
+@dataclass(frozen=True)
+class _Holdout:
+    """The holdout versions are scored on, what it is, or why there is none."""
+
+    frame: pd.DataFrame | None
+    basis: str
+    missing: str
+
+
 def _compare(
-    settings: Settings,
     definition: ModelDefinition,
     target: ModelVersionInfo,
     champion: ModelVersionInfo,
-    scorer: Scorer | None,
-    holdout: pd.DataFrame | None,
+    score: Scorer,
+    current: _Holdout,
 ) -> tuple[dict[str, float], dict[str, float], str, str | None]:
     """Both versions' metrics, on what basis, and why they do not compare (or None)."""
-    frame, basis, reason = _current_holdout(settings, definition, holdout)
+    frame, basis, reason = current.frame, current.basis, current.missing
     if frame is not None:
-        score = scorer or _default_scorer()
         ours = _normalise(score(target.uri, definition, frame))
         return ours, _normalise(score(champion.uri, definition, frame)), basis, None
     # Without the current holdout, logged metrics compare only when both
@@ -177,7 +199,35 @@ def _resolve(model: str, version: str | None) -> ModelVersionInfo:
     return found
 
 
-def _candidate(info: ModelVersionInfo, metrics: Mapping[str, float]) -> Candidate:
+def _slices(
+    definition: ModelDefinition,
+    info: ModelVersionInfo,
+    score: Scorer,
+    current: _Holdout,
+    wanted: bool,
+) -> tuple[tuple[SliceScore, ...] | None, str | None]:
+    """One version's metrics on each slice of the current holdout, or (None, why not).
+
+    Raises:
+        ConfigurationError: a slice does not fit the holdout (a definition error:
+            nothing is decided, nothing recorded).
+    """
+    if not wanted:
+        return None, None
+    if current.frame is None:
+        return None, f"no holdout to slice: {current.missing}"
+
+    def on(rows: pd.DataFrame) -> dict[str, float]:
+        return _normalise(score(info.uri, definition, rows))
+
+    return score_slices(definition, current.frame, on), None
+
+
+def _candidate(
+    info: ModelVersionInfo,
+    metrics: Mapping[str, float],
+    slices: tuple[tuple[SliceScore, ...] | None, str | None] = (None, None),
+) -> Candidate:
     logged = registry.run_metrics(info.run_id) if info.run_id else {}
     schema: Mapping[str, str] | None = None
     schema_error: str | None = None
@@ -193,6 +243,8 @@ def _candidate(info: ModelVersionInfo, metrics: Mapping[str, float]) -> Candidat
         input_schema=schema,
         schema_error=schema_error,
         suite_passed=None if suite is None else suite.strip().lower() in ("true", "1", "yes"),
+        slices=slices[0],
+        slices_error=slices[1],
     )
 
 
@@ -229,9 +281,20 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def _default_scorer() -> Scorer:
-    from aipaas.training.evaluate import score_version
+    from aipaas.training.evaluate import version_scorer
 
-    return score_version
+    return version_scorer()
+
+
+def score_slices(
+    definition: ModelDefinition,
+    holdout: pd.DataFrame,
+    score: Callable[[pd.DataFrame], Mapping[str, float]],
+) -> tuple[SliceScore, ...]:
+    """:func:`aipaas.training.evaluate.score_slices`, imported when slices are scored."""
+    from aipaas.training import evaluate
+
+    return evaluate.score_slices(definition, holdout, score)
 
 
 # --- the decision --------------------------------------------------------------
@@ -398,7 +461,7 @@ def _decision_tags(record: PromotionRecord) -> dict[str, str]:
     """The decided version's tags; a rollback only stamps when it became champion again."""
     if record.action == "rollback":
         return {tags.PROMOTED_AT: record.at}
-    gates = json.dumps([g.to_dict() for g in record.gates], default=str)[:TAG_LIMIT]
+    gates = gates_tag(record.gates)
     out = {tags.PROMOTION_GATES: gates, tags.PROMOTION_DECIDED_BY: record.decided_by}
     if record.result == "rejected":
         return out | {
@@ -410,6 +473,32 @@ def _decision_tags(record: PromotionRecord) -> dict[str, str]:
         tags.PROMOTION_REASONS: "",
         tags.PROMOTED_AT: record.at,
     }
+
+
+def gates_tag(gates: Sequence[GateResult], limit: int = TAG_LIMIT) -> str:
+    """The gates as JSON within an MLflow tag's length, and always valid JSON.
+
+    Slice gates carry every slice's value in their detail; when the whole does
+    not fit, details are shortened, then dropped, then the last gates (the
+    audit chain keeps them all). A cut string would not parse, and
+    ``aipaas models show`` reads this tag back.
+    """
+    rows = [g.to_dict() for g in gates]
+    for clip in (None, 200, 60, 0):
+        shown = [r | {"detail": _clip(str(r.get("detail") or ""), clip)} for r in rows]
+        text = json.dumps(shown, default=str)
+        if len(text) <= limit:
+            return text
+    while shown and len(text) > limit:
+        shown = shown[:-1]
+        text = json.dumps(shown, default=str)
+    return text
+
+
+def _clip(text: str, limit: int | None) -> str:
+    if limit is None or len(text) <= limit:
+        return text
+    return text[: max(limit - 3, 0)] + "..." if limit else ""
 
 
 def promote(

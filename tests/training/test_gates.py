@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from aipaas.modeldef import Gates, ModelDefinition, Uniform
+from aipaas.modeldef import Gates, ModelDefinition, Slice, Uniform
 from aipaas.schemas import GateResult
 from aipaas.training.gates import (
     Approval,
     Candidate,
+    SliceScore,
     approval_gate,
     check_gates,
     failure_reasons,
@@ -59,6 +60,24 @@ def test_every_gate_passes_for_a_good_challenger() -> None:
         "data suite passed",
     ]
     assert all(g.passed for g in results), format_gates(results)
+
+
+def test_slice_gates_follow_the_champion_comparison() -> None:
+    """Slice gates are checked with the others (their logic: test_slice_gates.py)."""
+    d = _definition(
+        slices=(Slice("low", "a", range=(None, 0)), Slice("high", "a", range=(0, None))),
+        min_slice_metrics={"accuracy": 0.8},
+        max_slice_gap={"accuracy": 0.1},
+    )
+    slices = (SliceScore("low", 30, {"accuracy": 0.9}), SliceScore("high", 30, {"accuracy": 0.6}))
+    results = check_gates(d, _candidate(slices=slices), _candidate("1", slices=slices))
+    assert [g.name for g in results][:4] == [
+        "vs champion roc_auc",
+        "slice min accuracy",
+        "slice gap accuracy",
+        "p99 latency ms",
+    ]
+    assert [g.name for g in results if not g.passed] == ["slice min accuracy", "slice gap accuracy"]
 
 
 @pytest.mark.parametrize(
