@@ -21,11 +21,14 @@ and resolves each request's future; requests that arrive during a commit go
 in the next one. SQLite runs in WAL mode; by default a commit is in the WAL
 when the request is answered (it survives the server dying, not a power
 cut); ``audit.fsync`` adds an fsync per group commit and then waits up to
-``audit.commit_window_ms`` to gather each group. Inputs are not stored, only their HMAC under
-``settings.audit.hmac_key`` (so a leaked trail does not let anyone confirm a
-guessed input without the key). Each answered row becomes a
-:class:`PredictionRecord` in the same transaction; its raw input is kept only
-when the served version's ``aipaas.log_inputs`` tag allows it.
+``audit.commit_window_ms`` to gather each group. On PostgreSQL an append
+commits with ``synchronous_commit`` on even where the server's default is
+off, so a database crash cannot take back a record whose answer was sent.
+Inputs are not stored, only their HMAC under ``settings.audit.hmac_key`` (so
+a leaked trail does not let anyone confirm a guessed input without the key).
+Each answered row becomes a :class:`PredictionRecord` in the same
+transaction; its raw input is kept only when the served version's
+``aipaas.log_inputs`` tag allows it.
 """
 
 from __future__ import annotations
@@ -241,6 +244,12 @@ class _Chain:
         self._retryable: tuple[type[Exception], ...] = (
             (dbapi.IntegrityError, dbapi.OperationalError) if dbapi else ()
         )
+        # The driver's own errors for "cannot reach it" (the pool raises them unwrapped).
+        self._unreachable: tuple[type[Exception], ...] = (
+            (*db.UNAVAILABLE, dbapi.OperationalError, dbapi.InterfaceError)
+            if dbapi
+            else db.UNAVAILABLE
+        )
         self._sqlite = self._eng.dialect.name == "sqlite"
         mark = "?" if self._eng.dialect.paramstyle == "qmark" else "%s"
 
@@ -249,8 +258,16 @@ class _Chain:
                 f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
             )
 
+        # PostgreSQL: the lock, and a durable commit even where the server's
+        # default is synchronous_commit=off (which acknowledges a commit before
+        # its WAL is written: a database crash then loses records of answers
+        # already sent). Any stronger setting (remote_apply...) is kept.
         self._begin = (
-            "BEGIN IMMEDIATE" if self._sqlite else f"SELECT pg_advisory_xact_lock({APPEND_LOCK})"
+            "BEGIN IMMEDIATE"
+            if self._sqlite
+            else f"SELECT pg_advisory_xact_lock({APPEND_LOCK}), CASE WHEN "
+            "current_setting('synchronous_commit') = 'off' THEN "
+            "set_config('synchronous_commit', 'on', true) END"
         )
         self._audit_sql = insert("audit_log", _AUDIT_COLS)
         self._pred_sql = insert("predictions", _PRED_COLS)
@@ -262,15 +279,36 @@ class _Chain:
         self._conn: Any = None
 
     def append(self, records: list[AuditRecord], predictions: list[PredictionRecord]) -> None:
+        """Write one batch, retrying what a busy or restarting database makes fail.
+
+        A commit that fails may still have landed (the server committed, the
+        connection died before it said so): the next attempt first looks for
+        the batch (:meth:`_landed`) rather than writing it twice.
+
+        Raises:
+            DatabaseUnavailableError: no connection could be made (the
+                database is down), or it kept failing; the batch was not
+                written (unless a commit whose answer was lost landed).
+        """
+        committing = False
         for attempt in range(20):
             if self._conn is None:
-                self._conn = self._connect()
+                try:
+                    self._conn = self._connect()
+                except self._unreachable as err:
+                    raise db.unavailable(err) from err
             conn = self._conn
             try:
                 cur = conn.cursor()
                 if records:
                     # The lock first, then the tail: nobody can append in between.
                     cur.execute(self._begin)
+                if committing and self._landed(cur, records, predictions):
+                    conn.commit()
+                    cur.close()
+                    return
+                committing = False
+                if records:
                     cur.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
                     row = cur.fetchone()
                     seq, prev = (int(row[0]), str(row[1])) if row else (0, GENESIS)
@@ -290,11 +328,14 @@ class _Chain:
                     cur.execute(self._head_sql, (seq, prev, head_mac(self._key, seq, prev)))
                 if predictions:
                     cur.executemany(self._pred_sql, [_pred_values(p) for p in predictions])
+                committing = True
                 conn.commit()
                 cur.close()
             except self._retryable as err:
                 self._abandon(conn)
                 if attempt == 19:
+                    if isinstance(err, self._unreachable):  # e.g. SQLite locked all along
+                        raise db.unavailable(err) from err
                     raise
                 log.debug("audit append retry %d: %s", attempt, err)
                 time.sleep(0.01 * (attempt + 1))
@@ -304,13 +345,30 @@ class _Chain:
                 raise
             return
 
+    def _landed(
+        self, cur: Any, records: list[AuditRecord], predictions: list[PredictionRecord]
+    ) -> bool:
+        """Whether the batch whose commit failed was committed after all."""
+        mark = "?" if self._sqlite else "%s"
+        if records:
+            last = records[-1]
+            cur.execute(f"SELECT hash FROM audit_log WHERE seq = {mark}", (last.seq,))
+            row = cur.fetchone()
+            return row is not None and str(row[0]) == last.hash
+        first = predictions[0]
+        cur.execute(
+            f"SELECT 1 FROM predictions WHERE request_id = {mark} AND row = {mark}",
+            (first.request_id, first.row),
+        )
+        return cur.fetchone() is not None
+
     def _abandon(self, conn: Any) -> None:
-        """Roll back; a connection that cannot (the server restarted) is replaced next time."""
+        """Roll back; a connection that cannot (the server went away) is replaced next time."""
         try:
             conn.rollback()
-        except self._retryable as err:
-            log.warning("audit connection lost, reconnecting: %s", err)
-            with contextlib.suppress(*self._retryable):
+        except Exception as err:  # noqa: BLE001 - whatever the driver says, it is unusable
+            log.info("audit connection lost, reconnecting on the next batch: %s", err)
+            with contextlib.suppress(Exception):
                 conn.close()
             self._conn = None
 
@@ -366,6 +424,8 @@ def append_event(
 
 
 _STOP = object()
+# How long a request waits for its record's commit before it is refused (503).
+COMMIT_WAIT_S = 5.0
 
 
 def _resolve(futs: list[asyncio.Future[None]], error: Exception | None) -> None:
@@ -385,9 +445,22 @@ class AuditWriter:
     record is committed; a request awaits it before its response is sent.
     Prediction rows ride in the same transaction, so a ``request_id`` a
     client has seen is always joinable by ``/feedback``.
+
+    When the database is away, each batch fails on its own (every request in
+    it gets the error, so none is answered unrecorded) and the next one
+    reconnects: nothing needs restarting when it is back. A request waits at
+    most ``wait_s`` for its commit (a database that stopped answering
+    mid-commit holds the writer until the connection fails). The outage is
+    logged once when it starts and once when it ends, with its length.
     """
 
-    def __init__(self, settings: Settings, *, commit_window_ms: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        commit_window_ms: float | None = None,
+        wait_s: float = COMMIT_WAIT_S,
+    ) -> None:
         self._settings = settings
         if commit_window_ms is None:
             # Without fsync a commit costs tens of microseconds: waiting to
@@ -396,10 +469,17 @@ class AuditWriter:
             # commit) the window amortises it over more requests.
             commit_window_ms = settings.audit.commit_window_ms if settings.audit.fsync else 0.0
         self._window_s = max(0.0, commit_window_ms) / 1000.0
+        self.wait_s = wait_s
         self._q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="aipaas-audit", daemon=True)
         self.batches = 0
         self.records = 0
+        self.failed_batches = 0
+        # Since when (monotonic) commits fail, and why; None while they succeed.
+        self.failing_since: float | None = None
+        # When (monotonic) the batch being written now began; None while idle.
+        self.busy_since: float | None = None
+        self.last_error: str | None = None
         self._chain = _Chain(settings, own_connection=True)
         self._stopped = threading.Event()
         self._checkpointer: threading.Thread | None = None
@@ -440,6 +520,44 @@ class AuditWriter:
         self._q.put((record, predictions or [], fut, loop))
         return fut
 
+    async def commit(
+        self, record: AuditRecord | None, predictions: list[PredictionRecord] | None = None
+    ) -> None:
+        """Submit and wait until committed, at most :attr:`wait_s`.
+
+        Raises:
+            DatabaseUnavailableError: the batch failed, or did not commit in
+                time (it may still commit later: a record never goes missing
+                for an answer, though one may exist for a request refused).
+        """
+        fut = self.submit_async(record, predictions)
+        # A timer rather than asyncio.wait_for: no extra task switch per request.
+        timer = asyncio.get_running_loop().call_later(self.wait_s, self._expire, fut)
+        try:
+            await fut
+        except db.DatabaseUnavailableError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the writer logged it; the caller answers 503
+            raise db.unavailable(err) from err
+        finally:
+            timer.cancel()
+
+    def _expire(self, fut: asyncio.Future[None]) -> None:
+        if not fut.done():  # the writer resolves a done future no more
+            fut.set_exception(
+                db.DatabaseUnavailableError(
+                    "the audit trail did not commit in time: the platform database is not "
+                    "answering; no answer goes out without its audit record: retry shortly",
+                    reason=f"no commit within {self.wait_s:g} s",
+                )
+            )
+
+    def stalled(self) -> float | None:
+        """How long the batch being written has taken, when longer than :attr:`wait_s`."""
+        since = self.busy_since
+        took = None if since is None else time.monotonic() - since
+        return took if took is not None and took > self.wait_s else None
+
     def close(self, timeout: float = 10.0) -> None:
         """Commit what is queued, then stop the threads."""
         self._q.put(_STOP)
@@ -474,17 +592,21 @@ class AuditWriter:
             records = [item[0] for item in batch if item[0] is not None]
             preds = [p for item in batch for p in item[1]]
             error: Exception | None = None
+            self.busy_since = last_commit
             try:
                 self._chain.append(records, preds)
                 self.batches += 1
                 self.records += len(records)
             except Exception as err:  # noqa: BLE001 - handed to every waiting request
-                log.error("audit commit of %d records failed: %s", len(records), err)
                 error = err
+            self.busy_since = None
+            self._note(error, len(records))
             by_loop: dict[Any, list[Any]] = {}
             for _, _, fut, loop in batch:
                 if loop is not None:
                     by_loop.setdefault(loop, []).append(fut)
+                elif fut.done():  # pragma: no cover - a caller cancelled it
+                    continue
                 elif error is not None:
                     fut.set_exception(error)
                 else:
@@ -496,6 +618,33 @@ class AuditWriter:
                     pass
 
         self._chain.close()
+
+    def _note(self, error: Exception | None, records: int) -> None:
+        """Log an outage once when it starts and once when it ends, not once per batch."""
+        now = time.monotonic()
+        if error is None:
+            if self.failing_since is not None:
+                log.warning(
+                    "audit trail writable again after %.1f s (%d batches refused meanwhile)",
+                    now - self.failing_since,
+                    self.failed_batches,
+                )
+                self.failing_since = None
+                self.last_error = None
+            return
+        self.failed_batches += 1
+        reason = error.reason if isinstance(error, db.DatabaseUnavailableError) else str(error)
+        self.last_error = " ".join(reason.split())[:500]
+        if self.failing_since is None:
+            self.failing_since = now
+            self.failed_batches = 1
+            log.error(
+                "audit commit of %d records failed, requests get 503 until it succeeds: %s",
+                records,
+                self.last_error,
+            )
+        else:
+            log.debug("audit commit of %d records failed again: %s", records, self.last_error)
 
 
 @dataclass(frozen=True)

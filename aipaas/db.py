@@ -12,6 +12,14 @@ a table). :func:`engine` upgrades a database the first time a process uses
 it, under a lock (a PostgreSQL advisory lock, a file lock beside a SQLite
 file), so serving, the CLI and ``up`` can all start at once; a database a
 newer aipaas migrated is refused, never written with a schema we do not know.
+
+The database can be away for a while (PostgreSQL restarting, a failover, a
+SQLite file locked by another writer). What a driver raises then is turned
+into :class:`DatabaseUnavailableError` (:func:`reachable`), which serving
+answers with 503 and ``Retry-After``; the pool checks a connection before
+lending it (``pool_pre_ping``) and a new connection gives up after
+:data:`CONNECT_TIMEOUT_S`, so the first call after the database is back
+reconnects by itself and no call waits on a server that does not answer.
 """
 
 from __future__ import annotations
@@ -38,13 +46,75 @@ from sqlalchemy import (
     create_engine,
     event,
     inspect,
+    make_url,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 
-from aipaas.exceptions import SchemaVersionError
+from aipaas.exceptions import AipaasError, SchemaVersionError
 from aipaas.settings import Settings
 
 metadata = MetaData()
+
+
+class DatabaseUnavailableError(AipaasError):
+    """The platform database did not answer, or could not take the work now: transient.
+
+    Down, restarting, unreachable, or (SQLite) locked by another writer past
+    the busy timeout. The same call succeeds once it is back. ``str(err)``
+    names no host, since an HTTP client reads it; ``reason`` keeps the
+    driver's own words for the logs.
+    """
+
+    exit_code = 21
+    transient = True
+
+    def __init__(self, message: str, *, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+# What the driver raises when the database cannot be reached or cannot take the
+# work now (as SQLAlchemy wraps it), unlike a constraint violation or a bad
+# statement: the pool's own timeout included (every connection stuck).
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+)
+# How long a new PostgreSQL connection may take before it counts as unreachable.
+CONNECT_TIMEOUT_S = 5
+
+
+def unavailable(err: BaseException) -> DatabaseUnavailableError:
+    """``err`` (one of :data:`UNAVAILABLE`, or the driver's own) as a DatabaseUnavailableError."""
+    orig = getattr(err, "orig", None) or err
+    reason = " ".join(str(orig).split()) or type(orig).__name__
+    return DatabaseUnavailableError(
+        "the platform database is unreachable or busy; no answer goes out without "
+        "its audit record: retry shortly",
+        reason=f"{type(orig).__name__}: {reason}"[:500],
+    )
+
+
+@contextlib.contextmanager
+def reachable() -> Iterator[None]:
+    """Raise :class:`DatabaseUnavailableError` for what the driver raises when it is away."""
+    try:
+        yield
+    except UNAVAILABLE as err:
+        raise unavailable(err) from err
+
+
+def ping(settings: Settings) -> None:
+    """One round trip to the platform database (for ``/readyz``).
+
+    Raises:
+        DatabaseUnavailableError: it did not answer.
+    """
+    with reachable(), engine(settings).connect() as conn:
+        conn.exec_driver_sql("SELECT 1")
+
 
 api_keys = Table(
     "api_keys",
@@ -285,7 +355,16 @@ def _create_engine(settings: Settings) -> Engine:
         eng = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(eng, "connect", _sqlite_pragmas(settings.audit.fsync))
         return eng
-    return create_engine(url, pool_pre_ping=True)
+    # A server that is down refuses at once; one that does not answer (a
+    # partition, a paused host) would leave a connection attempt waiting forever.
+    parsed = make_url(url)
+    libpq = parsed.get_driver_name() in ("psycopg", "psycopg2")
+    connect_args: dict[str, Any] = (
+        {"connect_timeout": CONNECT_TIMEOUT_S}
+        if libpq and "connect_timeout" not in parsed.query
+        else {}
+    )
+    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 
 def engine(settings: Settings) -> Engine:

@@ -20,6 +20,7 @@ readable cross-origin.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -29,8 +30,11 @@ import orjson
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from aipaas.db import DatabaseUnavailableError
 from aipaas.inference import keys
 from aipaas.settings import Settings
+
+log = logging.getLogger(__name__)
 
 APP_PATHS = frozenset({"/predict", "/invocations", "/feedback", "/model"})
 APP_PREFIX = "/models/"
@@ -77,7 +81,14 @@ class AllowedOrigins:
             return True
         async with self._lock:
             if time.monotonic() - self._at >= self._ttl:
-                self._from_keys = await anyio.to_thread.run_sync(self._lookup)
+                try:
+                    with anyio.fail_after(2.5):
+                        self._from_keys = await anyio.to_thread.run_sync(
+                            self._lookup, abandon_on_cancel=True
+                        )
+                except (DatabaseUnavailableError, TimeoutError) as err:
+                    # The origins read last stay; the request itself is refused (503) by the audit.
+                    log.debug("publishable origins unreadable, keeping the last: %s", err)
                 self._at = time.monotonic()
         return normal in self._from_keys
 

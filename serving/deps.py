@@ -4,19 +4,24 @@ Every dependency is ``async`` and takes only the request: FastAPI runs a
 plain ``def`` dependency in its thread pool, a thread hop per dependency
 per request. Auth, scope and the rate limit are one :class:`Guard` so a
 request resolves two dependencies, not eight. Authentication hits the
-database only on a key-cache miss, in a worker thread. A refusal is a core
-exception; :mod:`serving.errors` turns it into the HTTP status.
+database only on a key-cache miss, in a worker thread, and waits for it at
+most :data:`DB_WAIT_S`: a platform database that does not answer makes the
+request a 503 (:class:`~aipaas.db.DatabaseUnavailableError`), never a hang.
+A refusal is a core exception; :mod:`serving.errors` turns it into the HTTP
+status.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import anyio
 from fastapi import Depends, Request
 
+from aipaas.db import DatabaseUnavailableError
 from aipaas.exceptions import KeyRejectedError, RetiredSecretError
 from aipaas.inference.keys import ApiKey, KeyStore, RateLimiter
 from aipaas.inference.quotas import Quotas
@@ -27,6 +32,11 @@ from serving.middleware import RequestContext
 from serving.sink import RowSink
 
 MODEL_HEADER = "x-model"
+# How long a request waits on a platform database read (a key lookup, a quota
+# count; milliseconds when it answers). Its refusal then waits for its own
+# audit record too (aipaas.audit.COMMIT_WAIT_S at most).
+DB_WAIT_S = 2.5
+T = TypeVar("T")
 
 ANONYMOUS = ApiKey(
     id="anonymous",
@@ -107,8 +117,27 @@ async def authenticate(request: Request, c: Components) -> ApiKey:
     header = request.headers.get("authorization")
     key = c.keys.authenticate_cached(header)
     if key is None:
-        key = await anyio.to_thread.run_sync(c.keys.authenticate, header)
+        key = await read_db(c.keys.authenticate, header)
     return key
+
+
+async def read_db(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` in a worker thread, given up after :data:`DB_WAIT_S`.
+
+    A database that stopped answering (paused, cut off) leaves the thread
+    waiting on its socket; the request is answered 503 meanwhile.
+
+    Raises:
+        DatabaseUnavailableError: no answer in time.
+    """
+    try:
+        with anyio.fail_after(DB_WAIT_S):
+            return await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+    except TimeoutError as err:
+        raise DatabaseUnavailableError(
+            "the platform database did not answer in time: retry shortly",
+            reason=f"{getattr(fn, '__qualname__', fn)} took over {DB_WAIT_S:g} s",
+        ) from err
 
 
 class Guard:
@@ -158,6 +187,6 @@ class Guard:
         if self.limited and limits:
             c.limiter.check(key)
             if c.quotas.due(key):
-                await anyio.to_thread.run_sync(c.quotas.refresh, key)
+                await read_db(c.quotas.refresh, key)
             c.quotas.check(key)
         return key

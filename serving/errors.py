@@ -16,11 +16,19 @@ answers it; ...), and the app's OpenAPI builder says which traits a route
 has. :data:`EDGE` adds the answers the middleware and the framework give
 before any route runs (413, a malformed ``X-End-User``, a body FastAPI
 cannot parse, invalid parameters, an audit trail that cannot be written).
+
+The platform database being away is a 503 with ``Retry-After`` wherever it
+shows: a key lookup, a quota count, a feedback write (the driver's errors,
+:data:`aipaas.db.UNAVAILABLE`, are caught here too, never a 500), or the
+audit record (the middleware). The body names no host; the log says what
+the driver said, once per :data:`LOG_EVERY_S`, not once per request.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from aipaas.db import UNAVAILABLE, DatabaseUnavailableError, unavailable
 from aipaas.exceptions import (
     AipaasError,
     AlreadyLabelledError,
@@ -43,7 +52,13 @@ from aipaas.exceptions import (
 )
 from serving.schemas import ErrorOut, QuotaExceededOut
 
+log = logging.getLogger(__name__)
+
 REF = "#/components/schemas/"
+# What a client is told to wait while the platform database is away: the
+# first request after it is back succeeds, so a short wait is enough.
+DB_RETRY_AFTER_S = 2.0
+LOG_EVERY_S = 10.0
 VALIDATION_BODY = "HTTPValidationError"  # FastAPI's 422 body (a list of errors)
 
 
@@ -91,8 +106,17 @@ TABLE: dict[type[AipaasError], Row] = {
         body=QuotaExceededOut,
         headers=("Retry-After",),
     ),
-    RegistryUnavailableError: Row(503, "the registry did not answer", _at("model", "admin")),
+    RegistryUnavailableError: Row(
+        503, "the registry did not answer", _at("model", "admin", "card")
+    ),
     ModelNotReadyError: Row(503, "the model has no version loaded yet", _at("model")),
+    DatabaseUnavailableError: Row(
+        503,
+        "the platform database is unreachable: nothing is answered without its audit "
+        "record (retry after Retry-After)",
+        _at("audited"),
+        headers=("Retry-After",),
+    ),
 }
 
 # Answered before a route runs: by the audit middleware or by FastAPI's validation.
@@ -101,7 +125,12 @@ EDGE: tuple[Row, ...] = (
     Row(413, "the body exceeds serving.max_body_bytes", _at("body")),
     Row(422, "invalid body or parameters (names the field)", _at("audited"), VALIDATION_BODY),
     Row(422, "X-End-User is empty, too long or has control characters", _at("audited")),
-    Row(503, "the audit trail could not be written", _at("audited")),
+    Row(
+        503,
+        "the audit trail could not be written",
+        _at("audited"),
+        headers=("Retry-After",),
+    ),
 )
 
 # Models the error bodies refer to, for the OpenAPI components.
@@ -119,6 +148,8 @@ def headers_for(err: AipaasError) -> dict[str, str] | None:
         return {"WWW-Authenticate": "Bearer"}
     if isinstance(err, RateLimitedError):
         return {"Retry-After": retry_after(err.retry_after_s)}
+    if isinstance(err, DatabaseUnavailableError):
+        return {"Retry-After": retry_after(DB_RETRY_AFTER_S)}
     return None
 
 
@@ -148,14 +179,29 @@ def body_for(err: AipaasError) -> dict[str, Any]:
     return ErrorOut(detail=str(err)).model_dump()
 
 
+_last_logged = [-math.inf]
+
+
+def log_unavailable(err: DatabaseUnavailableError) -> None:
+    """Say what the driver said, at most once per :data:`LOG_EVERY_S` (an outage, not a flood)."""
+    now = time.monotonic()
+    if now - _last_logged[0] >= LOG_EVERY_S:
+        _last_logged[0] = now
+        log.warning("platform database unavailable, answering 503: %s", err.reason)
+
+
 async def _respond(request: Request, err: Exception) -> JSONResponse:
+    if isinstance(err, UNAVAILABLE):  # the driver's own error, from any route or dependency
+        err = unavailable(err)
     assert isinstance(err, AipaasError)
+    if isinstance(err, DatabaseUnavailableError):
+        log_unavailable(err)
     return JSONResponse(body_for(err), status_code=status_for(err), headers=headers_for(err))
 
 
 def install(app: FastAPI) -> None:
-    """Register one handler per class in :data:`TABLE`; anything else stays a 500."""
-    for cls in TABLE:
+    """One handler per class in :data:`TABLE` and per driver error; anything else stays a 500."""
+    for cls in (*TABLE, *UNAVAILABLE):
         app.add_exception_handler(cls, _respond)
 
 

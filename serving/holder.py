@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, TypeAdapter
 
+from aipaas.db import DatabaseUnavailableError
 from aipaas.exceptions import AipaasError, RegistryUnavailableError, UnsignedVersionError
 from aipaas.inference import keys, predictor
 from aipaas.inference.predictor import LoadedModel
@@ -397,8 +398,17 @@ def key_pins(settings: Settings) -> dict[str, set[str]]:
 
 
 def sync_pins(holder: ModelHolder, settings: Settings) -> None:
-    """Keep the versions active keys pin loaded (blocking: a worker thread)."""
-    holder.keep_pinned(key_pins(settings))
+    """Keep the versions active keys pin loaded (blocking: a worker thread).
+
+    While the platform database is away the pins cannot be read: the loaded
+    versions stay, and the next poll reads the pins again.
+    """
+    try:
+        pins = key_pins(settings)
+    except DatabaseUnavailableError as err:
+        log.warning("key pins unreadable, the loaded versions stay: %s", err.reason)
+        return
+    holder.keep_pinned(pins)
 
 
 async def follow_champions(holder: ModelHolder, settings: Settings, *, tick_s: float = 0.5) -> None:

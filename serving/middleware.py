@@ -3,8 +3,10 @@
 It wraps every HTTP request, so rejected ones (401, 413, 404, 422...) are
 audited like answered ones. The response start is held until the request's
 audit record is committed by the group-commit writer: a client never sees a
-response the trail does not have. If the audit write fails, the client gets
-503 instead of an unaudited answer.
+response the trail does not have. If the audit write fails or does not
+commit within the writer's ``wait_s`` (the platform database is down or not
+answering), the client gets 503 with ``Retry-After`` instead of an unaudited
+answer, and the next request tries again: nothing needs restarting.
 
 Probes, the docs, and the files of an app's static folder as they are
 served are not client requests of the API and are not audited (a request
@@ -38,7 +40,9 @@ from aipaas.audit import (
     end_user_pseudonym,
     input_hmac,
 )
+from aipaas.db import DatabaseUnavailableError
 from aipaas.settings import Settings
+from serving import errors
 from serving.metrics import Metrics, route_label
 
 _PREFIX = secrets.token_hex(6)
@@ -52,7 +56,12 @@ def _next_id() -> str:
 
 # Probes and docs are not client requests; everything else is audited.
 UNAUDITED = frozenset(
-    {"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"}
+    {
+        *("/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json"),
+        "/redoc",
+        # the Open Inference Protocol's probes and server metadata
+        *("/v2", "/v2/health/live", "/v2/health/ready"),
+    }
 )
 # The docs' and the console's own scripts and styles.
 UNAUDITED_PREFIX = ("/docs-static/", "/console/static/")
@@ -162,10 +171,11 @@ class AuditMiddleware:
                 headers.extend(self.replica)
                 message = {**message, "headers": headers}
                 served_file = ctx.static and status < 400
-                ok = await self._finish(ctx, scope, status, t0, body, audited and not served_file)
-                if not ok:
+                err = await self._finish(ctx, scope, status, t0, body, audited and not served_file)
+                if err is not None:
                     state["swallow"] = True
-                    await _send_plain(send, 503, b'{"detail":"audit trail unavailable"}')
+                    ids = [(b"x-request-id", ctx.request_id.encode()), *self.replica]
+                    await _send_unaudited(send, err, ids)
                     return
             elif state["swallow"]:
                 return
@@ -225,19 +235,21 @@ class AuditMiddleware:
 
     async def _finish(
         self, ctx: RequestContext, scope: Scope, status: int, t0: float, body: bytes, audited: bool
-    ) -> bool:
-        """Audit (and wait for the commit) and count; False if the audit write failed."""
+    ) -> DatabaseUnavailableError | None:
+        """Audit (and wait for the commit) and count; why the audit write failed, if it did.
+
+        The metrics count the status the client gets: 503 when the record failed.
+        """
         latency = time.perf_counter() - t0
         path: str = scope["path"]
-        if self.metrics_enabled:
-            self.metrics.observe(route_label(scope), ctx.model, ctx.version, status, latency)
         cost = (ctx.compute_s or 0.0) * self.price
         if not audited:
+            self._observe(scope, ctx, status, latency)
             if ctx.predictions:  # still joinable by /feedback, without waiting
                 self.writer.submit(None, ctx.predictions)
             if ctx.on_committed is not None:  # not in the trail (seq 0): counted in memory
                 ctx.on_committed(AuditRecord(key_id=ctx.key_id, status=status, cost=cost))
-            return True
+            return None
         record = AuditRecord(
             request_id=ctx.request_id,
             key_id=ctx.key_id,
@@ -256,12 +268,32 @@ class AuditMiddleware:
             else None,
         )
         try:
-            await self.writer.submit_async(record, ctx.predictions)
-        except Exception:  # noqa: BLE001 - the writer logged it; the client gets 503
-            return False
+            await self.writer.commit(record, ctx.predictions)
+        except DatabaseUnavailableError as err:  # the client gets 503
+            errors.log_unavailable(err)  # once in a while, not per request
+            self._observe(scope, ctx, 503, latency)
+            return err
+        self._observe(scope, ctx, status, latency)
         if ctx.on_committed is not None:
             ctx.on_committed(record)
-        return True
+        return None
+
+    def _observe(self, scope: Scope, ctx: RequestContext, status: int, latency: float) -> None:
+        if self.metrics_enabled:
+            self.metrics.observe(route_label(scope), ctx.model, ctx.version, status, latency)
+
+
+async def _send_unaudited(
+    send: Send, err: DatabaseUnavailableError, extra: list[tuple[bytes, bytes]]
+) -> None:
+    """The 503 in place of an answer whose record could not be made durable."""
+    headers = [
+        (b"content-type", b"application/json"),
+        *((k.lower().encode(), v.encode()) for k, v in (errors.headers_for(err) or {}).items()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": orjson.dumps(errors.body_for(err))})
 
 
 async def _send_plain(send: Send, status: int, body: bytes) -> None:

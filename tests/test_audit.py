@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import socket
+import threading
 import time
 
 import pytest
@@ -307,4 +310,140 @@ def test_the_writer_reconnects_after_the_database_restarts(home, pg_url, pg_serv
     writer.submit(audit.AuditRecord(request_id="after")).result(30)
     writer.close()
     assert [r["request_id"] for r in audit.tail(settings, 5)] == ["before", "after"]
+    assert audit.verify(settings).ok
+
+
+class CommitCutter:
+    """A loopback TCP proxy in front of PostgreSQL: a network that fails at the worst moment.
+
+    Once :meth:`arm`-ed, the next ``COMMIT`` a client sends reaches the server,
+    which commits, and then the connection is cut before the server's answer
+    gets back: the client cannot tell whether its transaction landed. With
+    :attr:`down` set, every connection is cut and new ones are closed at once,
+    as a database host that went away.
+    """
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream = upstream_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._armed = threading.Event()
+        self.down = threading.Event()
+        self.cuts = 0
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self) -> None:
+        self._armed.set()
+
+    def go_down(self) -> None:
+        self.down.set()
+        for pair in list(self._pairs):
+            self._close(pair)
+
+    def close(self) -> None:
+        self.go_down()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.down.is_set():
+                client.close()
+                continue
+            server = socket.create_connection(("127.0.0.1", self._upstream))
+            pair = (client, server)
+            self._pairs.append(pair)
+            hold = threading.Event()  # set: the server's answers no longer reach the client
+            threading.Thread(target=self._to_server, args=(pair, hold), daemon=True).start()
+            threading.Thread(target=self._to_client, args=(pair, hold), daemon=True).start()
+
+    def _to_server(self, pair: tuple[socket.socket, socket.socket], hold: threading.Event) -> None:
+        client, server = pair
+        try:
+            while data := client.recv(65536):
+                cut = self._armed.is_set() and b"COMMIT\x00" in data
+                if cut:
+                    self._armed.clear()
+                    hold.set()
+                server.sendall(data)
+                if cut:
+                    time.sleep(0.2)  # the server commits meanwhile
+                    self.cuts += 1
+                    self._close(pair)
+                    return
+        except OSError:
+            pass
+        self._close(pair)
+
+    def _to_client(self, pair: tuple[socket.socket, socket.socket], hold: threading.Event) -> None:
+        client, server = pair
+        try:
+            while data := server.recv(65536):
+                if not hold.is_set():
+                    client.sendall(data)
+        except OSError:
+            pass
+        self._close(pair)
+
+    @staticmethod
+    def _close(pair: tuple[socket.socket, socket.socket]) -> None:
+        for s in pair:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+@pytest.fixture
+def cutter(home, pg_url, pg_server):
+    """Settings whose platform database is reached through a :class:`CommitCutter`."""
+    from tests.conftest import make_settings
+
+    proxy = CommitCutter(pg_server.port)
+    base = make_settings(home)
+    url = pg_url.replace(f":{pg_server.port}/", f":{proxy.port}/")
+    settings = base.model_copy(update={"audit": base.audit.model_copy(update={"db_url": url})})
+    yield proxy, settings
+    db.dispose(settings)
+    proxy.close()
+
+
+def test_a_commit_whose_answer_was_lost_is_not_written_twice(cutter):
+    """The retry finds the batch already committed: one record, one prediction row, no error."""
+    proxy, settings = cutter
+    writer = audit.AuditWriter(settings, commit_window_ms=0)
+    writer.submit(audit.AuditRecord(request_id="before")).result(10)
+    proxy.arm()
+    row = audit.prediction_records("lost", "m", "1", [{"x": 1}], ["y"], log_inputs=False)
+    writer.submit(audit.AuditRecord(request_id="lost", status=200), row).result(30)
+    writer.submit(audit.AuditRecord(request_id="after")).result(10)
+    writer.close()
+    assert proxy.cuts == 1
+    assert [r["request_id"] for r in audit.tail(settings, 10)] == ["before", "lost", "after"]
+    assert audit.verify(settings).ok
+    with db.engine(settings).connect() as conn:
+        rows = conn.exec_driver_sql("SELECT request_id FROM predictions").all()
+    assert [r[0] for r in rows] == ["lost"]
+
+
+def test_the_writer_refuses_at_once_while_the_database_is_away_and_recovers(cutter):
+    """Each batch fails fast with DatabaseUnavailableError; the first one after reconnects."""
+    proxy, settings = cutter
+    writer = audit.AuditWriter(settings, commit_window_ms=0)
+    writer.submit(audit.AuditRecord(request_id="before")).result(10)
+    proxy.go_down()
+    for i in range(3):
+        started = time.monotonic()
+        with pytest.raises(db.DatabaseUnavailableError):
+            writer.submit(audit.AuditRecord(request_id=f"refused-{i}")).result(10)
+        assert time.monotonic() - started < 2.0  # refused, not retried for seconds
+    assert writer.failing_since is not None and writer.last_error
+    proxy.down.clear()
+    writer.submit(audit.AuditRecord(request_id="after")).result(10)
+    writer.close()
+    assert writer.failing_since is None
+    assert [r["request_id"] for r in audit.tail(settings, 10)] == ["before", "after"]
     assert audit.verify(settings).ok

@@ -510,7 +510,12 @@ def create_key(
 
 
 def list_keys(settings: Settings) -> list[ApiKey]:
-    with db.engine(settings).connect() as conn:
+    """Every key, oldest first.
+
+    Raises:
+        DatabaseUnavailableError: the platform database did not answer.
+    """
+    with db.reachable(), db.engine(settings).connect() as conn:
         rows = conn.execute(select(db.api_keys).order_by(db.api_keys.c.created_at)).all()
     return [_row(r) for r in rows]
 
@@ -518,7 +523,7 @@ def list_keys(settings: Settings) -> list[ApiKey]:
 def publishable_origins(settings: Settings) -> frozenset[str]:
     """The origins of every active publishable key: where browser apps may call from."""
     t = db.api_keys
-    with db.engine(settings).connect() as conn:
+    with db.reachable(), db.engine(settings).connect() as conn:
         rows = conn.execute(
             select(t).where(t.c.kind == PUBLISHABLE, t.c.revoked_at.is_(None))
         ).all()
@@ -526,7 +531,7 @@ def publishable_origins(settings: Settings) -> frozenset[str]:
 
 
 def get_key(settings: Settings, key_id: str) -> ApiKey | None:
-    with db.engine(settings).connect() as conn:
+    with db.reachable(), db.engine(settings).connect() as conn:
         r = conn.execute(select(db.api_keys).where(db.api_keys.c.id == key_id)).first()
     return _row(r) if r is not None else None
 
@@ -615,6 +620,10 @@ class KeyStore:
 
     The cache keeps the database off the request path; a revocation or a
     rotation made by another process (the CLI) takes effect within ``ttl_s``.
+    It fails closed: once an entry is older than ``ttl_s`` it is never used
+    again, even while the database is away (the lookup then raises
+    :class:`~aipaas.db.DatabaseUnavailableError`, a 503), so an outage can
+    never stretch the life of a revoked key; a failed lookup is not cached.
     A previous secret's grace deadline is checked on every request against
     ``clock`` (injectable for tests), so it ends on time.
     """
@@ -633,7 +642,7 @@ class KeyStore:
         hit = self._cache.get(key_id)
         if hit is not None and now - hit.at < self._ttl:
             return hit
-        with db.engine(self._settings).connect() as conn:
+        with db.reachable(), db.engine(self._settings).connect() as conn:
             r = conn.execute(select(db.api_keys).where(db.api_keys.c.id == key_id)).first()
         entry = (
             _Entry(now, r.key_hash, r.prev_key_hash, _row(r))
@@ -693,6 +702,8 @@ class KeyStore:
             KeyRejectedError: the header is missing or malformed, or the key is
                 unknown, revoked or expired.
             RetiredSecretError: the key's previous secret, past its grace period.
+            DatabaseUnavailableError: the key was not cached and the platform
+                database did not answer.
         """
         token, key_id = self._parse(authorization)
         return self._check(token, self._lookup(key_id))
