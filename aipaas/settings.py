@@ -168,6 +168,10 @@ class ServingSettings(BaseModel):
     # rate limits are token buckets shared through a file under home
     # (aipaas/inference/ratelimit.py), so a key gets its rate in total.
     replicas: int = Field(1, ge=1, le=64)
+    # "uvicorn": `replicas` processes on this host behind one port; "ray": a Ray Serve
+    # deployment of `replicas` replicas (one CPU each) on the Ray cluster at ray.address
+    # (`aipaas serve --ray`; serving/rayserve.py).
+    backend: Literal["uvicorn", "ray"] = "uvicorn"
 
 
 class AuditSettings(BaseModel):
@@ -183,8 +187,15 @@ class AuditSettings(BaseModel):
 
 
 class MonitoringSettings(BaseModel):
+    # A model version's profile window closes once it holds window_rows rows,
+    # or window_minutes after its first row with whatever it holds.
     window_rows: int = 500
     window_minutes: float = 10.0
+    # Under sustained traffic at most one window closes per window_min_seconds
+    # per model version (after window_burst back to back): heavy traffic makes
+    # bigger windows, not more of them. 0: every window_rows rows, however fast.
+    window_min_seconds: float = Field(60.0, ge=0.0)
+    window_burst: int = Field(10, ge=1)
 
 
 class RetrainSettings(BaseModel):

@@ -63,7 +63,9 @@ def profiler_cmd(
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         typer.echo(
             f"profiler: spool {s.home / 'spool'} -> {s.profiles_dir} "
-            f"(window {s.monitoring.window_rows} rows / {s.monitoring.window_minutes:g} min)"
+            f"(window {s.monitoring.window_rows} rows / {s.monitoring.window_minutes:g} min, "
+            f"at most one per {s.monitoring.window_min_seconds:g} s "
+            f"after {s.monitoring.window_burst})"
         )
         try:
             profiler.run(stop, poll_s=poll)

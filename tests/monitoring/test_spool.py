@@ -36,11 +36,13 @@ class RecordingTrigger:
         self.ticks += 1
 
 
-def _settings(home: Path, window_rows: int = 100, window_minutes: float = 10.0) -> Settings:
+def _settings(
+    home: Path, window_rows: int = 100, window_minutes: float = 10.0, **monitoring: float
+) -> Settings:
     return Settings(
         _env_file=None,
         home=home,
-        monitoring={"window_rows": window_rows, "window_minutes": window_minutes},
+        monitoring={"window_rows": window_rows, "window_minutes": window_minutes, **monitoring},
     )
 
 
@@ -99,6 +101,44 @@ def test_window_closes_after_window_minutes_without_more_rows(home: Path) -> Non
         now[0] += 600.0
         p.step()
         assert len(trigger.closed) == 1
+
+
+def test_heavy_traffic_makes_bigger_windows_not_more(home: Path) -> None:
+    # 50 rows/s against 100-row windows: without a floor, a window every 2 s.
+    settings = _settings(home, window_rows=100, window_min_seconds=60, window_burst=2)
+    now = [0.0]
+    trigger = RecordingTrigger()
+    profiler = Profiler(settings, trigger, clock=lambda: now[0])
+    with SpoolWriter(settings) as writer:
+        sent = 0
+        for step in range(25):  # two minutes, a step every 5 s
+            sent += _submit(writer, sent, 25, per_request=10)
+            if step == 6:  # the profiler restarts: its spent burst is in the checkpoint
+                profiler.close()
+                profiler = Profiler(settings, trigger, clock=lambda: now[0])
+            profiler.step()
+            now[0] += 5.0
+    # The burst at full size; then one window a minute holding all that minute's rows.
+    assert [w.rows for w in trigger.closed] == [100, 100, 2800, 3000]
+    assert [w.closed_at for w in trigger.closed] == [0.0, 0.0, 60.0, 120.0]
+    assert all(w.reason == "rows" for w in trigger.closed)
+    assert _total_rows(settings, profiler) == sent == 6250
+    assert load_window(list_windows(settings, "diagnosis", "1")[2]).num_rows == 2800
+    profiler.close()
+
+
+def test_light_traffic_windows_hold_exactly_window_rows(home: Path) -> None:
+    # 1 row/s against 100-row windows and a 60 s floor: the floor never bites.
+    settings = _settings(home, window_rows=100, window_min_seconds=60, window_burst=2)
+    now = [0.0]
+    trigger = RecordingTrigger()
+    with SpoolWriter(settings) as writer, Profiler(settings, trigger, clock=lambda: now[0]) as p:
+        for step in range(30):
+            _submit(writer, step * 10, 1, per_request=10)
+            p.step()
+            now[0] += 10.0
+    assert [w.rows for w in trigger.closed] == [100] * 3
+    assert [w.closed_at for w in trigger.closed] == [90.0, 190.0, 290.0]
 
 
 def test_only_one_profiler_per_home(home: Path) -> None:
