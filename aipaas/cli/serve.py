@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from aipaas.cli._app import app, settings
+from aipaas.settings import Settings
 
 
 @app.command("serve")
@@ -16,8 +19,21 @@ def serve_cmd(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
     replicas: Annotated[
         int | None,
-        typer.Option(min=1, max=64, help="Serving processes behind the port (serving.replicas)."),
+        typer.Option(
+            min=1,
+            max=64,
+            help="Replicas (serving.replicas): processes behind the port, or Ray Serve "
+            "replicas with --ray.",
+        ),
     ] = None,
+    on_ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Serve on Ray Serve (serving.backend: ray): the replicas across the Ray "
+            "cluster at ray.address (a local Ray if unset).",
+        ),
+    ] = False,
 ) -> None:
     """Serve the champion of each configured model on /predict, with keys, limits and audit.
 
@@ -29,9 +45,13 @@ def serve_cmd(
     stops them all; rate limits are then shared by every replica of this
     home. With ``serving.tls_certfile`` and ``serving.tls_keyfile`` it serves
     HTTPS only (checked first: both or neither, files that load).
-    """
-    import os
 
+    With ``--ray`` (or ``serving.backend: ray``) the same app runs as a Ray
+    Serve deployment of N replicas, placed, routed and restarted by Ray, one
+    CPU each, behind Serve's proxy on every node with a replica; this
+    process deploys it, waits for SIGTERM or Ctrl-C and takes it down (see
+    ``serving/rayserve.py`` for what the replicas share).
+    """
     import uvicorn
 
     from aipaas.ops.up import check_browser_settings, serving_tls
@@ -40,6 +60,9 @@ def serve_cmd(
     check_browser_settings(s)
     tls = serving_tls(s)
     workers = replicas or s.serving.replicas
+    if on_ray or _backend(s) == "ray":
+        _serve_on_ray(s, host or s.serving.host, port or s.serving.port, workers, tls)
+        return
     # The replicas are spawned and read their settings afresh: the count
     # decides their limiter, so they must see the one given here.
     os.environ["AIPAAS_SERVING__REPLICAS"] = str(workers)
@@ -53,6 +76,32 @@ def serve_cmd(
         access_log=False,  # the audit trail is the access log
         ssl_certfile=str(tls[0]) if tls else None,
         ssl_keyfile=str(tls[1]) if tls else None,
+    )
+
+
+def _backend(s: Settings) -> str:
+    """``serving.backend``: ``uvicorn`` (processes on this host) or ``ray`` (Ray Serve)."""
+    return s.serving.backend
+
+
+def _serve_on_ray(
+    s: Settings, host: str, port: int, replicas: int, tls: tuple[Path, Path] | None
+) -> None:
+    from serving.rayserve import RayServing, serve_until_stopped
+
+    def ready(served: RayServing) -> None:
+        typer.echo(
+            f"aipaas: serving on Ray Serve at {served.url}: {served.replicas} replica(s), "
+            f"Ray at {served.ray_address or 'local'}",
+        )
+        if served.hosts > 1:
+            typer.echo(
+                f"aipaas: the cluster spans {served.hosts} hosts; rate limits are shared per "
+                f"host, so a key may get up to {served.hosts} times its rate",
+            )
+
+    serve_until_stopped(
+        s, host=host, port=port, replicas=replicas, tls=tls, on_ready=ready, progress=typer.echo
     )
 
 

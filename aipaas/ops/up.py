@@ -228,7 +228,10 @@ def plan(
         services.append(head)
         ray_env = {"AIPAAS_RAY__ADDRESS": f"{head.host}:{head.port}", **ray_auth_env(settings)}
     services.append(worker_service(settings, ray_env=ray_env))
-    services.append(serving_service(settings, serving_argv or cli_argv("serve")))
+    serving = serving_service(settings, serving_argv or cli_argv("serve"))
+    if settings.serving.backend == "ray":
+        serving.env.update(ray_env)  # Ray Serve joins up's Ray head (address + auth token)
+    services.append(serving)
     services.append(profiler_service(profiler_argv or cli_argv("profiler")))
     if settings.notify.webhooks:
         services.append(notifier_service(cli_argv("notifier")))
