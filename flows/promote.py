@@ -7,6 +7,10 @@ Failed run when a gate fails. Gate failures are never retried; only registry
 I/O is, and only when the server was unreachable. The model definition is
 loaded once and passed down. Who decided is this flow run
 (``flow-run <id> (promote)``), as the audit trail records it.
+
+After a decision is recorded (promoted or rejected), the version's model card
+is refreshed so it shows the decision and its gates; a card that cannot be
+made is a warning, never a failed promotion (:func:`flows.train.refresh_card`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from aipaas.training.promote import Assessment
 from aipaas.training.promotion_log import PromotionRecord
 from flows._common import artifact_key, registry_unreachable
 from flows.tasks import load_model_definition
+from flows.train import refresh_card
 
 # How long a promotion waits for a person before the run fails (nothing changes).
 APPROVAL_TIMEOUT_S = 24 * 3600
@@ -109,7 +114,11 @@ def ask_approval(assessment: Assessment) -> Approval:
 @flow(name="promote", persist_result=True, log_prints=True)
 def promote_flow(model: str = "diagnosis", version: str | None = None) -> PromotionRecord:
     """Promote ``version`` (default: the challenger) of ``model`` if it earns it."""
-    assessment = check_gates(load_model_definition(model), version)
+    definition = load_model_definition(model)
+    assessment = check_gates(definition, version)
     approval = ask_approval(assessment) if assessment.awaits_approval else None
     publish_gates(assessment, approval)
-    return record_decision(assessment, approval, this_run())
+    decision = record_decision(assessment, approval, this_run(), return_state=True)
+    if not assessment.already_champion:  # a decision was recorded, a rejection too
+        refresh_card(definition, assessment.version)
+    return decision.result()  # a rejection fails the run with its gates

@@ -60,7 +60,7 @@ from serving.holder import (
 from serving.metrics import Metrics
 from serving.middleware import UNAUDITED, AuditMiddleware
 from serving.middleware import context as request_context
-from serving.routers import admin, feedback, health, predict, usage
+from serving.routers import admin, cards, feedback, health, oip, predict, usage
 from serving.sink import NoopSink, RowSink
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ def _openapi_with_signatures(app: FastAPI, holder: ModelHolder, settings: Settin
         )
         _signature_bodies(spec, holder)
         _document_refusals(spec, app, settings)
+        oip.document(spec)  # the /v2 routes answer the protocol's {"error": ...}
         return spec
 
     return openapi
@@ -241,7 +242,7 @@ def create_app(
     app.openapi = _openapi_with_signatures(app, holder, settings)  # type: ignore[method-assign]
     app.state.writer = writer
     _offline_docs(app)
-    for router in (health, predict, feedback, admin, usage):
+    for router in (health, predict, cards, feedback, admin, usage, oip):
         app.include_router(router.router)
     errors.install(app)
     if settings.serving.console_enabled:

@@ -1,4 +1,4 @@
-"""The console's pages: login, models, drift, usage, keys, audit, try it.
+"""The console's pages: login, models and their cards, drift, usage, keys, audit, try it.
 
 Every page but the login needs a session (:func:`session`); every form post
 carries the session's CSRF token (:func:`checked_form`). Reads and writes go
@@ -221,6 +221,21 @@ async def models(request: Request, current: SessionDep) -> Response:
         },
         current=current,
     )
+
+
+@router.get("/models/{model}/card")
+async def model_card(request: Request, model: str, current: SessionDep) -> Response:
+    """A version's model card (``?version=N``, default the champion) inside the console."""
+    version = request.query_params.get("version") or None
+    view = await anyio.to_thread.run_sync(
+        views.card_view, components(request).settings, model, version
+    )
+    if view.body is None:
+        message = view.problem or f"No model card for {model!r}."
+        return render(
+            request, "error.html", {"message": message}, status_code=view.status, current=current
+        )
+    return render(request, "card.html", {"card": view}, current=current)
 
 
 @router.get("/drift")

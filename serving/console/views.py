@@ -21,7 +21,7 @@ from aipaas.exceptions import AipaasError, ModelNotFoundError
 from aipaas.inference import usage as usage_mod
 from aipaas.inference import usage_chart
 from aipaas.inference.usage import UsageRow
-from aipaas.monitoring import drift_report, drift_store
+from aipaas.monitoring import card, drift_report, drift_store
 from aipaas.monitoring.drift_report import DriftCheckRecord
 from aipaas.settings import Settings
 from aipaas.training import promote, registry, tags
@@ -30,6 +30,7 @@ from serving.holder import ModelHolder
 
 # A model name or report file name as the platform writes them: no separators, no "..".
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+VERSION = re.compile(r"^[0-9]{1,9}$")  # a registry version number
 REPORT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}\.html$")
 USAGE_SPAN = {"day": timedelta(days=30), "hour": timedelta(hours=48)}
 AUDIT_ROWS = 50
@@ -93,6 +94,58 @@ def models_view(settings: Settings, holder: ModelHolder) -> tuple[list[ModelView
             )
         )
     return views, problem
+
+
+# -- model cards -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CardView:
+    """One version's model card as the console shows it, or why it cannot."""
+
+    model: str
+    version: str | None
+    body: str | None = None  # the card page's body: bare tags, escaped text (card.body_of)
+    stored: bool = False  # read from the version's training run (else rendered now)
+    versions: list[str] = field(default_factory=list)  # every registered version, newest first
+    champion: str | None = None
+    problem: str | None = None
+    status: int = 200
+
+
+def card_view(settings: Settings, model: str, version: str | None) -> CardView:
+    """The card of ``model`` v``version`` (default: the champion, else the newest version).
+
+    Any registered model, served here or not. An unknown model or version is
+    a 404 with the reason; a registry that does not answer, a 503.
+    """
+    if not SAFE_NAME.match(model) or (version is not None and not VERSION.match(version)):
+        return CardView(
+            model, version, problem=f"No model card for {model!r} v{version}.", status=404
+        )
+    try:
+        registry.connect(settings)
+        versions = [v.version for v in registry.list_versions(model)]
+        if not versions:
+            return CardView(
+                model, version, problem=f"Model {model!r} has no registered version.", status=404
+            )
+        champion = registry.get_alias(model, tags.CHAMPION)
+        chosen = str(int(version)) if version is not None else None
+        chosen = chosen or (champion.version if champion else versions[0])
+        made = card.read(settings, model, chosen)
+    except ModelNotFoundError as err:
+        return CardView(model, version, problem=str(err), status=404)
+    except AipaasError as err:
+        return CardView(model, version, problem=f"The registry did not answer: {err}", status=503)
+    return CardView(
+        model,
+        made.version,
+        body=card.body_of(made.html),
+        stored=made.stored,
+        versions=versions,
+        champion=champion.version if champion else None,
+    )
 
 
 # -- drift -----------------------------------------------------------------------------

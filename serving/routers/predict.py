@@ -163,7 +163,7 @@ def _validate(served: ServedModel, records: Any, batch: bool, max_rows: int) -> 
     return [[getattr(o, a) for a in attrs] for o in objs]
 
 
-async def _run(
+async def run_prediction(
     c: Components, ctx: RequestContext, served: ServedModel, rows: list[list[Any]]
 ) -> Any:
     loop = asyncio.get_running_loop()
@@ -190,7 +190,7 @@ async def _predict(request: Request, served: ServedModel) -> Response:
     payload = _loads(await request.body())
     batch = isinstance(payload, list)
     rows = _validate(served, payload, batch, c.settings.serving.max_batch_rows)
-    pred = await _run(c, ctx, served, rows)
+    pred = await run_prediction(c, ctx, served, rows)
     probs = pred.probabilities
     return JSONBytes(
         {
@@ -259,7 +259,7 @@ async def _invocations(request: Request, served: ServedModel) -> Response:
     c, ctx = components(request), context(request)
     records = _mlflow_records(_loads(await request.body()), served.names)
     rows = _validate(served, records, True, c.settings.serving.max_batch_rows)
-    pred = await _run(c, ctx, served, rows)
+    pred = await run_prediction(c, ctx, served, rows)
     return JSONBytes({"predictions": pred.outputs})
 
 

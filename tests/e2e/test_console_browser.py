@@ -156,6 +156,10 @@ def test_console_login_keys_try_it_usage_drift_audit_logout(platform, page, sett
     expect(tab.locator("tr.champion")).to_contain_text(f"v{version}")
     expect(tab.locator("tr.champion")).to_contain_text("min roc_auc")
     snap(tab, tmp_path, "models")
+    tab.click("tr.champion a.card")
+    expect(tab.locator("article.model-card h1")).to_have_text(f"Model card: diagnosis v{version}")
+    expect(tab.locator("article.model-card")).to_contain_text("min roc_auc")
+    snap(tab, tmp_path, "card")
 
     _create_and_revoke_a_key(tab, base, tmp_path)
     _try_it(tab, base, app_key, version, tmp_path)

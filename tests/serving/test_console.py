@@ -337,3 +337,38 @@ def test_the_console_can_be_turned_off(make_client, settings, admin_key):
     client = make_client(off)
     assert client.get("/console/login").status_code == 404
     assert client.post("/console/login", data={"key": admin_key}).status_code == 404
+
+
+@pytest.mark.slow  # a real MLflow store: ~10 s here
+def test_each_version_links_to_its_model_card_shown_in_the_console(console, admin_key, settings):
+    from aipaas.modeldef import load_definition
+    from aipaas.monitoring import card
+
+    version = register_champion(settings)
+    path = f"/console/models/diagnosis/card?version={version}"
+    assert console.get(path, follow_redirects=False).status_code == 303  # behind the login
+    login(console, admin_key)
+    models = console.get("/console/models").text
+    assert f'href="{path}"' in models
+
+    page = console.get(path)
+    assert page.status_code == 200, page.text
+    assert f"<h1>Model card: diagnosis v{version}</h1>" in page.text
+    assert "min roc_auc" in page.text and "ana (cli)" in page.text and "breast_cancer" in page.text
+    assert "Rendered now from the platform" in page.text  # nothing stored with the run yet
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    assert "<script" not in page.text
+
+    card.publish(settings, load_definition("diagnosis", settings.models_dir), version)
+    page = console.get("/console/models/diagnosis/card")  # the champion by default
+    assert f"<h1>Model card: diagnosis v{version}</h1>" in page.text
+    assert "Stored with the version's training run" in page.text
+
+    for missing, reason in (
+        ("/console/models/diagnosis/card?version=77", "has no registered version 77"),
+        ("/console/models/diagnosis/card?version=..%2F1", "No model card for"),
+        ("/console/models/nope/card", "has no registered version"),
+    ):
+        r = console.get(missing)
+        assert r.status_code == 404 and reason in r.text, missing
+        assert "Traceback" not in r.text

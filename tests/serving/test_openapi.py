@@ -22,7 +22,15 @@ KEYED = {
     ("get", "/usage"),
     ("get", "/audit"),
 }
-PROBES = {("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics")}
+PROBES = {
+    ("get", "/healthz"),
+    ("get", "/readyz"),
+    ("get", "/metrics"),
+    # the Open Inference Protocol's server metadata and probes, keyless as /healthz
+    ("get", "/v2"),
+    ("get", "/v2/health/live"),
+    ("get", "/v2/health/ready"),
+}
 
 
 def _operations(spec):
