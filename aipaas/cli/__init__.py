@@ -14,6 +14,7 @@ import typer
 # apps in _app.
 from aipaas.cli import (  # noqa: F401
     audit,
+    batch,
     data,
     db,
     demo,

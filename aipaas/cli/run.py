@@ -115,3 +115,28 @@ def run_retrain(model: ModelArg = "diagnosis") -> None:
     from flows.retrain import retrain_flow
 
     _run(retrain_flow, model=model)
+
+
+@run_app.command("batch")
+def run_batch(
+    model: ModelArg = "diagnosis",
+    dataset: Annotated[
+        str | None, typer.Option(help="NAME or NAME@VERSION; default: the model's dataset.")
+    ] = None,
+    input_file: Annotated[
+        str | None, typer.Option("--input", help="A CSV or Parquet file instead.")
+    ] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o")] = None,
+    version: Annotated[str | None, typer.Option(help="Promoted version; default champion")] = None,
+) -> None:
+    """The batch flow: the champion scores a dataset version or a file on Ray."""
+    from flows.batch import batch_flow
+
+    _run(
+        batch_flow,
+        model=model,
+        dataset=dataset,
+        input_file=input_file,
+        output=output,
+        version=version,
+    )

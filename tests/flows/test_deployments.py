@@ -26,6 +26,7 @@ EXPECTED_CRONS = {
     "lifecycle": ["0 3 * * *"],
     "drift": ["*/5 * * * *"],
     "retrain": [],
+    "batch": [],
 }
 
 
