@@ -27,7 +27,7 @@ up: install ## start Prefect, MLflow, the runner and the API; run the lifecycle 
 TEST_WORKERS ?= 3
 
 test: install ## install, then run every test
-	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile
+	$(RUN) pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: install ## the tests that start no server and no Ray
 	$(RUN) pytest -m "not slow and not e2e"

@@ -32,6 +32,20 @@ from tests.support.net import free_port  # noqa: E402,F401  (re-exported for fix
 
 pytest_plugins = ["tests.support.postgres"]
 
+# The files that take longest (each a whole `aipaas up` with trainings and a
+# demo) start first, one per xdist worker, so the run does not end waiting on
+# a long file that started late. `make test` passes --no-loadscope-reorder, or
+# xdist would sort files by their number of tests instead.
+LONG_FILES = ("tests/e2e/test_team_postgres.py", "tests/e2e/test_up.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES)
+
+    items.sort(key=rank)  # stable: every other file keeps its order
+
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
