@@ -66,6 +66,8 @@ def serve_cmd(
     # The replicas are spawned and read their settings afresh: the count
     # decides their limiter, so they must see the one given here.
     os.environ["AIPAAS_SERVING__REPLICAS"] = str(workers)
+    if workers > 1:
+        _metrics_shared_by_replicas(s)
     uvicorn.run(
         "serving.app:create_app",
         factory=True,
@@ -77,6 +79,21 @@ def serve_cmd(
         ssl_certfile=str(tls[0]) if tls else None,
         ssl_keyfile=str(tls[1]) if tls else None,
     )
+
+
+def _metrics_shared_by_replicas(s: Settings) -> None:
+    """One ``/metrics`` for every replica: prometheus-client's multiprocess mode.
+
+    Each replica writes its values to files in one folder (emptied here, at
+    the start of this serve: counts begin at zero as they would in one
+    process) and a scrape of any replica sums every replica's files, a
+    restarted replica's old ones too, so totals never go back.
+    """
+    folder = s.run_dir / "metrics"
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)
 
 
 def _backend(s: Settings) -> str:

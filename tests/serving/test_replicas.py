@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from aipaas.inference import keys
 from aipaas.monitoring.spool import spool_dir
@@ -153,6 +154,34 @@ def test_a_rate_limit_holds_in_total_across_replicas(served: Served) -> None:
     # least 3x the rate (a host too busy to offer that is measured, not judged).
     if len(results) >= 3 * allowed:
         assert len(accepted) >= 0.95 * allowed, (len(accepted), allowed, len(results))
+
+
+def _answered_200(text: str) -> float:
+    """The ``/predict`` requests answered 200, as one scrape of /metrics counts them."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "aipaas_requests_total"
+        and sample.labels.get("route") == "/predict"
+        and sample.labels.get("status") == "200"
+    )
+
+
+def test_metrics_of_any_replica_count_every_replica(served: Served) -> None:
+    """A scrape, whichever replica answers it, sums what both replicas served."""
+    key = keys.create_key(served.settings, "counted", "predict", rate="10000/s")[1]
+    _wait_both(served.base, key, served.proc, timeout_s=30)
+    before = _answered_200(httpx.get(f"{served.base}/metrics", timeout=10).text)
+    answered = {_predict(served.base, served.key).headers[REPLICA] for _ in range(30)}
+    assert len(answered) == 2, answered  # both replicas served some of the 30
+    scraped: dict[str, float] = {}
+    deadline = time.monotonic() + 20
+    while len(scraped) < 2 and time.monotonic() < deadline:
+        r = httpx.get(f"{served.base}/metrics", timeout=10)  # a new connection each
+        scraped[r.headers[REPLICA]] = _answered_200(r.text)
+    assert len(scraped) == 2, f"only replica {list(scraped)} answered /metrics"
+    assert set(scraped.values()) == {before + 30}, (before, scraped)
 
 
 def test_a_revoked_key_is_refused_by_every_replica_within_2_s(served: Served) -> None:
