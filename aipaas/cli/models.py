@@ -150,3 +150,23 @@ def card_cmd(
     if log:
         run_id = card.log_card(s, made)
         typer.echo(f"stored in MLflow: run {run_id}, {card.CARD_DIR}/", err=True)
+
+
+def store_card(s: Any, definition: Any, version: str) -> None:
+    """Store ``version``'s card after a registration or a decision; warn, never fail.
+
+    A card is documentation, not a gate: the command that made the version
+    (or decided on it) has succeeded whatever happens here.
+    """
+    from aipaas.exceptions import AipaasError
+    from aipaas.monitoring import card
+
+    try:
+        card.publish(s, definition, version)
+    except AipaasError as err:
+        typer.secho(
+            f"warning: the model card of {definition.name} v{version} was not stored: {err} "
+            f"(`aipaas models card {definition.name} {version}` makes it)",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )

@@ -12,8 +12,10 @@ from typing import Annotated
 import typer
 
 from aipaas.cli._app import app, settings
+from aipaas.cli.models import store_card
+from aipaas.exceptions import GateFailedError
 from aipaas.modeldef import load_definition
-from aipaas.training import promote
+from aipaas.training import promote, registry, tags
 from aipaas.training.gates import Approval, format_gates
 from aipaas.training.promotion_log import PromotionRecord
 
@@ -41,7 +43,15 @@ def promote_cmd(
     s = settings()
     approval = Approval(approved=True, reviewer=approve_as) if approve_as else None
     definition = load_definition(model, s.models_dir)
-    record = promote.promote(s, definition, version, approval=approval)
+    try:
+        record = promote.promote(s, definition, version, approval=approval)
+    except GateFailedError:
+        rejected = version or getattr(registry.get_alias(model, tags.CHALLENGER), "version", None)
+        if rejected:
+            store_card(s, definition, str(rejected))  # the card shows why it was rejected
+        raise
+    if record.result != "unchanged":
+        store_card(s, definition, record.version)
     if as_json:
         typer.echo(json.dumps(record.to_dict(), indent=2, default=str))
         return

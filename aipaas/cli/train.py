@@ -19,6 +19,7 @@ from typing import IO, Annotated, Any
 import typer
 
 from aipaas.cli._app import app, settings
+from aipaas.cli.models import store_card
 from aipaas.progress import Progress, StageEvent, TrialEvent, format_stage, format_trial
 from aipaas.training import tags
 
@@ -151,6 +152,7 @@ def train_cmd(
     definition = load_definition(model, s.models_dir)
     with progress_display(to_stderr=as_json) as progress:
         result = train(definition, s, progress)
+    store_card(s, definition, result.version)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
         return

@@ -266,6 +266,12 @@ def test_cli_exits_non_zero_on_a_failed_gate_and_shows_the_model(
     assert ok.exit_code == 0, ok.output
     assert f"promoted tiny v{v2} to champion" in ok.stdout
     assert "(cli); on the audit trail (sig " in ok.stdout
+    # Each decision left the version's card stored with its gates (a rejection too).
+    from aipaas.monitoring import card
+
+    rejected, promoted = card.stored(s, MODEL, str(v1)), card.stored(s, MODEL, str(v2))
+    assert rejected is not None and "p99 latency ms" in rejected.markdown
+    assert promoted is not None and "promoted" in promoted.markdown
 
     shown = run("models", "show", MODEL)
     assert shown.exit_code == 0, shown.output
