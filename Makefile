@@ -7,7 +7,7 @@ RUN := $(UV) run --locked
 export WHYLOGS_NO_ANALYTICS := True
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help uv install up test test-fast lint bench demo clean
+.PHONY: help uv install up test test-fast lint bench soak demo clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,11 @@ lint: install ## ruff and mypy
 
 bench: install ## benchmarks: print tables, write bench/results/
 	$(RUN) python -m bench
+
+SOAK_MINUTES ?= 10
+
+soak: install ## the platform under sustained load for SOAK_MINUTES (10): bench/results/soak.{json,png}
+	$(RUN) python -m bench.soak --minutes $(SOAK_MINUTES)
 
 demo: install ## the whole loop: lifecycle, traffic, drift, retrain, swap
 	$(RUN) aipaas demo
