@@ -805,32 +805,11 @@ def _audit_detail(result: BatchResult, run_id: str) -> dict[str, Any]:
 
 
 def _client(settings: Settings) -> Any:
-    """An MLflow client on the platform's tracking server (no global active run)."""
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=registry.connect(settings))
+    return registry.own_client(settings)
 
 
 def _experiment_id(settings: Settings, client: Any) -> str:
-    """The batch experiment's id, created (artifacts under ``home`` when local) if new."""
-    from mlflow.exceptions import MlflowException
-
-    name = experiment_name(settings)
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return str(found.experiment_id)
-    location = None
-    if not settings.mlflow_tracking_uri.startswith(("http://", "https://")):
-        artifacts = Path(settings.home) / "mlartifacts"
-        artifacts.mkdir(parents=True, exist_ok=True)
-        location = artifacts.as_uri()
-    try:
-        return str(client.create_experiment(name, artifact_location=location))
-    except MlflowException:
-        found = client.get_experiment_by_name(name)  # another host created it first
-        if found is None:
-            raise
-        return str(found.experiment_id)
+    return registry.side_experiment(settings, client, experiment_name(settings))
 
 
 def _log_run(settings: Settings, result: BatchResult, scored: Scored, scorer: LoadedModel) -> str:

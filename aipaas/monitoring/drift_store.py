@@ -34,7 +34,7 @@ from aipaas.datasets import profiles
 from aipaas.datasets.profiles import Profile
 from aipaas.exceptions import ModelNotFoundError, RegistryUnavailableError
 from aipaas.settings import Settings
-from aipaas.training import tags
+from aipaas.training import registry, tags
 
 if TYPE_CHECKING:
     from aipaas.monitoring.drift_stats import DriftReport
@@ -80,38 +80,11 @@ def experiment_name(settings: Settings) -> str:
 
 
 def _client(settings: Settings) -> Any:
-    """An MLflow client on the platform's tracking server; a dead server fails fast.
-
-    A client with its own URI, not MLflow's global active run: a check can
-    run in a console thread or beside a flow's own run.
-    """
-    from mlflow import MlflowClient
-
-    from aipaas.training import registry
-
-    return MlflowClient(tracking_uri=registry.connect(settings))
+    return registry.own_client(settings)
 
 
 def _experiment_id(settings: Settings, client: Any) -> str:
-    """The monitoring experiment's id, created (artifacts under ``home`` when local) if new."""
-    from mlflow.exceptions import MlflowException
-
-    name = experiment_name(settings)
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return str(found.experiment_id)
-    location = None
-    if not settings.mlflow_tracking_uri.startswith(("http://", "https://")):
-        artifacts = settings.home / "mlartifacts"
-        artifacts.mkdir(parents=True, exist_ok=True)
-        location = artifacts.as_uri()
-    try:
-        return str(client.create_experiment(name, artifact_location=location))
-    except MlflowException:
-        found = client.get_experiment_by_name(name)  # another host created it first
-        if found is None:
-            raise
-        return str(found.experiment_id)
+    return registry.side_experiment(settings, client, experiment_name(settings))
 
 
 def _run_tags(report: DriftReport, champion_run: str | None) -> dict[str, str]:

@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aipaas.exceptions import ModelNotFoundError, RegistryUnavailableError
@@ -262,3 +263,35 @@ def load_native(model_uri: str) -> tuple[str, Any]:
 def _is_unreachable(err: Exception) -> bool:
     text = f"{type(err).__name__} {err}".lower()
     return any(s in text for s in ("connection", "timed out", "timeout", "max retries"))
+
+
+def own_client(settings: Settings) -> Any:
+    """An MLflow client on the platform's tracking server, not MLflow's global active run.
+
+    For records kept beside training (drift checks, batch jobs): they may run
+    in a console thread or beside a flow's own run.
+    """
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=connect(settings))
+
+
+def side_experiment(settings: Settings, client: Any, name: str) -> str:
+    """The id of experiment ``name``, created if new (artifacts under ``home`` when local)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    location = None
+    if not settings.mlflow_tracking_uri.startswith(("http://", "https://")):
+        artifacts = Path(settings.home) / "mlartifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        location = artifacts.as_uri()
+    try:
+        return str(client.create_experiment(name, artifact_location=location))
+    except MlflowException:
+        found = client.get_experiment_by_name(name)  # another host created it first
+        if found is None:
+            raise
+        return str(found.experiment_id)
