@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from aipaas import audit
@@ -25,7 +24,6 @@ from aipaas.monitoring import card
 from aipaas.settings import Settings
 from aipaas.training.promote import promote
 from serving.app import create_app
-from serving.routers import cards
 from serving.routers.cards import wants_html
 from tests.support.net import free_port
 from tests.support.registry import MODEL, register_tiny, tiny_settings
@@ -36,13 +34,6 @@ slow = pytest.mark.slow  # a real MLflow store: a few seconds for the module
 CHROME_ACCEPT = (
     "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
 )
-
-
-def with_cards(app: FastAPI) -> FastAPI:
-    """The card router on ``app``, unless ``create_app`` already includes it."""
-    if not any(getattr(r, "path", None) == "/models/{name}/card" for r in app.routes):
-        app.include_router(cards.router)
-    return app
 
 
 @dataclass(frozen=True)
@@ -72,7 +63,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     with pytest.raises(GateFailedError):
         promote(s, definition, decided_by="bob")
     key = keys.create_key(s, "shop", "predict", rate="1000/s")[1]
-    app = with_cards(create_app(s, follow=False, key_cache_s=0.0))
+    app = create_app(s, follow=False, key_cache_s=0.0)
     with TestClient(app) as client:
         yield Platform(s, client, v1, v2, key)
 
@@ -173,7 +164,7 @@ def test_a_registry_that_does_not_answer_is_a_503_not_a_traceback(
         }
     )
     key = keys.create_key(down, "shop", "predict")[1]
-    app = with_cards(create_app(down, model_source=FakeSource(), follow=False))
+    app = create_app(down, model_source=FakeSource(), follow=False)
     with TestClient(app) as client:
         r = client.get("/models/diagnosis/card?version=1", headers=bearer(key))
     assert r.status_code == 503, r.text
