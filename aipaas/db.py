@@ -328,6 +328,31 @@ Index(
     notify_deliveries.c.next_at,
 )
 
+# -- shadow releases (revision 0005): the challenger's answer beside the champion's ----
+# One row per row of a request the challenger shadowed (aipaas.training.canary):
+# written off the request path; ``output`` None when the challenger failed.
+shadow_outputs = Table(
+    "shadow_outputs",
+    metadata,
+    Column("id", Seq, primary_key=True, autoincrement=True),
+    Column("request_id", String(64), nullable=False),
+    Column("row", Integer, nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("version", String(32), nullable=False),  # the challenger
+    Column("champion_version", String(32), nullable=False),
+    Column("champion_output", Text, nullable=False),  # JSON
+    Column("output", Text, nullable=True),  # JSON; None: the challenger failed
+    Column("error", Text, nullable=True),
+    Column("latency_ms", Float, nullable=True),  # the challenger's compute for the request
+    Column("at", Float, nullable=False),  # epoch seconds
+)
+Index(
+    "ix_shadow_outputs_model",
+    shadow_outputs.c.model,
+    shadow_outputs.c.version,
+    shadow_outputs.c.at,
+)
+
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
 _MIGRATIONS = Path(__file__).with_name("migrations")

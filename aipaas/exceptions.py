@@ -24,6 +24,7 @@ the core knows about HTTP.
     ├── RateLimitedError         a key is over its rate (carries ``retry_after_s``)
     │   └── QuotaExceededError   past a daily quota or monthly budget (names it, and when it resets)
     ├── UnsignedVersionError     a version without a valid promotion record may not serve
+    ├── CanaryError              a canary cannot start or stop (one runs already, none runs)
     ├── UnknownRequestError      feedback names a request id that was never answered
     └── AlreadyLabelledError     feedback for a request that already has its label
 """
@@ -182,6 +183,12 @@ class UnsignedVersionError(AipaasError):
     """
 
     exit_code = 18
+
+
+class CanaryError(AipaasError):
+    """A canary or shadow release cannot start or stop in the model's present state."""
+
+    exit_code = 22
 
 
 class UnknownRequestError(AipaasError):

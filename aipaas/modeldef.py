@@ -224,6 +224,53 @@ class Gates:
 
 
 @dataclass(frozen=True)
+class Canary:
+    """Limits a challenger must hold while it takes live traffic (``aipaas promote --canary``).
+
+    The canary flow compares the challenger's live evidence with the
+    champion's over the same window; one limit broken sends all traffic back
+    to the champion at once. Unset (None) limits are not judged.
+    """
+
+    # Share of traffic (percent of client keys, stable per key) and watch window.
+    percent: float = 10.0
+    watch_s: float = 900.0
+    # Challenger requests that failed (answered by the champion instead), as a share.
+    max_error_rate: float = 0.01
+    # The challenger's p99 latency over the champion's, both measured on live traffic.
+    max_p99_ratio: float | None = 1.5
+    # ... and in absolute terms, milliseconds (None: only the ratio).
+    max_p99_ms: float | None = None
+    # Drift of the challenger's outputs against the champion's (the score drift uses:
+    # PSI for numbers, Jensen-Shannon distance for classes); above it, rolled back.
+    max_output_drift: float | None = 0.25
+    # With labelled feedback: how much lower the challenger's accuracy may be.
+    max_accuracy_drop: float | None = 0.05
+    # Labelled challenger requests needed before accuracy is judged.
+    min_labels: int = 20
+    # Challenger requests needed to promote at the end; fewer: inconclusive, no promotion.
+    min_requests: int = 50
+    # How often the flow reads the evidence.
+    check_every_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.percent <= 100:
+            raise ConfigurationError(f"canary: percent must be in (0, 100], not {self.percent!r}")
+        if self.watch_s <= 0 or self.check_every_s <= 0:
+            raise ConfigurationError("canary: watch_s and check_every_s must be > 0")
+        if not 0 <= self.max_error_rate <= 1:
+            raise ConfigurationError(
+                f"canary: max_error_rate must be in [0, 1], not {self.max_error_rate!r}"
+            )
+        for name in ("max_p99_ratio", "max_p99_ms", "max_output_drift", "max_accuracy_drop"):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0):
+                raise ConfigurationError(f"canary: {name} must be >= 0 or None, not {value!r}")
+        if self.min_requests < 1 or self.min_labels < 1:
+            raise ConfigurationError("canary: min_requests and min_labels must be >= 1")
+
+
+@dataclass(frozen=True)
 class DriftPolicy:
     """When served traffic has moved enough to retrain."""
 
@@ -272,6 +319,7 @@ class ModelDefinition:
     metrics: tuple[str, ...] = ("roc_auc", "accuracy", "f1")
     gates: Gates = Gates()
     drift: DriftPolicy = DriftPolicy()
+    canary: Canary = Canary()
     # Store raw inputs in the audit trail (off: only their keyed hash).
     log_inputs: bool = False
     description: str = ""

@@ -84,6 +84,7 @@ class RequestContext:
     predictions: list[PredictionRecord] = field(default_factory=list)
     end_user: str | None = None  # the pseudonym of X-End-User, never the raw id
     detail: dict[str, Any] | None = None  # goes into the record's ``detail`` (JSON)
+    event: str | None = None  # e.g. "canary.fallback": the challenger failed, the champion answered
     # Called with the record once it is committed (the Guard sets it: quota counts).
     on_committed: Callable[[AuditRecord], None] | None = None
     # Answered by the app's static files (serving.static_dir): a file served is not audited.
@@ -263,6 +264,7 @@ class AuditMiddleware:
             compute_s=ctx.compute_s,
             cost=cost,
             end_user=ctx.end_user,
+            event=ctx.event,
             detail=orjson.dumps(ctx.detail, option=orjson.OPT_SORT_KEYS).decode()
             if ctx.detail
             else None,

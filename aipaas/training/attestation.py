@@ -109,6 +109,11 @@ def sign(
     return Attestation(**{**asdict(unsigned), "signature": _mac(settings, unsigned)})
 
 
+def signature_valid(settings: Settings, att: Attestation) -> bool:
+    """Whether ``att`` was signed under this platform's audit key and not edited since."""
+    return bool(att.signature) and hmac.compare_digest(att.signature, _mac(settings, att))
+
+
 def tag_for(att: Attestation) -> dict[str, str]:
     """The version tag that carries ``att``."""
     return {tags.ATTESTATION: att.to_tag()}

@@ -10,6 +10,7 @@ serving host needs the registry, not the ``models/`` folder.
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous-champion"
+CANARY = "canary"  # the version taking a canary or shadow share (display; the chain decides)
 
 # --- tags on a training run and its registered version -----------------------
 DATASET = "aipaas.dataset"
