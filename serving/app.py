@@ -1,8 +1,9 @@
 """The serving app factory: ``uvicorn serving.app:create_app --factory``.
 
 The lifespan opens the platform database and the audit writer, loads each
-served model's champion (``/readyz`` is 503 until the default one is in),
-and starts the task that follows ``champion``.
+served model's champion (``/readyz`` is 503 until the default one is in)
+and the challenger of a canary or shadow release running, and starts the
+task that follows both.
 """
 
 from __future__ import annotations
@@ -55,12 +56,14 @@ from serving.holder import (
     ModelHolder,
     ModelSource,
     RegistrySource,
+    canary_reader,
     follow_champions,
 )
 from serving.metrics import Metrics
 from serving.middleware import UNAUDITED, AuditMiddleware
 from serving.middleware import context as request_context
 from serving.routers import admin, cards, feedback, health, oip, predict, usage
+from serving.shadow import Shadow
 from serving.sink import NoopSink, RowSink
 
 log = logging.getLogger(__name__)
@@ -218,7 +221,13 @@ def create_app(
     names = list(dict.fromkeys([settings.serving.default_model, *allow]))
     metrics = Metrics(names, is_loaded=lambda m, v: holder.get_version(m, v) is not None)
     source = model_source or RegistrySource(settings)
-    holder = ModelHolder(source, _admin_events(writer, metrics), names, discover=not allow)
+    holder = ModelHolder(
+        source,
+        _admin_events(writer, metrics),
+        names,
+        discover=not allow,
+        canaries=canary_reader(settings),
+    )
     components = Components(
         settings=settings,
         keys=KeyStore(settings, ttl_s=key_cache_s),
@@ -228,6 +237,7 @@ def create_app(
         executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="aipaas-model"),
         sink=row_sink,
         metrics=metrics,
+        shadow=Shadow(settings),
     )
     app = FastAPI(
         title="aipaas serving",
@@ -390,6 +400,7 @@ def _lifespan(components: Components, writer: AuditWriter, *, follow: bool) -> A
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             components.executor.shutdown(wait=True)
+            await asyncio.to_thread(components.shadow.close)  # a short bound for what is queued
             close_sink = getattr(sink, "close", None)
             if close_sink is not None:  # e.g. the spool writer releases its segment
                 close_sink()

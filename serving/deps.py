@@ -29,6 +29,7 @@ from aipaas.settings import Settings
 from serving.holder import ModelHolder
 from serving.metrics import Metrics
 from serving.middleware import RequestContext
+from serving.shadow import Shadow
 from serving.sink import RowSink
 
 MODEL_HEADER = "x-model"
@@ -61,6 +62,7 @@ class Components:
     executor: ThreadPoolExecutor  # one thread: the model never fights itself for cores
     sink: RowSink
     metrics: Metrics
+    shadow: Shadow  # a shadow release's copies of requests, for its challenger
 
 
 def components(request: Request) -> Components:

@@ -21,6 +21,18 @@ Pinned versions (a request's path or ``X-Model-Version``, a key's pins) are
 loaded on demand in a worker thread, one load per version at a time. Those an
 active key pins stay loaded (:meth:`ModelHolder.keep_pinned`, at each poll);
 others sit in a small LRU cache. A champion swap never touches them.
+
+A canary or shadow release (:mod:`aipaas.training.canary`) is followed with
+the champion: at each poll and each promotion signal (a release's start and
+end bump it too) the model's latest canary event is read from the audit
+chain, and the challenger it names is loaded and warmed beside the champion
+(:meth:`ModelHolder.canary` hands it to the routers). The chain decides, never
+the registry's ``canary`` alias: an edited, unsigned or unreadable event means
+no challenger serves, and the release's end drops it at once. A release whose
+window ended over :data:`STALE_AFTER_S` ago with no end on record (its flow
+died) gets no traffic either, and a challenger that fails to load gets none
+(audited as ``model.load_failed``, said in ``/readyz``); the champion serves
+on in every case.
 """
 
 from __future__ import annotations
@@ -32,23 +44,35 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, TypeAdapter
 
 from aipaas.db import DatabaseUnavailableError
-from aipaas.exceptions import AipaasError, RegistryUnavailableError, UnsignedVersionError
+from aipaas.exceptions import (
+    AipaasError,
+    AuditIntegrityError,
+    RegistryUnavailableError,
+    UnsignedVersionError,
+)
 from aipaas.inference import keys, predictor
 from aipaas.inference.predictor import LoadedModel
 from aipaas.settings import Settings
 from aipaas.training import signals
 from serving.schemas import request_model
 
+if TYPE_CHECKING:
+    from aipaas.training.canary import CanaryState
+
 log = logging.getLogger(__name__)
 
 # Pinned versions no active key pins, kept loaded for later requests.
 PIN_CACHE_SIZE = 4
+# A release this long past its window with no end on record takes no traffic:
+# the flow that should have judged and ended it is gone.
+STALE_AFTER_S = 60.0
 
 
 class ModelSource(Protocol):
@@ -74,6 +98,13 @@ class ModelSource(Protocol):
             UnsignedVersionError: it was never promoted.
         """
 
+    def load_canary(self, name: str, version: str) -> LoadedModel:
+        """Load and warm the challenger of a canary or shadow release (slow; a worker thread).
+
+        Raises:
+            UnsignedVersionError: no signed release of this version runs now.
+        """
+
 
 class RegistrySource:
     """The real source: ``champion`` alias and ``models:/`` URIs in MLflow."""
@@ -92,6 +123,9 @@ class RegistrySource:
 
     def load_pinned(self, name: str, version: str) -> LoadedModel:
         return predictor.load_model(self._settings, name, version, require="promoted")
+
+    def load_canary(self, name: str, version: str) -> LoadedModel:
+        return predictor.load_model(self._settings, name, version, require="canary")
 
 
 @dataclass
@@ -132,6 +166,41 @@ def serve_model(loaded: LoadedModel) -> ServedModel:
 
 
 AuditEvent = Callable[[str, str, str | None, dict[str, Any]], None]
+# The release running for a model now (None: none); raises AuditIntegrityError
+# or DatabaseUnavailableError when it cannot be trusted or read.
+CanaryReader = Callable[[str], "CanaryState | None"]
+
+
+def canary_reader(settings: Settings) -> CanaryReader:
+    """Read releases from the platform database's audit chain (:func:`predictor.active_canary`)."""
+
+    def read(name: str) -> CanaryState | None:
+        return predictor.active_canary(settings, name)
+
+    return read
+
+
+@dataclass(frozen=True)
+class CanaryStatus:
+    """What this process does about a model's canary or shadow release (``/readyz``).
+
+    ``serving`` False with an ``error``: the release takes no traffic here, and why.
+    """
+
+    version: str | None
+    mode: str | None = None
+    percent: float | None = None
+    until: str | None = None
+    serving: bool = False
+    error: str | None = None
+
+    @classmethod
+    def of(cls, state: CanaryState, *, error: str | None = None) -> CanaryStatus:
+        until = datetime.fromtimestamp(state.until, UTC).isoformat(timespec="seconds")
+        return cls(state.version, state.mode, state.percent, until, error is None, error)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 Pin = tuple[str, str]  # (model, version)
@@ -148,6 +217,7 @@ class ModelHolder:
         *,
         cache_size: int = PIN_CACHE_SIZE,
         discover: bool = False,
+        canaries: CanaryReader | None = None,
     ) -> None:
         self._source = source
         self._on_event = on_event
@@ -173,6 +243,12 @@ class ModelHolder:
         self._guard = threading.Lock()  # the pin tables above
         self._loading: dict[Pin, Future[ServedModel]] = {}  # one load per version at a time
         self._pin_errors: dict[Pin, str] = {}
+        # Canary and shadow releases: the challenger serving for each (replaced
+        # whole: read without a lock), and what /readyz says about each.
+        self._read_canary = canaries
+        self._releases: dict[str, tuple[CanaryState, ServedModel]] = {}
+        self._canary_status: dict[str, CanaryStatus] = {}
+        self._canary_noted: dict[str, str] = {}  # model -> the problem last logged
 
     def get(self, name: str) -> ServedModel | None:
         return self._models.get(name)
@@ -205,37 +281,42 @@ class ModelHolder:
 
         Outcomes: ``unchanged``, ``no-champion``, ``loaded``, ``swapped``,
         ``refused`` and ``failed`` (old version keeps serving),
-        ``registry-unavailable``.
+        ``registry-unavailable``. The model's canary or shadow release is
+        followed too (:meth:`follow_canary`), whatever the champion's outcome.
         """
         with self._locks.setdefault(name, threading.Lock()):
-            current = self._models.get(name)
-            try:
-                version = self._source.champion(name)
-            except RegistryUnavailableError as err:
-                self.last_error[name] = str(err)
-                log.warning("registry unavailable, %s keeps serving: %s", name, err)
-                return "registry-unavailable"
-            if version is None or (current is not None and current.version == version):
-                self._clear_refusal(name)
-                return "no-champion" if version is None else "unchanged"
-            started = time.perf_counter()
-            try:
-                served = serve_model(self._source.load(name, version))
-            except UnsignedVersionError as err:
-                self._refuse(name, version, current, err)
-                return "refused"
-            except AipaasError as err:
-                self._load_failed(name, version, current, err)
-                return "failed"
-            except Exception as err:  # noqa: BLE001 - one model's bug never stops serving
-                log.exception("loading %s v%s raised", name, version)
-                wrapped = AipaasError(
-                    f"{name} v{version} failed to load: {type(err).__name__}: {err}"
-                )
-                self._load_failed(name, version, current, wrapped)
-                return "failed"
+            outcome = self._refresh_champion(name)
+            self._follow_canary(name)
+            return outcome
+
+    def _refresh_champion(self, name: str) -> str:
+        """Under the model's lock: :meth:`refresh` for the champion alone."""
+        current = self._models.get(name)
+        try:
+            version = self._source.champion(name)
+        except RegistryUnavailableError as err:
+            self.last_error[name] = str(err)
+            log.warning("registry unavailable, %s keeps serving: %s", name, err)
+            return "registry-unavailable"
+        if version is None or (current is not None and current.version == version):
             self._clear_refusal(name)
-            return self._swap_in(name, served, current, time.perf_counter() - started)
+            return "no-champion" if version is None else "unchanged"
+        started = time.perf_counter()
+        try:
+            served = serve_model(self._source.load(name, version))
+        except UnsignedVersionError as err:
+            self._refuse(name, version, current, err)
+            return "refused"
+        except AipaasError as err:
+            self._load_failed(name, version, current, err)
+            return "failed"
+        except Exception as err:  # noqa: BLE001 - one model's bug never stops serving
+            log.exception("loading %s v%s raised", name, version)
+            wrapped = AipaasError(f"{name} v{version} failed to load: {type(err).__name__}: {err}")
+            self._load_failed(name, version, current, wrapped)
+            return "failed"
+        self._clear_refusal(name)
+        return self._swap_in(name, served, current, time.perf_counter() - started)
 
     def _refuse(
         self, name: str, version: str, current: ServedModel | None, err: UnsignedVersionError
@@ -277,6 +358,134 @@ class ModelHolder:
         self._on_event(event, name, served.version, detail)
         log.info("%s %s v%s (was %s)", event, name, served.version, old)
         return "swapped" if old else "loaded"
+
+    # --- canary and shadow releases ------------------------------------------------
+
+    def canary(self, name: str) -> tuple[CanaryState, ServedModel] | None:
+        """The release of ``name`` taking traffic here and its loaded challenger; None: none.
+
+        None too once the release is :data:`STALE_AFTER_S` past its window
+        (checked on each call: no poll needed for it to stop).
+        """
+        release = self._releases.get(name)
+        if release is None or time.time() > release[0].until + STALE_AFTER_S:
+            return None
+        return release
+
+    def canaries(self) -> dict[str, CanaryStatus]:
+        """Per model with a release on record (or one that cannot be read): what happens here."""
+        return dict(self._canary_status)
+
+    def follow_canary(self, name: str) -> str:
+        """Bring ``name``'s challenger in line with the chain (blocking: a worker thread).
+
+        Outcomes: ``none``, ``unchanged``, ``loaded``, ``ended`` (the challenger
+        dropped), and, with no challenger serving, ``unreadable``, ``stale``, ``failed``.
+        """
+        with self._locks.setdefault(name, threading.Lock()):
+            return self._follow_canary(name)
+
+    def _follow_canary(self, name: str) -> str:
+        if self._read_canary is None:
+            return "none"
+        try:
+            state = self._read_canary(name)
+        except (AuditIntegrityError, DatabaseUnavailableError) as err:
+            return self._no_canary(name, None, f"the canary state cannot be read: {err}")
+        if state is None:
+            return self._end_canary(name)
+        if time.time() > state.until + STALE_AFTER_S:
+            return self._no_canary(
+                name,
+                state,
+                f"its window ended at {CanaryStatus.of(state).until} and no end is on record "
+                "(did the canary flow stop?): no traffic goes to the challenger",
+                outcome="stale",
+            )
+        current = self._releases.get(name)
+        if current is not None and current[0].seq == state.seq:
+            return "unchanged"
+        served = current[1] if current is not None and current[1].version == state.version else None
+        if served is None:
+            try:
+                served = self._load_canary(name, state)
+            except AipaasError as err:
+                return self._canary_failed(name, state, err)
+            except Exception as err:  # noqa: BLE001 - a challenger's bug never stops serving
+                log.exception("loading the challenger %s v%s raised", name, state.version)
+                wrapped = AipaasError(
+                    f"{name} v{state.version} failed to load: {type(err).__name__}: {err}"
+                )
+                return self._canary_failed(name, state, wrapped)
+        self._releases = {**self._releases, name: (state, served)}
+        self._canary_status = {**self._canary_status, name: CanaryStatus.of(state)}
+        self._canary_noted.pop(name, None)
+        log.info(
+            "%s of %s v%s: %s%% of clients until %s",
+            state.mode,
+            name,
+            state.version,
+            state.percent if state.mode == "canary" else 100,
+            CanaryStatus.of(state).until,
+        )
+        return "loaded"
+
+    def _load_canary(self, name: str, state: CanaryState) -> ServedModel:
+        started = time.perf_counter()
+        served = serve_model(self._source.load_canary(name, state.version))
+        detail = {
+            "mode": state.mode,
+            "percent": state.percent,
+            "started_seq": state.seq,
+            "load_s": round(time.perf_counter() - started, 3),
+        }
+        self._on_event("model.canary_loaded", name, state.version, detail)
+        return served
+
+    def _canary_failed(self, name: str, state: CanaryState, err: AipaasError) -> str:
+        """No traffic to the challenger; audited once per (version, error), retried each poll."""
+        reason = f"v{state.version} failed to load: {err}"
+        if self._canary_noted.get(name) != reason:
+            self.failures += 1
+            champion = self._models.get(name)
+            detail = {
+                "error": str(err),
+                "serving": champion.version if champion else None,
+                "canary": state.mode,
+            }
+            self._on_event("model.load_failed", name, state.version, detail)
+        return self._no_canary(name, state, reason, outcome="failed")
+
+    def _no_canary(
+        self, name: str, state: CanaryState | None, reason: str, *, outcome: str = "unreadable"
+    ) -> str:
+        """Send no traffic to a challenger of ``name``; say why, logged once per reason."""
+        self._releases = {m: r for m, r in self._releases.items() if m != name}
+        status = (
+            CanaryStatus.of(state, error=reason)
+            if state is not None
+            else CanaryStatus(version=None, error=reason)
+        )
+        self._canary_status = {**self._canary_status, name: status}
+        if self._canary_noted.get(name) != reason:
+            self._canary_noted[name] = reason
+            log.error("no canary traffic for %s: %s", name, reason)
+        return outcome
+
+    def _end_canary(self, name: str) -> str:
+        ended = self._releases.get(name)
+        self._releases = {m: r for m, r in self._releases.items() if m != name}
+        self._canary_status = {m: s for m, s in self._canary_status.items() if m != name}
+        self._canary_noted.pop(name, None)
+        if ended is None:
+            return "none"
+        log.info(
+            "the %s of %s v%s ended: the champion takes it all",
+            ended[0].mode,
+            name,
+            ended[0].version,
+        )
+        return "ended"
 
     # --- pinned versions ---------------------------------------------------------
 

@@ -102,6 +102,9 @@ class Readiness(BaseModel):
     refused: dict[str, str] = Field(default_factory=dict)
     # model -> why its champion failed to load or warm up (it answers 503; others serve)
     failed: dict[str, str] = Field(default_factory=dict)
+    # model -> its canary or shadow challenger here: version, mode, percent, until,
+    # serving (false with an error when it takes no traffic); only models with a release
+    canary: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 class ErrorOut(BaseModel):

@@ -11,7 +11,9 @@ Any other flavour goes through pyfunc. Its MLflow signature becomes
 
 Serving asks :func:`load_model` to check a version's signed promotion record
 before it loads anything (``require``): the champion must be the one the
-audit chain recorded last, a pinned version must have been promoted once.
+audit chain recorded last, a pinned version must have been promoted once,
+and a canary's challenger (never promoted yet) must be the version the
+model's signed canary start on the audit chain names.
 
 What serving needs of the model definition comes from the version's tags,
 written at training time (:class:`VersionMeta`), so a serving host needs the
@@ -26,18 +28,23 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from aipaas import db
 from aipaas.exceptions import (
     AipaasError,
+    AuditIntegrityError,
     ConfigurationError,
     RegistryUnavailableError,
     UnsignedVersionError,
 )
 from aipaas.settings import Settings
 from aipaas.training import attestation, registry, tags
+
+if TYPE_CHECKING:  # the canary module pulls in promotion (pandas): imported when used
+    from aipaas.training.canary import CanaryState
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +247,9 @@ def _build(model: Any, flavor: str, fields: tuple[FieldSpec, ...]) -> tuple[Call
 
 
 # What a version must prove before it is loaded: that it is the champion on
-# record (the alias's version), or that it was promoted at some time (a pin).
-Require = Literal["champion", "promoted"]
+# record (the alias's version), that it was promoted at some time (a pin), or
+# that a signed canary or shadow release of it runs now (a challenger).
+Require = Literal["champion", "promoted", "canary"]
 
 
 def load_model(
@@ -252,12 +260,15 @@ def load_model(
     ``require`` checks the version's signed promotion record *before*
     anything is loaded: ``"champion"`` as serving's champion
     (:func:`aipaas.training.attestation.verify_current`), ``"promoted"`` for
-    a version addressed explicitly (:func:`aipaas.training.attestation.verify`).
+    a version addressed explicitly (:func:`aipaas.training.attestation.verify`),
+    ``"canary"`` for a challenger taking a canary's or shadow's share
+    (:func:`verify_canary`).
 
     Raises:
         UnsignedVersionError: ``require`` was given and the version may not serve.
         ModelNotFoundError: the version does not exist or cannot be loaded.
         RegistryUnavailableError: the tracking server did not answer.
+        DatabaseUnavailableError: ``"canary"``, and the platform database did not answer.
         ConfigurationError: the model has no usable signature.
     """
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -272,6 +283,8 @@ def load_model(
             raise UnsignedVersionError(
                 f"only a version that was promoted at some time can be asked for; {err}"
             ) from err
+    elif require == "canary":
+        verify_canary(settings, name, info.version)
     flavor, model = registry.load_native(info.uri)
     fields = fields_from_signature(_call(lambda: _signature(info.uri)))
     predict, classes = _build(model, flavor, fields)
@@ -286,6 +299,47 @@ def load_model(
     )
     loaded.warm()
     return loaded
+
+
+def active_canary(settings: Settings, name: str) -> CanaryState | None:
+    """The canary or shadow release of ``name`` running now (its signed start), None if none.
+
+    Raises:
+        AuditIntegrityError: the latest canary event was edited, never signed, or
+            does not parse (a row written by hand): no challenger may serve.
+        DatabaseUnavailableError: the platform database did not answer.
+    """
+    from aipaas.training import canary
+
+    try:
+        with db.reachable():
+            return canary.active(settings, name)
+    except (KeyError, TypeError, ValueError) as err:  # a detail no `promote --canary` wrote
+        raise AuditIntegrityError(
+            f"the latest canary event of {name} is malformed ({type(err).__name__}: {err}): "
+            "it was not written by `aipaas promote --canary`"
+        ) from err
+
+
+def verify_canary(settings: Settings, name: str, version: str) -> CanaryState:
+    """The signed canary (or shadow) release of ``version`` running now, or why there is none.
+
+    Raises:
+        UnsignedVersionError: no release runs, it names another version, or its
+            start event was edited or never signed.
+        DatabaseUnavailableError: the platform database did not answer.
+    """
+    try:
+        state = active_canary(settings, name)
+    except AuditIntegrityError as err:
+        raise UnsignedVersionError(f"{name} v{version} may not take live traffic: {err}") from err
+    if state is None or state.version != str(version):
+        running = f"v{state.version} is" if state is not None else "no version is"
+        raise UnsignedVersionError(
+            f"{name} v{version} is not the challenger of a canary or shadow on record "
+            f"({running} taking one): start one with `aipaas promote {name} --canary`"
+        )
+    return state
 
 
 def _signature(uri: str) -> Any:

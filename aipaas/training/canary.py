@@ -155,7 +155,16 @@ def _checked(settings: Settings, row: dict[str, Any]) -> dict[str, Any]:
 
 def _state(settings: Settings, row: dict[str, Any]) -> CanaryState:
     detail = _checked(settings, row)
-    att = attestation.Attestation.from_tag(json.dumps(detail["attestation"]))
+    try:
+        att = attestation.Attestation.from_tag(json.dumps(detail["attestation"]))
+        mode, percent = detail["mode"], float(detail["percent"])
+        champion, started_at = str(detail["champion"]), float(detail["started_at"])
+        until = float(detail["until"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise AuditIntegrityError(
+            f"the canary of {row['model']} v{row['version']} (seq {row['seq']}) is malformed "
+            f"({type(err).__name__}: {err}): it was not started by `aipaas promote --canary`"
+        ) from err
     if (
         att.model != row["model"]
         or att.version != row["version"]
@@ -169,11 +178,11 @@ def _state(settings: Settings, row: dict[str, Any]) -> CanaryState:
     return CanaryState(
         model=row["model"],
         version=row["version"],
-        mode=detail["mode"],
-        percent=float(detail["percent"]),
-        champion=str(detail["champion"]),
-        started_at=float(detail["started_at"]),
-        until=float(detail["until"]),
+        mode=mode,
+        percent=percent,
+        champion=champion,
+        started_at=started_at,
+        until=until,
         started_by=row["owner"] or "",
         seq=int(row["seq"]),
         signature=att.signature,

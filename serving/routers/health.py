@@ -40,6 +40,12 @@ async def readyz(c: ComponentsDep, request: Request) -> JSONResponse:
     answering, a SQLite file another process keeps locked), ``error`` says so
     and the probe is 503: every audited request would be. It turns 200 again
     by itself.
+
+    ``canary`` names each model with a canary or shadow release on record:
+    its challenger's version, mode, share and window end, and ``serving``
+    false with an ``error`` when its challenger takes no traffic here (it
+    failed to load, its window is long past, its record cannot be trusted).
+    The champion answers then: readiness does not depend on it.
     """
     models = {n: (m.version if (m := c.holder.get(n)) else None) for n in c.holder.names}
     database = await _database_problem(c, getattr(request.app.state, "writer", None))
@@ -53,6 +59,7 @@ async def readyz(c: ComponentsDep, request: Request) -> JSONResponse:
         error="; ".join(problems) or None,
         refused=dict(c.holder.refused),
         failed={n: e for n, e in failed.items() if n not in c.holder.refused},
+        canary={n: status.to_dict() for n, status in c.holder.canaries().items()},
     ).model_dump()
     return JSONResponse(body, status_code=200 if ready else 503)
 

@@ -5,8 +5,11 @@ gives, through the same seams: the same keys and scopes, rate limits and
 quotas (the :class:`~serving.deps.Guard`), the same version pinning (path
 ``/v2/models/{name}/versions/{version}/...``, ``X-Model-Version``, the
 key's pin, else the champion: :func:`~serving.routers.predict.served_model`),
-the same prediction path (rows recorded for ``/feedback``, profiling, the
-audit record's model, version and compute time). Only the probes and the
+the same canary and shadow releases for a request that pins nothing
+(:func:`~serving.routers.predict.answer`: a canary's challenger answers its
+share of clients, the champion when it fails), the same prediction path (rows
+recorded for ``/feedback``, profiling, the audit record's model, version and
+compute time). Only the probes and the
 server metadata need no key, like ``/healthz`` and ``/readyz``.
 
 An infer request carries one tensor per feature of the model's MLflow
@@ -65,7 +68,7 @@ from serving.oip_schemas import (
     ServerMetadataResponse,
     ServerReadyResponse,
 )
-from serving.routers.predict import JSONBytes, ServedModelDep, run_prediction
+from serving.routers.predict import JSONBytes, Routed, RoutedDep, ServedModelDep, answer
 
 SERVER_NAME = "aipaas"
 EXTENSIONS = ["binary_tensor_data"]
@@ -239,9 +242,9 @@ async def version_ready(name: str, version: str, served: ServedModelDep) -> Mode
 
 
 @_keyed.post("/models/{name}/infer", response_model=InferenceResponse, openapi_extra=INFER_DOC)
-async def infer(name: str, request: Request, served: ServedModelDep) -> Response:
+async def infer(name: str, request: Request, routed: RoutedDep) -> Response:
     """Predict with the champion of ``name``, or the key's pinned version."""
-    return await _infer(request, served)
+    return await _infer(request, routed)
 
 
 @_keyed.post(
@@ -249,11 +252,9 @@ async def infer(name: str, request: Request, served: ServedModelDep) -> Response
     response_model=InferenceResponse,
     openapi_extra=INFER_DOC,
 )
-async def infer_version(
-    name: str, version: str, request: Request, served: ServedModelDep
-) -> Response:
+async def infer_version(name: str, version: str, request: Request, routed: RoutedDep) -> Response:
     """Predict with version ``version`` of ``name`` (it must have been promoted once)."""
-    return await _infer(request, served)
+    return await _infer(request, routed)
 
 
 router = APIRouter()
@@ -307,7 +308,7 @@ def _output_names(loaded: LoadedModel) -> list[str]:
 # --- inference -----------------------------------------------------------------------
 
 
-async def _infer(request: Request, served: ServedModel) -> Response:
+async def _infer(request: Request, routed: Routed) -> Response:
     c, ctx = components(request), context(request)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
@@ -317,9 +318,13 @@ async def _infer(request: Request, served: ServedModel) -> Response:
         )
     header, binary = _split(await request.body(), request.headers.get(HEADER_LENGTH))
     req = _parse(header)
+
+    def prepare(served: ServedModel) -> list[list[Any]]:
+        _requested(served.loaded, req.outputs)  # outputs it cannot give: refused before predicting
+        return rows_from_tensors(served.loaded.fields, req.inputs, binary, c.settings)
+
+    pred, served = await answer(c, ctx, routed, prepare)
     wanted = _requested(served.loaded, req.outputs)
-    rows = rows_from_tensors(served.loaded.fields, req.inputs, binary, c.settings)
-    pred = await run_prediction(c, ctx, served, rows)
     tensors = output_tensors(pred)
     outputs = [t for n, t in tensors.items() if wanted is None or n in wanted]
     return JSONBytes(

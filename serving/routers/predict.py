@@ -6,12 +6,27 @@ header, the key's pin for the model, else the champion. A pinned version
 must have been promoted at some time (a signed promotion record); it is
 loaded on demand in a worker thread, never on the event loop. The response's
 ``model_version`` and the audit record name the version that answered.
+
+A request that pins no version meets the model's canary or shadow release,
+if one runs (:meth:`serving.holder.ModelHolder.canary`):
+
+- canary: a client (its key; its address when there are no keys) whose
+  bucket falls in the share is answered by the challenger, and its record and
+  rows name the challenger's version. A challenger that fails the request
+  (it raises, or refuses rows the champion takes) is not the client's
+  problem: the champion answers the same request, and its audit record says
+  ``event = "canary.fallback"`` with the challenger's version and error in
+  ``detail.canary`` (what the canary flow counts as errors);
+- shadow: the champion answers; a copy of the rows and its outputs goes to
+  :class:`serving.shadow.Shadow` once the answer is built, for the challenger.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -23,13 +38,15 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from aipaas.audit import prediction_records
-from aipaas.exceptions import ModelNotFoundError
+from aipaas.exceptions import AipaasError, ModelNotFoundError
+from aipaas.inference.predictor import Prediction
 from aipaas.training.tags import CHAMPION
-from serving.deps import Components, Guard, components, context, model_name
+from serving.deps import ANONYMOUS, Components, Guard, components, context, model_name
 from serving.errors import ModelNotReadyError
 from serving.holder import ServedModel
 from serving.middleware import RequestContext
 from serving.schemas import FieldOut, InvocationsResponse, ModelOut, PredictResponse
+from serving.shadow import ShadowJob
 
 VERSION_HEADER = "x-model-version"
 
@@ -93,6 +110,54 @@ def _champion(c: Components, name: str) -> ServedModel:
 
 
 ServedModelDep = Annotated[ServedModel, Depends(served_model)]
+
+FALLBACK = (
+    "canary.fallback"  # the audit record's event: the challenger failed, the champion answered
+)
+ERROR_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Who answers a predict request: ``served``, and, during a release, who else.
+
+    ``fallback``: ``served`` is a canary's challenger and this champion answers
+    if it fails. ``shadow``: the champion answers and this challenger gets a copy.
+    """
+
+    served: ServedModel
+    fallback: ServedModel | None = None
+    shadow: ServedModel | None = None
+
+
+async def routed_model(request: Request, served: ServedModelDep) -> Routed:
+    """:func:`served_model`, then the model's canary or shadow for a request that pins nothing."""
+    c = components(request)
+    ctx = context(request)
+    if pinned_version(request, ctx, served.name) is not None:
+        return Routed(served)
+    release = c.holder.canary(served.name)
+    if release is None:
+        return Routed(served)
+    state, challenger = release
+    if challenger.version == served.version:  # promoted meanwhile: one version, no release
+        return Routed(served)
+    if state.mode == "shadow":
+        return Routed(served, shadow=challenger)
+    if state.takes(client_of(request, ctx)):
+        ctx.version = challenger.version
+        return Routed(challenger, fallback=served)
+    return Routed(served)
+
+
+def client_of(request: Request, ctx: RequestContext) -> str:
+    """Who a canary's split is stable for: the key; its address when keys are off."""
+    if ctx.key_id is not None and ctx.key is not ANONYMOUS:
+        return ctx.key_id
+    return request.client.host if request.client is not None else "unknown"
+
+
+RoutedDep = Annotated[Routed, Depends(routed_model)]
 
 
 router = APIRouter(
@@ -185,12 +250,86 @@ async def run_prediction(
     return pred
 
 
-async def _predict(request: Request, served: ServedModel) -> Response:
+async def answer(
+    c: Components,
+    ctx: RequestContext,
+    routed: Routed,
+    prepare: Callable[[ServedModel], list[list[Any]]],
+) -> tuple[Prediction, ServedModel]:
+    """Predict with the version ``routed`` names; the prediction and the version that made it.
+
+    ``prepare`` turns the request into rows for a version (it raises the
+    client's refusal). A canary's challenger that refuses what the champion
+    takes, or that raises, is answered for by the champion (:func:`_fall_back`).
+    """
+    served, champion = routed.served, routed.fallback
+    if champion is None:
+        rows = prepare(served)
+        pred = await run_prediction(c, ctx, served, rows)
+        if routed.shadow is not None:
+            _shadow(c, ctx, routed.shadow, served, rows, pred)
+        return pred, served
+    try:
+        rows = prepare(served)
+    except (RequestValidationError, AipaasError) as refused:
+        ctx.version = champion.version
+        rows = prepare(champion)  # the champion refuses it too: the client's own refusal
+        return await _fall_back(c, ctx, served, champion, rows, refused), champion
+    recorded = len(ctx.predictions)
+    try:
+        return await run_prediction(c, ctx, served, rows), served
+    except Exception as err:  # noqa: BLE001 - a challenger's failure never reaches the client
+        del ctx.predictions[recorded:]
+        if champion.names != served.names:
+            ctx.version = champion.version
+            rows = prepare(champion)
+        return await _fall_back(c, ctx, served, champion, rows, err), champion
+
+
+async def _fall_back(
+    c: Components,
+    ctx: RequestContext,
+    challenger: ServedModel,
+    champion: ServedModel,
+    rows: list[list[Any]],
+    err: Exception,
+) -> Prediction:
+    """The champion answers instead; the record says the challenger failed, and how."""
+    ctx.event = FALLBACK
+    problem = {"version": challenger.version, "error": f"{type(err).__name__}: {err}"[:ERROR_CHARS]}
+    ctx.detail = {**(ctx.detail or {}), "canary": problem}
+    ctx.version = champion.version
+    return await run_prediction(c, ctx, champion, rows)
+
+
+def _shadow(
+    c: Components,
+    ctx: RequestContext,
+    challenger: ServedModel,
+    champion: ServedModel,
+    rows: list[list[Any]],
+    pred: Prediction,
+) -> None:
+    """A copy for the shadow's challenger: queued, never waited for."""
+    c.shadow.submit(
+        ShadowJob(
+            request_id=ctx.request_id,
+            challenger=challenger,
+            champion_version=champion.version,
+            names=champion.names,
+            rows=rows,
+            champion_outputs=pred.outputs,
+            at=time.time(),
+        )
+    )
+
+
+async def _predict(request: Request, routed: Routed) -> Response:
     c, ctx = components(request), context(request)
     payload = _loads(await request.body())
     batch = isinstance(payload, list)
-    rows = _validate(served, payload, batch, c.settings.serving.max_batch_rows)
-    pred = await run_prediction(c, ctx, served, rows)
+    max_rows = c.settings.serving.max_batch_rows
+    pred, served = await answer(c, ctx, routed, lambda s: _validate(s, payload, batch, max_rows))
     probs = pred.probabilities
     return JSONBytes(
         {
@@ -204,15 +343,15 @@ async def _predict(request: Request, served: ServedModel) -> Response:
 
 
 @router.post("/predict", response_model=PredictResponse, openapi_extra=BODY_DOC)
-async def predict(request: Request, served: ServedModelDep) -> Response:
+async def predict(request: Request, routed: RoutedDep) -> Response:
     """Predict with the default model (or the one in ``X-Model``): champion, or a pinned version."""
-    return await _predict(request, served)
+    return await _predict(request, routed)
 
 
 @router.post("/models/{name}/predict", response_model=PredictResponse, openapi_extra=BODY_DOC)
-async def predict_named(name: str, request: Request, served: ServedModelDep) -> Response:
+async def predict_named(name: str, request: Request, routed: RoutedDep) -> Response:
     """Predict with the champion of model ``name``."""
-    return await _predict(request, served)
+    return await _predict(request, routed)
 
 
 @router.post(
@@ -220,11 +359,9 @@ async def predict_named(name: str, request: Request, served: ServedModelDep) -> 
     response_model=PredictResponse,
     openapi_extra=BODY_DOC,
 )
-async def predict_version(
-    name: str, version: str, request: Request, served: ServedModelDep
-) -> Response:
+async def predict_version(name: str, version: str, request: Request, routed: RoutedDep) -> Response:
     """Predict with version ``version`` of model ``name`` (it must have been promoted once)."""
-    return await _predict(request, served)
+    return await _predict(request, routed)
 
 
 def _mlflow_records(payload: Any, names: tuple[str, ...]) -> list[Any]:
@@ -255,25 +392,29 @@ def _bad(msg: str) -> RequestValidationError:
     )
 
 
-async def _invocations(request: Request, served: ServedModel) -> Response:
+async def _invocations(request: Request, routed: Routed) -> Response:
     c, ctx = components(request), context(request)
-    records = _mlflow_records(_loads(await request.body()), served.names)
-    rows = _validate(served, records, True, c.settings.serving.max_batch_rows)
-    pred = await run_prediction(c, ctx, served, rows)
+    payload = _loads(await request.body())
+    max_rows = c.settings.serving.max_batch_rows
+
+    def prepare(served: ServedModel) -> list[list[Any]]:
+        return _validate(served, _mlflow_records(payload, served.names), True, max_rows)
+
+    pred, _ = await answer(c, ctx, routed, prepare)
     return JSONBytes({"predictions": pred.outputs})
 
 
 @router.post("/invocations", response_model=InvocationsResponse, openapi_extra=BODY_DOC)
-async def invocations(request: Request, served: ServedModelDep) -> Response:
+async def invocations(request: Request, routed: RoutedDep) -> Response:
     """MLflow's scoring protocol, so clients of ``mlflow models serve`` work unchanged."""
-    return await _invocations(request, served)
+    return await _invocations(request, routed)
 
 
 @router.post(
     "/models/{name}/invocations", response_model=InvocationsResponse, openapi_extra=BODY_DOC
 )
-async def invocations_named(name: str, request: Request, served: ServedModelDep) -> Response:
-    return await _invocations(request, served)
+async def invocations_named(name: str, request: Request, routed: RoutedDep) -> Response:
+    return await _invocations(request, routed)
 
 
 @router.post(
@@ -282,10 +423,10 @@ async def invocations_named(name: str, request: Request, served: ServedModelDep)
     openapi_extra=BODY_DOC,
 )
 async def invocations_version(
-    name: str, version: str, request: Request, served: ServedModelDep
+    name: str, version: str, request: Request, routed: RoutedDep
 ) -> Response:
     """MLflow's scoring protocol, answered by version ``version`` of model ``name``."""
-    return await _invocations(request, served)
+    return await _invocations(request, routed)
 
 
 def _model_out(served: ServedModel) -> ModelOut:

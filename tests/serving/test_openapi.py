@@ -137,4 +137,5 @@ def test_readyz_says_which_champion_is_refused_and_why(make_client):
         "error": None,
         "refused": {"diagnosis": "diagnosis v2 has no promotion record"},
         "failed": {},
+        "canary": {},
     }
