@@ -241,8 +241,9 @@ class Canary:
     max_p99_ratio: float | None = 1.5
     # ... and in absolute terms, milliseconds (None: only the ratio).
     max_p99_ms: float | None = None
-    # Drift of the challenger's outputs against the champion's (the score drift uses:
-    # PSI for numbers, Jensen-Shannon distance for classes); above it, rolled back.
+    # Drift of the challenger's outputs against the champion's: the drift check's
+    # sampling-corrected Hellinger distance, on class frequencies or on the
+    # champion's output deciles; above it, rolled back.
     max_output_drift: float | None = 0.25
     # With labelled feedback: how much lower the challenger's accuracy may be.
     max_accuracy_drop: float | None = 0.05

@@ -2,7 +2,7 @@
 
 ``aipaas up`` calls :func:`register` once the Prefect server answers: it
 creates the process work pool ``prefect.work_pool`` if missing and creates or
-updates the seven deployments on it (idempotent: a second ``up`` changes
+updates the eight deployments on it (idempotent: a second ``up`` changes
 nothing), which then show in the UI with their schedules. Runs (scheduled,
 started from the UI, or by :func:`flows._common.run_deployment_at`) are
 executed by whichever worker polls the pool: the one ``up`` starts, or
@@ -29,6 +29,7 @@ from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from aipaas.settings import Settings, get_settings
 from flows._common import TAGS, prefect_settings
 from flows.batch import batch_flow
+from flows.canary import canary_flow
 from flows.data import data_flow
 from flows.drift import drift_flow
 from flows.lifecycle import lifecycle_flow
@@ -51,7 +52,7 @@ def deployments(settings: Settings) -> list[RunnerDeployment]:
 
     Lifecycle and drift run on the crons the settings give (none when empty);
     every other flow runs when asked (the UI, ``run_deployment_at``, a
-    closed profile window).
+    closed profile window, ``aipaas promote --canary ... --detach``).
     """
     model = {"model": settings.serving.default_model}
     table: list[tuple[Any, str, dict[str, Any]]] = [
@@ -62,6 +63,7 @@ def deployments(settings: Settings) -> list[RunnerDeployment]:
         (drift_flow, settings.prefect.drift_cron, model),
         (retrain_flow, "", model),
         (batch_flow, "", model),
+        (canary_flow, "", model),
     ]
     return [
         flow.to_deployment(

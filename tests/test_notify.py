@@ -336,6 +336,61 @@ def test_restarts_and_crash_loops_audited_by_up_are_sent(settings, receivers):
     ]
 
 
+def test_a_canary_start_and_its_decision_are_sent_with_the_evidence(settings, receivers):
+    rec, decisions = receivers(), receivers()
+    s = with_hooks(
+        settings, {"url": rec.url}, {"url": decisions.url, "events": [notify.CANARY_DECIDED]}
+    )
+    n = notifier(s)
+    n.poll()
+    start = {"mode": "canary", "percent": 10.0, "champion": "2", "until": 1.0e9, "gates": []}
+    audit.append_event(
+        s, "model.canary_started", start, model="diagnosis", version="3", owner="alice (cli)"
+    )
+    arm = {"requests": 40, "error_rate": 0.125, "p99_ms": 31.4}
+    ended = {
+        "mode": "canary",
+        "outcome": "rolled-back",
+        "decided_by": "flow-run 1234 (canary)",
+        "reasons": ["canary_error_rate = 0.125 (needs <= 0.01)"],
+        "champion_after": "2",
+        "evidence": {
+            "challenger": {**arm, "version": "3"},
+            "champion": {"version": "2", "requests": 400, "error_rate": 0.0, "p99_ms": 12.0},
+            "output_drift": 0.04,
+        },
+        "evidence_gates": [
+            {"name": "canary_error_rate", "passed": False, "value": 0.125, "threshold": "<= 0.01"}
+        ],
+    }
+    audit.append_event(
+        s, "model.canary_ended", ended, model="diagnosis", version="3", owner="flow-run 1234"
+    )
+    found = n.poll()
+    assert [e.kind for e in found] == [notify.CANARY_STARTED, notify.CANARY_DECIDED]
+    deliver_all(n, s)
+    started, decided = rec.bodies()
+    assert started["title"] == (
+        "canary of diagnosis v3 started beside champion v2 for 10% of clients, "
+        "until 2001-09-09T01:46:40+00:00"
+    )
+    assert decided["kind"] == "canary.decided" and decided["version"] == "3"
+    assert decided["title"] == (
+        "canary of diagnosis v3 rolled-back; champion is v2: canary_error_rate = 0.125 "
+        "(needs <= 0.01) (challenger v3 40 req, 12.5% errors, p99 31 ms; champion v2 400 req, "
+        "0.0% errors, p99 12 ms; output drift 0.040)"
+    )
+    detail = decided["detail"]
+    assert (detail["outcome"], detail["champion_after"]) == ("rolled-back", "2")
+    assert detail["evidence_gates"][0]["name"] == "canary_error_rate"
+    assert detail["decided_by"] == "flow-run 1234"
+    # A webhook filtered to decisions gets only the decision.
+    assert [b["kind"] for b in decisions.bodies()] == ["canary.decided"]
+    for headers, body in rec.posts:
+        stamp, sig = headers["x-aipaas-timestamp"], headers["x-aipaas-signature"]
+        assert notify.verify_signature(KEY.encode(), stamp, body, sig)
+
+
 def test_a_key_past_its_quota_fraction_is_announced_once_per_period(settings, receivers):
     rec = receivers()
     s = with_hooks(settings, {"url": rec.url}, quota_warn_fraction=0.8)

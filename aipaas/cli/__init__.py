@@ -15,6 +15,7 @@ import typer
 from aipaas.cli import (  # noqa: F401
     audit,
     batch,
+    canary,
     data,
     db,
     demo,

@@ -1,7 +1,7 @@
 """The Typer apps that every command module decorates.
 
 Each command group has its own module in ``aipaas/cli/`` (data, train,
-models, promote, run, keys, audit, usage, monitor, serve, up, demo)
+models, promote, canary, run, keys, audit, usage, monitor, serve, up, demo)
 registering its commands on these apps.
 """
 

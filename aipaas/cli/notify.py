@@ -27,11 +27,12 @@ def notifier_cmd(
 ) -> None:
     """Send webhooks on what operators must hear about, until Ctrl-C or SIGTERM.
 
-    Reads the audit chain (promotions, rejections, rollbacks, restarts), the
-    drift history (retrain decisions), Prefect's flow runs (failed, crashed,
-    a data suite failed, a promotion waiting for approval) and usage against
-    key quotas; configured by the notify settings (AIPAAS_NOTIFY__WEBHOOKS,
-    AIPAAS_NOTIFY__SIGNING_KEY). A restart sends nothing twice.
+    Reads the audit chain (promotions, rejections, rollbacks, canary starts and
+    decisions, restarts), the drift history (retrain decisions), Prefect's flow
+    runs (failed, crashed, a data suite failed, a promotion waiting for
+    approval) and usage against key quotas; configured by the notify settings
+    (AIPAAS_NOTIFY__WEBHOOKS, AIPAAS_NOTIFY__SIGNING_KEY). A restart sends
+    nothing twice.
     """
     from aipaas.ops import notify
 

@@ -491,8 +491,8 @@ def accuracy_check(
     pairs = recent[[definition.target, PREDICTION]].dropna()
     if len(pairs) < min_labelled_rows(policy):
         return None
-    predicted = pairs[PREDICTION].map(_label_of)
-    correct = [_same(a, b) for a, b in zip(pairs[definition.target], predicted, strict=True)]
+    predicted = pairs[PREDICTION].map(label_of)
+    correct = [same_label(a, b) for a, b in zip(pairs[definition.target], predicted, strict=True)]
     accuracy = sum(correct) / len(correct)
     drop = None if holdout_accuracy is None else holdout_accuracy - accuracy
     return AccuracyCheck(
@@ -508,7 +508,7 @@ def accuracy_check(
     )
 
 
-def _label_of(output: Any) -> Any:
+def label_of(output: Any) -> Any:
     if isinstance(output, dict):
         for key in ("prediction", "label", "class", "output"):
             if key in output:
@@ -516,7 +516,7 @@ def _label_of(output: Any) -> Any:
     return output
 
 
-def _same(a: Any, b: Any) -> bool:
+def same_label(a: Any, b: Any) -> bool:
     try:
         return float(a) == float(b)
     except (TypeError, ValueError):

@@ -78,7 +78,8 @@ PROMOTION_PASSED = "promotion.passed"  # champion moved to a new version
 PROMOTION_FAILED = "promotion.failed"  # a challenger was rejected by its gates
 PROMOTION_WAITING = "promotion.waiting_approval"  # a promote run is paused for a person
 ROLLBACK = "model.rolled_back"  # champion moved back
-CANARY_DECIDED = "canary.decided"  # defined for the canary; nothing emits it yet
+CANARY_STARTED = "canary.started"  # a canary or shadow release began taking live traffic
+CANARY_DECIDED = "canary.decided"  # a release ended: promoted, rolled back, inconclusive...
 QUOTA_NEAR = "key.quota_near"  # a key used notify.quota_warn_fraction of a quota or budget
 PLATFORM_RESTARTED = "platform.restarted"  # aipaas up restarted a child that died
 PLATFORM_CRASH_LOOP = "platform.crash_loop"  # ... and stopped the platform after a crash loop
@@ -93,6 +94,7 @@ KINDS = frozenset(
         PROMOTION_FAILED,
         PROMOTION_WAITING,
         ROLLBACK,
+        CANARY_STARTED,
         CANARY_DECIDED,
         QUOTA_NEAR,
         PLATFORM_RESTARTED,
@@ -493,7 +495,7 @@ def _epoch(ts: str) -> float:
 
 
 class AuditSource:
-    """Promotions, rejections, rollbacks and ``up``'s restarts, from the audit chain.
+    """Promotions, rejections, rollbacks, canaries and ``up``'s restarts, from the audit chain.
 
     Sequence numbers are assigned under the append lock and committed before
     it is released, so every record at or below the highest visible ``seq``
@@ -505,6 +507,8 @@ class AuditSource:
         "model.promoted": PROMOTION_PASSED,
         "model.rejected": PROMOTION_FAILED,
         "model.rolled_back": ROLLBACK,
+        "model.canary_started": CANARY_STARTED,
+        "model.canary_ended": CANARY_DECIDED,
         "platform.restarted": PLATFORM_RESTARTED,
         "platform.crash_loop": PLATFORM_CRASH_LOOP,
     }
@@ -551,6 +555,19 @@ class AuditSource:
             title = f"{model} champion rolled back to v{version}" + (
                 f" (from v{before})" if before else ""
             )
+        elif kind == CANARY_STARTED:
+            share = (
+                f" for {detail.get('percent'):g}% of clients"
+                if detail.get("mode") == "canary"
+                else ""
+            )
+            title = (
+                f"{detail.get('mode', 'canary')} of {model} v{version} started beside champion "
+                f"v{detail.get('champion')}{share}, until {iso(float(detail.get('until') or 0))}"
+            )
+            detail = {k: v for k, v in detail.items() if k not in ("attestation", "gates")}
+        elif kind == CANARY_DECIDED:
+            title, detail = _canary_decided(model, version, detail)
         elif kind == PLATFORM_RESTARTED:
             title = (
                 f"aipaas up restarted {detail.get('service')} after it exited "
@@ -574,6 +591,54 @@ class AuditSource:
             version=version,
             detail=detail,
         )
+
+
+def _canary_decided(model: str, version: str, detail: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The title and a compact detail of a ``model.canary_ended`` event."""
+    outcome = detail.get("outcome", "ended")
+    mode = detail.get("mode", "canary")
+    reasons = "; ".join(detail.get("reasons") or [])
+    evidence = detail.get("evidence") or {}
+    summary = _evidence_summary(evidence)
+    title = (
+        f"{mode} of {model} v{version} {outcome}; champion is v{detail.get('champion_after')}"
+        + (f": {reasons}" if reasons else "")
+        + (f" ({summary})" if summary else "")
+    )
+    compact = {
+        "outcome": outcome,
+        "mode": mode,
+        "reasons": detail.get("reasons") or [],
+        "champion_after": detail.get("champion_after"),
+        "evidence_summary": summary,
+        "evidence_gates": [
+            {k: g.get(k) for k in ("name", "passed", "value", "threshold")}
+            for g in detail.get("evidence_gates") or []
+        ],
+    }
+    shadow = evidence.get("shadow") or {}
+    if shadow:
+        compact["shadow_report"] = shadow.get("html_path")
+        compact["disagreement_rate"] = shadow.get("disagreement_rate")
+    return title, compact
+
+
+def _evidence_summary(evidence: dict[str, Any]) -> str:
+    """``challenger 120 req, 0.0% errors, p99 12 ms; champion 980 req ...``, or ""."""
+    parts = []
+    for arm in ("challenger", "champion"):
+        a = evidence.get(arm) or {}
+        if not a:
+            continue
+        rate = a.get("error_rate")
+        parts.append(
+            f"{arm} v{a.get('version')} {a.get('requests', 0)} req"
+            + (f", {rate:.1%} errors" if isinstance(rate, int | float) else "")
+            + (f", p99 {a['p99_ms']:.0f} ms" if isinstance(a.get("p99_ms"), int | float) else "")
+        )
+    if isinstance(evidence.get("output_drift"), int | float):
+        parts.append(f"output drift {evidence['output_drift']:.3f}")
+    return "; ".join(parts)
 
 
 class DriftSource:

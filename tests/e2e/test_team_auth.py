@@ -105,9 +105,11 @@ def test_a_worker_without_the_auth_string_is_told_which_setting_to_set(
 def test_the_platform_registers_its_deployments_with_the_auth_string(team: Settings) -> None:
     from flows.deployments import register
 
-    assert register(team) == ["data", "train", "promote", "lifecycle", "drift", "retrain", "batch"]
+    assert register(team) == [
+        "data", "train", "promote", "lifecycle", "drift", "retrain", "batch", "canary",
+    ]  # fmt: skip
     found = up.prefect_api(team, "/deployments/filter", {})
-    assert sorted(d["name"] for d in found) == sorted(register(team))  # idempotent: still six
+    assert sorted(d["name"] for d in found) == sorted(register(team))  # idempotent: still eight
     assert {d["work_pool_name"] for d in found} == {team.prefect.work_pool}
 
 

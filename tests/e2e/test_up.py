@@ -54,7 +54,9 @@ def test_up_starts_every_service_and_says_where(platform: Platform) -> None:
     text = platform.output()
     assert platform.url("prefect") in text and platform.url("mlflow") in text
     assert platform.url("serving", "/docs") in text
-    deployments = "data, train, promote, lifecycle, drift (cron */15 * * * *), retrain, batch"
+    deployments = (
+        "data, train, promote, lifecycle, drift (cron */15 * * * *), retrain, batch, canary"
+    )
     assert f"deployments: {deployments}" in text, text
     assert get(platform.url("prefect", "/api/health"))[0] == 200
     assert get(platform.url("mlflow", "/health"))[0] == 200

@@ -27,6 +27,7 @@ EXPECTED_CRONS = {
     "drift": ["*/5 * * * *"],
     "retrain": [],
     "batch": [],
+    "canary": [],
 }
 
 
