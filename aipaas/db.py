@@ -34,6 +34,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Engine,
     Float,
@@ -351,6 +352,18 @@ Index(
     shadow_outputs.c.model,
     shadow_outputs.c.version,
     shadow_outputs.c.at,
+)
+
+# -- rate limits (revision 0006): per-key token buckets every serving host shares ----
+# One row per key (aipaas/inference/ratelimit.py): tokens after the last check, its
+# time on the database's clock, whether it took its tokens. UNLOGGED on PostgreSQL.
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("key_id", String(64), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("last", Float, nullable=False),
+    Column("granted", Boolean, nullable=False),
 )
 
 _engines: dict[str, Engine] = {}

@@ -164,14 +164,18 @@ class ServingSettings(BaseModel):
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
     # Serving processes on this host behind one port (uvicorn workers), each
-    # with its own model copy, spool segment and audit writer. Above 1, the
-    # rate limits are token buckets shared through a file under home
-    # (aipaas/inference/ratelimit.py), so a key gets its rate in total.
+    # with its own model copy, spool segment and audit writer. A key gets its
+    # rate in total across them (and across hosts): see rate_limit_store.
     replicas: int = Field(1, ge=1, le=64)
     # "uvicorn": `replicas` processes on this host behind one port; "ray": a Ray Serve
     # deployment of `replicas` replicas (one CPU each) on the Ray cluster at ray.address
     # (`aipaas serve --ray`; serving/rayserve.py).
     backend: Literal["uvicorn", "ray"] = "uvicorn"
+    # Where per-key token buckets live (aipaas/inference/ratelimit.py): "host", a file
+    # under home shared by this host's replicas; "database", the platform database's
+    # rate_buckets (PostgreSQL only), shared by every host; "auto": "database" when the
+    # platform database is PostgreSQL, else "host" (process memory with one replica).
+    rate_limit_store: Literal["auto", "host", "database"] = "auto"
 
 
 class AuditSettings(BaseModel):

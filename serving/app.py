@@ -43,9 +43,9 @@ from starlette.types import Receive, Scope, Send
 
 from aipaas.audit import AuditRecord, AuditWriter
 from aipaas.exceptions import ConfigurationError
-from aipaas.inference.keys import KeyStore, RateLimiter
+from aipaas.inference.keys import KeyStore
 from aipaas.inference.quotas import Quotas
-from aipaas.inference.ratelimit import SharedRateLimiter, limits_path
+from aipaas.inference.ratelimit import limiter_for
 from aipaas.monitoring.spool import SpoolWriter
 from aipaas.settings import Settings, get_settings
 from serving import console, errors
@@ -231,7 +231,7 @@ def create_app(
     components = Components(
         settings=settings,
         keys=KeyStore(settings, ttl_s=key_cache_s),
-        limiter=_limiter(settings),
+        limiter=limiter_for(settings),
         quotas=Quotas(settings),
         holder=holder,
         executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="aipaas-model"),
@@ -279,18 +279,6 @@ def _stop_with_supervisor() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != supervisor.pid:  # it died before the signal was armed
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _limiter(settings: Settings) -> RateLimiter:
-    """One replica: buckets in this process's memory (nothing shared, nothing to pay).
-
-    Several: buckets shared by every replica of this home, so a key gets its
-    rate in total rather than once per replica.
-    """
-    rate = settings.serving.default_rate
-    if settings.serving.replicas > 1:
-        return SharedRateLimiter(rate, limits_path(settings))
-    return RateLimiter(rate)
 
 
 def _static_files(app: FastAPI, directory: Path) -> None:

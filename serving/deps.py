@@ -56,7 +56,7 @@ class Components:
 
     settings: Settings
     keys: KeyStore
-    limiter: RateLimiter  # a SharedRateLimiter across replicas when there are several
+    limiter: RateLimiter  # shared across replicas and hosts: ratelimit.limiter_for
     quotas: Quotas
     holder: ModelHolder
     executor: ThreadPoolExecutor  # one thread: the model never fights itself for cores
@@ -187,7 +187,10 @@ class Guard:
             ctx.on_committed = c.quotas.record
         key.require(self.scope, model)
         if self.limited and limits:
-            c.limiter.check(key)
+            if c.limiter.blocking:  # the database store: a round trip, off the event loop
+                await read_db(c.limiter.check, key)
+            else:
+                c.limiter.check(key)
             if c.quotas.due(key):
                 await read_db(c.quotas.refresh, key)
             c.quotas.check(key)

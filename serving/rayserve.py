@@ -16,10 +16,11 @@ stores they share:
   the chain never forks; quotas count from that trail;
 - hot reload: each replica follows ``champion`` itself (its poll, and the
   promotion signals in the platform database);
-- rate limits: the host-shared bucket file under ``home``
-  (:mod:`aipaas.inference.ratelimit`). Replicas on one host take from one
-  bucket per key; replicas on H hosts have H files, so a key gets up to H
-  times its rate. Stated, not hidden: :class:`RayServing` carries ``hosts``.
+- rate limits (:mod:`aipaas.inference.ratelimit`): on PostgreSQL, one
+  bucket per key in the platform database, shared by every replica on every
+  host; on SQLite (one host), the host-shared bucket file under ``home``.
+  Only with ``serving.rate_limit_store: host`` forced on a cluster of H hosts
+  does a key get up to H times its rate: :class:`RayServing` carries ``hosts``.
 
 Ray owns the rest: placement (one CPU per replica, so N replicas on
 one-CPU nodes land on N nodes), routing (a proxy on every node with a

@@ -34,6 +34,8 @@ COORDINATION = {
 NOTIFY = {"notify_cursors", "notify_events", "notify_deliveries"}
 # Revision 0005: shadow releases (aipaas/training/canary.py).
 SHADOW = {"shadow_outputs"}
+# Revision 0006: rate limits across hosts (aipaas/inference/ratelimit.py).
+RATES = {"rate_buckets"}
 
 
 @pytest.fixture
@@ -59,8 +61,8 @@ def _migrate_to(settings, revision: str) -> None:
 
 def test_the_migrated_schema_is_exactly_the_one_the_code_uses(settings):
     assert db.current(settings) is None
-    assert db.upgrade(settings) == db.head_revision() == "0005"
-    assert db.current(settings) == "0005"
+    assert db.upgrade(settings) == db.head_revision() == "0006"
+    assert db.current(settings) == "0006"
     assert _diff(settings) == []
 
 
@@ -72,6 +74,7 @@ def test_a_database_at_an_older_revision_is_upgraded_and_its_head_anchored(setti
         *COORDINATION,
         *NOTIFY,
         *SHADOW,
+        *RATES,
     }
     # Records written at 0001 (by the writer of that release: no head row).
     key = audit.chain_key(settings)
@@ -90,7 +93,7 @@ def test_a_database_at_an_older_revision_is_upgraded_and_its_head_anchored(setti
             conn.exec_driver_sql(sql, tuple(row.values()))
         eng.dispose()
 
-    assert db.upgrade(settings) == "0005"
+    assert db.upgrade(settings) == "0006"
     assert _diff(settings) == []
     report = audit.verify(settings)
     assert report.ok and report.records == 2, report.problems
@@ -102,16 +105,16 @@ def test_a_database_from_a_newer_aipaas_is_refused_naming_both_revisions(setting
     db.upgrade(settings)
     execute(settings, "UPDATE alembic_version SET version_num = '0099'")
     db.dispose(settings)
-    with pytest.raises(SchemaVersionError, match=r"revision 0099.*newest is 0005.*upgrade aipaas"):
+    with pytest.raises(SchemaVersionError, match=r"revision 0099.*newest is 0006.*upgrade aipaas"):
         db.engine(settings)
     with pytest.raises(SchemaVersionError) as raised:
         audit.verify(settings)  # anything that opens the database
-    assert (raised.value.found, raised.value.known, raised.value.exit_code) == ("0099", "0005", 19)
+    assert (raised.value.found, raised.value.known, raised.value.exit_code) == ("0099", "0006", 19)
 
     use_settings(settings)
     result = CliRunner().invoke(app, ["db", "current"])
     assert result.exit_code == 0, result.output
-    assert "revision 0099; this aipaas: 0005 (migrated by a newer aipaas: upgrade aipaas)" in (
+    assert "revision 0099; this aipaas: 0006 (migrated by a newer aipaas: upgrade aipaas)" in (
         result.output
     )
     result = CliRunner().invoke(app, ["db", "upgrade"])
@@ -121,12 +124,12 @@ def test_a_database_from_a_newer_aipaas_is_refused_naming_both_revisions(setting
 def test_the_cli_upgrades_and_shows_the_revision(settings, use_settings):
     use_settings(settings)
     result = CliRunner().invoke(app, ["db", "current"])
-    assert "revision (none); this aipaas: 0005 (run `aipaas db upgrade`)" in result.output
+    assert "revision (none); this aipaas: 0006 (run `aipaas db upgrade`)" in result.output
     result = CliRunner().invoke(app, ["db", "upgrade"])
     assert result.exit_code == 0, result.output
-    assert "upgraded from revision (none) to 0005" in result.output
+    assert "upgraded from revision (none) to 0006" in result.output
     result = CliRunner().invoke(app, ["db", "upgrade"])
-    assert "already at revision 0005" in result.output
+    assert "already at revision 0006" in result.output
     assert "(up to date)" in CliRunner().invoke(app, ["db", "current"]).output
 
 
@@ -154,7 +157,7 @@ def test_processes_starting_together_upgrade_once_without_harm(settings, tmp_pat
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
-        assert out.strip() == "0005"
+        assert out.strip() == "0006"
     assert _diff(settings) == []
     assert audit.verify(settings).ok
 

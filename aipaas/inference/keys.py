@@ -713,8 +713,12 @@ class RateLimiter:
     """Token buckets per key, in process memory: what one serving replica needs.
 
     With several replicas, :class:`aipaas.inference.ratelimit.SharedRateLimiter`
-    takes its place (same interface), so a key's rate holds in total.
+    (one host) or :class:`aipaas.inference.ratelimit.DatabaseRateLimiter`
+    (PostgreSQL, every host) takes its place (same interface), so a key's
+    rate holds in total.
     """
+
+    blocking = False  # in memory: fine on the event loop
 
     def __init__(self, default_rate: str) -> None:
         self.default_rate = default_rate

@@ -127,6 +127,7 @@ def test_503_without_a_champion_then_ready_after_reload(make_client, source, set
         "error": None,
         "refused": {},
         "failed": {},
+        "canary": {},
     }
     assert c.post("/predict", json=ROW, headers=bearer(predict_key)).json()["model_version"] == "4"
 

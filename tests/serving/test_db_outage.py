@@ -56,13 +56,14 @@ ROW = dict.fromkeys(FEATURES, 1.0)
 CLIENTS = 2
 PAUSE_S = 0.005  # between one client's requests: traffic, not a busy loop
 OUTAGE_S = 3.0  # how long the database stays away
-# Frozen, it must stay away longer than a request waits (5 s) for refusals to show.
-FROZEN_S = 7.0
+# Frozen, it must stay away longer than a request waits for refusals to show: on
+# PostgreSQL the rate-limit check (2.5 s) and then the refusal's audit commit (5 s).
+FROZEN_S = 10.0
 RECOVERY_BOUND_S = 5.0  # the first 200 after the database is back, at the latest
 # No request may take longer than the longest waits serving allows (a key
-# lookup, 2.5 s, then its refusal's audit commit, 5 s) plus slack for a loaded
-# two-core machine.
-REQUEST_BOUND_S = 10.0
+# lookup or the rate-limit check, 2.5 s each, then its refusal's audit commit,
+# 5 s) plus slack for a loaded two-core machine.
+REQUEST_BOUND_S = 12.5
 
 
 @dataclass
