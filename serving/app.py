@@ -388,6 +388,7 @@ def _lifespan(components: Components, writer: AuditWriter, *, follow: bool) -> A
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             components.executor.shutdown(wait=True)
+            components.canary_executor.shutdown(wait=True)
             await asyncio.to_thread(components.shadow.close)  # a short bound for what is queued
             close_sink = getattr(sink, "close", None)
             if close_sink is not None:  # e.g. the spool writer releases its segment

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 
 import anyio
@@ -63,6 +63,11 @@ class Components:
     sink: RowSink
     metrics: Metrics
     shadow: Shadow  # a shadow release's copies of requests, for its challenger
+    # A canary's challenger computes on its own thread: a slow one never makes
+    # the champion's clients queue behind it.
+    canary_executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="aipaas-canary")
+    )
 
 
 def components(request: Request) -> Components:

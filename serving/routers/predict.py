@@ -229,11 +229,17 @@ def _validate(served: ServedModel, records: Any, batch: bool, max_rows: int) -> 
 
 
 async def run_prediction(
-    c: Components, ctx: RequestContext, served: ServedModel, rows: list[list[Any]]
+    c: Components,
+    ctx: RequestContext,
+    served: ServedModel,
+    rows: list[list[Any]],
+    *,
+    challenger: bool = False,
 ) -> Any:
     loop = asyncio.get_running_loop()
     t = time.perf_counter()
-    pred = await loop.run_in_executor(c.executor, served.loaded.predict, rows)
+    executor = c.canary_executor if challenger else c.executor
+    pred = await loop.run_in_executor(executor, served.loaded.predict, rows)
     ctx.compute_s = time.perf_counter() - t
     names = served.names
     dict_rows = [dict(zip(names, r, strict=True)) for r in rows]
@@ -277,7 +283,7 @@ async def answer(
         return await _fall_back(c, ctx, served, champion, rows, refused), champion
     recorded = len(ctx.predictions)
     try:
-        return await run_prediction(c, ctx, served, rows), served
+        return await run_prediction(c, ctx, served, rows, challenger=True), served
     except Exception as err:  # noqa: BLE001 - a challenger's failure never reaches the client
         del ctx.predictions[recorded:]
         if champion.names != served.names:
