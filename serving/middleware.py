@@ -49,6 +49,16 @@ _PREFIX = secrets.token_hex(6)
 _counter = itertools.count(1)
 
 
+def _new_prefix() -> None:
+    """A forked process (a replica forked by its supervisor) never reuses its parent's ids."""
+    global _PREFIX, _counter
+    _PREFIX = secrets.token_hex(6)
+    _counter = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_prefix)
+
+
 def _next_id() -> str:
     """Unique request ids without a syscall per request: a random process prefix and a counter."""
     return f"{_PREFIX}{next(_counter):012x}"

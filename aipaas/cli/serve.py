@@ -2,14 +2,36 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from aipaas.cli._app import app, settings
 from aipaas.settings import Settings
+
+APP = "serving.app:create_app"
+# The libraries a replica imports before it answers, imported once by the
+# supervisor of forked replicas: the app's (FastAPI, pandas, SQLAlchemy), MLflow
+# with the flavours aipaas.training.registry.load_native loads, and skops, through
+# which MLflow 3 loads scikit-learn-API models (alone about 4 s here). Not the
+# app's own modules: a module may keep per-process state made at import (serving's
+# request-id prefix), which forked replicas would share; those take 0.6 s.
+PRELOAD = (
+    "fastapi",
+    "fastapi_offline",
+    "pandas",
+    "sqlalchemy.orm",
+    "prometheus_client",
+    "jinja2",
+    "mlflow",
+    "mlflow.pyfunc",
+    "mlflow.lightgbm",
+    "mlflow.sklearn",
+    "skops.io",
+)
 
 
 @app.command("serve")
@@ -26,6 +48,15 @@ def serve_cmd(
             "replicas with --ray.",
         ),
     ] = None,
+    preload: Annotated[
+        bool,
+        typer.Option(
+            "--preload/--no-preload",
+            help="With replicas: import the app's libraries once here and fork each replica "
+            "from this process (a replica that dies is back in seconds); --no-preload starts "
+            "each afresh (uvicorn's workers).",
+        ),
+    ] = True,
     on_ray: Annotated[
         bool,
         typer.Option(
@@ -40,11 +71,14 @@ def serve_cmd(
     Each replica is one process with one model thread, its own model copies,
     key cache, spool segment and audit writer (appends serialise on the
     database, so the chain stays one). With more than one, this process is
-    uvicorn's supervisor: it holds the listening socket, the replicas accept
-    from it, a replica that dies is started again, and SIGTERM or Ctrl-C
-    stops them all; rate limits are then shared by every replica of this
-    home. With ``serving.tls_certfile`` and ``serving.tls_keyfile`` it serves
-    HTTPS only (checked first: both or neither, files that load).
+    their supervisor: it holds the listening socket, the replicas accept
+    from it, a replica that dies is started again at once, and SIGTERM or
+    Ctrl-C stops them all; rate limits are then shared by every replica of
+    this home. The supervisor imports the app's libraries once and forks the
+    replicas from itself (see :mod:`aipaas.ops.replicas`); ``--no-preload``
+    leaves that to uvicorn's own workers, each started afresh. With
+    ``serving.tls_certfile`` and ``serving.tls_keyfile`` it serves HTTPS
+    only (checked first: both or neither, files that load).
 
     With ``--ray`` (or ``serving.backend: ray``) the same app runs as a Ray
     Serve deployment of N replicas, placed, routed and restarted by Ray, one
@@ -68,17 +102,45 @@ def serve_cmd(
     os.environ["AIPAAS_SERVING__REPLICAS"] = str(workers)
     if workers > 1:
         _metrics_shared_by_replicas(s)
-    uvicorn.run(
-        "serving.app:create_app",
-        factory=True,
-        host=host or s.serving.host,
-        port=port or s.serving.port,
-        workers=workers,
-        log_level=log_level,
-        access_log=False,  # the audit trail is the access log
-        ssl_certfile=str(tls[0]) if tls else None,
-        ssl_keyfile=str(tls[1]) if tls else None,
-    )
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": host or s.serving.host,
+        "port": port or s.serving.port,
+        "log_level": log_level,
+        "access_log": False,  # the audit trail is the access log
+        "ssl_certfile": str(tls[0]) if tls else None,
+        "ssl_keyfile": str(tls[1]) if tls else None,
+    }
+    if workers > 1 and preload:
+        raise typer.Exit(_forked_replicas(uvicorn.Config(APP, **options), workers))
+    uvicorn.run(APP, workers=workers, **options)
+
+
+def _forked_replicas(config: Any, count: int) -> int:
+    """``count`` uvicorn servers on one socket, forked from this process once it imported them.
+
+    Nothing of the app is built here: each replica loads it (``config.load``
+    in ``Server.run``), so its database, files, threads and model are its own.
+    """
+    import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+
+    from aipaas.ops import replicas
+    from aipaas.settings import get_settings
+
+    log = logging.getLogger("uvicorn.error")
+    get_settings.cache_clear()  # the replicas read AIPAAS_SERVING__REPLICAS, set above
+    sock = config.bind_socket()
+    took = replicas.preload(PRELOAD)
+    log.info("imported the app's libraries in %.1f s; forking %d replicas", took, count)
+
+    def replica(slot: int) -> None:
+        uvicorn.Server(config).run(sockets=[sock])
+
+    try:
+        return replicas.supervise(count, replica, startup_failure=STARTUP_FAILURE, log=log)
+    finally:
+        sock.close()
 
 
 def _metrics_shared_by_replicas(s: Settings) -> None:

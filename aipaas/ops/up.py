@@ -101,8 +101,9 @@ class Service:
     ca_file: Path | None = None  # an https health URL's certificate is verified against it
     host: str = "127.0.0.1"
     port: int | None = None  # must be free before starting
-    # Ready when this returns True (instead of a health URL); probed like one.
-    ready_check: Callable[[], bool] | None = None
+    # Ready when this returns True (instead of a health URL); probed like one. It
+    # gets the wall-clock time (time.time()) this run of the child was started.
+    ready_check: Callable[[float], bool] | None = None
     # Ready once the child writes a line containing this to its log.
     ready_line: str | None = None
     # What ``up`` says it waits for while the service starts (default: its probe).
@@ -123,6 +124,7 @@ class Running:
     log_file: IO[bytes]
     log_offset: int = 0  # where this start's output begins in the log
     started: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)  # the same instant, wall clock
     ready_at: float | None = None  # time.monotonic() once it answered its readiness check
 
 
@@ -370,19 +372,37 @@ def worker_service(settings: Settings, *, ray_env: dict[str, str] | None = None)
             f"(up to {WORKER_RUN_LIMIT} flow runs at once)"
             + (f", Ray at {ray_env['AIPAAS_RAY__ADDRESS']}" if ray_env else "")
         ),
-        ready_check=lambda: worker_online(settings, name),
+        ready_check=lambda started_at: worker_online(settings, name, since=started_at),
         waits_for=f"the Prefect API to list it online on work pool {settings.prefect.work_pool!r}",
         stage=1,
         env=dict(ray_env or {}),
     )
 
 
-def worker_online(settings: Settings, name: str) -> bool:
-    """Whether the work pool lists a worker called ``name`` as online."""
+def worker_online(settings: Settings, name: str, *, since: float | None = None) -> bool:
+    """Whether the work pool lists a worker called ``name`` as online.
+
+    With ``since`` (epoch seconds), only a worker whose last heartbeat is not
+    older counts: a worker restarted under its old name is not ready while the
+    pool still lists its dead predecessor online (until heartbeats are missed).
+    """
     workers = prefect_api(settings, f"/work_pools/{settings.prefect.work_pool}/workers/filter", {})
-    return isinstance(workers, list) and any(
-        w.get("name") == name and w.get("status") == "ONLINE" for w in workers
+    if not isinstance(workers, list):
+        return False
+    return any(
+        w.get("name") == name
+        and w.get("status") == "ONLINE"
+        and (since is None or _epoch(w.get("last_heartbeat_time")) >= since)
+        for w in workers
     )
+
+
+def _epoch(timestamp: Any) -> float:
+    """An API timestamp (ISO 8601) as epoch seconds; 0 when absent or unreadable."""
+    try:
+        return datetime.fromisoformat(str(timestamp)).timestamp()
+    except ValueError:
+        return 0.0
 
 
 def prefect_api(settings: Settings, path: str, body: Any = None) -> Any:
@@ -1011,7 +1031,7 @@ def _waits_for(svc: Service) -> str:
 def _ready(run: Running) -> bool:
     svc = run.service
     if svc.ready_check is not None:
-        return svc.ready_check()
+        return svc.ready_check(run.started_at)
     assert svc.ready_line is not None
     try:
         with run.log.open("rb") as f:

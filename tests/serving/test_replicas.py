@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 ROOT = Path(__file__).resolve().parents[2]
 REPLICA = "x-aipaas-replica"
 ROW = dict.fromkeys(FEATURES, 1.0)
+RESTART_BOUND_S = 10.0  # the issue's bound for a killed replica to answer again
 
 
 @dataclass
@@ -213,15 +214,37 @@ def test_a_revoked_key_is_refused_by_every_replica_within_2_s(served: Served) ->
 
 
 def test_a_replica_killed_is_started_again(served: Served) -> None:
+    """Back and answering within 10 s of ``kill -9`` (the issue's bound), the other answering.
+
+    The supervisor sees the death at once and forks the new replica from
+    itself with the libraries imported (see :mod:`aipaas.ops.replicas`):
+    3.6-5.8 s measured here under load, against 13.6-21 s for a replica
+    started afresh (``--no-preload``).
+    """
     before = served.replica_pids()
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
     t0 = time.monotonic()
-    seen = _wait_both(served.base, served.key, served.proc, timeout_s=180)
+    seen: set[str] = set()
+    failed: list[str] = []
+    while len(seen) < 2:
+        assert served.proc.poll() is None, f"aipaas serve exited with {served.proc.returncode}"
+        assert time.monotonic() - t0 < 60, f"only replicas {seen} answered in 60 s"
+        try:
+            r = _predict(served.base, served.key)
+        except httpx.TransportError as err:  # nobody may fail while one replica restarts
+            failed.append(repr(err))
+            continue
+        if r.status_code == 200:
+            seen.add(r.headers[REPLICA])
+        else:
+            failed.append(f"{r.status_code} {r.text[:200]}")
     took = time.monotonic() - t0
+    print(f"replica back and answering in {took:.1f} s")
     assert str(victim) not in seen
     assert len(served.replica_pids()) == 2
-    print(f"replica back and answering in {took:.1f} s")
+    assert not failed, failed[:5]
+    assert took < RESTART_BOUND_S, f"the killed replica answered again after {took:.1f} s"
 
 
 def test_sigterm_stops_every_replica(served: Served) -> None:
@@ -249,3 +272,42 @@ def test_two_openers_of_the_bucket_file_share_one_bucket(tmp_path: Path) -> None
     assert sum(per_process) == 10  # what replicas with their own buckets would allow
     a.close()
     b.close()
+
+
+def _exits(code: int) -> Callable[[int], None]:
+    def target(slot: int) -> None:
+        time.sleep(0.05)
+        os._exit(code)  # as a replica that crashes: no clean-up
+
+    return target
+
+
+def test_the_replica_supervisor_restarts_at_once_then_backs_off_then_gives_up(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from aipaas.ops.replicas import LOG, ReplicaPolicy, supervise
+
+    policy = ReplicaPolicy(backoff_s=0.1, max_backoff_s=0.2, max_in_a_row=3, stop_grace_s=2)
+    assert [policy.delay(n) for n in range(1, 5)] == [0.0, 0.1, 0.2, 0.2]
+    t0 = time.monotonic()
+    with caplog.at_level("INFO", logger=LOG.name):
+        assert supervise(1, _exits(1), policy=policy) == 1  # a crash loop is not hidden
+    # 4 runs of 0.05 s and pauses of 0, 0.1 and 0.2 s: well under a second unless stuck.
+    assert time.monotonic() - t0 < 5
+    said = [r.getMessage() for r in caplog.records]
+    deaths = [m.split("; ", 1)[1] for m in said if "exited with 1 after" in m]
+    assert deaths == [
+        "starting it again",
+        "starting it again in 0.1 s (2 crashes in a row)",
+        "starting it again in 0.2 s (3 crashes in a row)",
+    ], said
+    assert len([m for m in said if "started again" in m]) == 3
+    assert "crashed 4 times in a row" in said[-1]
+
+
+def test_a_replica_whose_app_cannot_start_stops_the_supervisor_at_once() -> None:
+    from aipaas.ops.replicas import supervise
+
+    t0 = time.monotonic()
+    assert supervise(2, _exits(3), startup_failure=3) == 1
+    assert time.monotonic() - t0 < 5
