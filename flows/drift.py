@@ -6,6 +6,8 @@ Runs on a schedule and whenever the profiler closes a window (see
 people look (a table artifact and a link to the HTML report in Prefect; the
 check itself stores its run, report and profile in MLflow) and starts the
 ``retrain`` flow as a subflow when the model's drift policy is violated.
+After a check, the checked version's model card is published again, so its
+drift history is current wherever the card is read.
 Only MLflow I/O is retried, and only when the server did not answer; a check
 MLflow could not store still decides (its verdict is in the history).
 """
@@ -22,7 +24,7 @@ from aipaas.monitoring.drift import DriftOutcome
 from aipaas.monitoring.drift_stats import DriftReport
 from aipaas.settings import get_settings
 from flows._common import artifact_key, registry_unreachable
-from flows.tasks import load_model_definition
+from flows.tasks import load_model_definition, refresh_card
 
 
 @task(name="compare with reference", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
@@ -57,6 +59,8 @@ def drift_flow(model: str = "diagnosis") -> DriftOutcome:
     definition = load_model_definition(model)
     report = compare_with_reference(definition)
     publish_report(report)
+    if report.rows:  # a check on record: the version's card shows it (a warning if it cannot)
+        refresh_card(definition, report.version)
     mlflow_run = report.mlflow_run
     if not report.decision.retrain:
         return DriftOutcome(report, mlflow_run)

@@ -10,7 +10,7 @@ loaded once and passed down. Who decided is this flow run
 
 After a decision is recorded (promoted or rejected), the version's model card
 is refreshed so it shows the decision and its gates; a card that cannot be
-made is a warning, never a failed promotion (:func:`flows.train.refresh_card`).
+made is a warning, never a failed promotion (:func:`flows.tasks.refresh_card`).
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from aipaas.training.gates import Approval, format_gates, gates_table, with_appr
 from aipaas.training.promote import Assessment
 from aipaas.training.promotion_log import PromotionRecord
 from flows._common import artifact_key, registry_unreachable
-from flows.tasks import load_model_definition
-from flows.train import refresh_card
+from flows.tasks import load_model_definition, refresh_card
 
 # How long a promotion waits for a person before the run fails (nothing changes).
 APPROVAL_TIMEOUT_S = 24 * 3600

@@ -20,7 +20,7 @@ Once registered, the version gets its model card (:mod:`aipaas.monitoring.card`)
 stored with its run; the promote flow refreshes it after each decision. A card
 is documentation, not a gate: when it cannot be made, its task fails (red in
 the UI, with the reason) and the flow logs a warning and goes on
-(:func:`refresh_card`).
+(:func:`flows.tasks.refresh_card`).
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from prefect.logging import get_run_logger
 
 from aipaas.datasets.ingest import recorded_version
 from aipaas.modeldef import ModelDefinition
-from aipaas.monitoring import card
 from aipaas.progress import StageEvent, TrialEvent, format_stage, format_trial, stage
 from aipaas.schemas import DatasetVersion
 from aipaas.settings import get_settings
@@ -46,8 +45,8 @@ from aipaas.training import tags
 from aipaas.training import train as steps
 from aipaas.training.train import FittedModel, ModelEvaluation, PreparedData, TrainResult
 from aipaas.training.tune import SearchResult
-from flows._common import artifact_key, registry_unreachable
-from flows.tasks import load_model_definition
+from flows._common import artifact_key
+from flows.tasks import load_model_definition, refresh_card
 
 SHOWN_METRICS = (tags.HOLDOUT_PREFIX, tags.LATENCY_PREFIX, tags.CV_PREFIX)
 
@@ -129,34 +128,6 @@ def publish_summary(result: TrainResult) -> None:
     create_markdown_artifact(
         markdown=summary_markdown(result), key=artifact_key("train", result.model)
     )
-
-
-@task(
-    name="publish model card",
-    cache_policy=NO_CACHE,
-    persist_result=False,
-    retries=1,
-    retry_delay_seconds=5,
-    retry_condition_fn=registry_unreachable,
-)
-def publish_card(definition: ModelDefinition, version: str) -> str:
-    """The version's card, stored with its training run in MLflow; its version."""
-    return card.publish(get_settings(), definition, version).version
-
-
-def refresh_card(definition: ModelDefinition, version: str) -> None:
-    """Publish the version's card; if that fails, warn and let the flow go on."""
-    state = publish_card(definition, version, return_state=True)
-    if state.is_failed():
-        get_run_logger().warning(
-            "the model card of %s v%s was not stored (the flow goes on): %s. "
-            "Make it later with `aipaas models card %s %s`.",
-            definition.name,
-            version,
-            state.message,
-            definition.name,
-            version,
-        )
 
 
 def summary_markdown(result: TrainResult) -> str:

@@ -21,7 +21,7 @@ from sklearn.datasets import load_breast_cancer
 
 from aipaas.datasets import profiles
 from aipaas.modeldef import load_definition
-from aipaas.monitoring import drift, retrain
+from aipaas.monitoring import card, drift, retrain
 from aipaas.monitoring.drift import DriftOutcome
 from aipaas.monitoring.drift_report import drift_history
 from aipaas.monitoring.drift_stats import build_report
@@ -174,6 +174,9 @@ def test_unshifted_traffic_reports_no_drift(flow_settings: Settings) -> None:
     assert retrain.retrain_history(s, MODEL) == []
     (entry,) = drift_history(s, MODEL)
     assert entry.decision == decision
+    # The version's card, stored again after the check, shows it.
+    stored = card.stored(s, MODEL, version)
+    assert stored is not None and entry.summary in stored.markdown, stored
 
 
 def test_feedback_accuracy_enters_the_check(flow_settings: Settings) -> None:

@@ -318,7 +318,7 @@ def test_a_card_that_cannot_be_made_is_a_warning_and_the_flow_goes_on(
 ) -> None:
     from prefect import flow
 
-    from flows.train import refresh_card
+    from flows.tasks import refresh_card
 
     s = tiny_settings(settings, tmp_path)
     use_settings(s)
