@@ -4,7 +4,8 @@ Every test writes under its own temporary ``AIPAAS_HOME``; nothing touches the
 project's ``.aipaas/``. Servers bind to 127.0.0.1 on ports the test picks.
 A test module that touches the platform database asks for ``platform_settings``
 (or overrides ``settings`` with it) and runs once on SQLite and once on a real
-PostgreSQL (``tests/support/postgres.py``).
+PostgreSQL (``tests/support/postgres.py``). A new MLflow SQLite store in a test
+process starts from one migrated schema, copied (``tests/support/mlflowdb.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Under `uv run` Ray would zip the project as every worker's runtime env (slow).
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Ray keeps idle workers only up to its CPU count (2 here), and a search's two
+# trial actors count among them: the evaluation's task workers were killed at
+# the next training and new ones started (each importing Ray, scikit-learn and
+# LightGBM again, about 5 s of CPU). Keeping four lets the session's trainings
+# reuse them: test_train.py went from 148 to 106 s of CPU. Only Ray's idle
+# worker pool changes; trial actors are still new processes per search.
+os.environ.setdefault("RAY_num_workers_soft_limit", "4")
 os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 # Tests never read the developer's .env or environment overrides.
 # (AIPAAS_UPDATE_SCREENSHOTS is the test run's own switch, not a setting.)
@@ -45,6 +53,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES)
 
     items.sort(key=rank)  # stable: every other file keeps its order
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_schema_once(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Each new MLflow SQLite store copies one migrated schema (tests/support/mlflowdb.py)."""
+    from tests.support import mlflowdb
+
+    mlflowdb.install(tmp_path_factory.getbasetemp() / "mlflow-schema")
 
 
 @pytest.fixture
