@@ -662,9 +662,16 @@ def verify(settings: Settings) -> VerifyReport:
     expected_seq = 1
     prev_hash = GENESIS
     count = 0
+    # A running platform appends while the trail is walked: the head is read
+    # before and after the walk, and the end judged by whichever names a record
+    # the walk saw (:func:`_judged_head`).
+    before = _read_head(settings)
+    at_before: str | None = None
     for row in _iter_rows(settings):
         count += 1
         seq = int(row["seq"])
+        if before is not None and seq == before[0]:
+            at_before = str(row["hash"])
         if seq != expected_seq:
             if seq > expected_seq:
                 problems.append(
@@ -681,10 +688,35 @@ def verify(settings: Settings) -> VerifyReport:
             problems.append(f"seq {seq}: contents do not match its hash (record edited)")
         prev_hash = row["hash"]
         expected_seq = seq + 1
-    problems += _check_head(_read_head(settings), key, last_seq=expected_seq - 1, last=prev_hash)
+    head, end_seq, end_hash = _judged_head(
+        before, _read_head(settings), last_seq=expected_seq - 1, last=prev_hash, at_before=at_before
+    )
+    problems += _check_head(head, key, last_seq=end_seq, last=end_hash)
     return VerifyReport(
         ok=not problems, records=count, problems=tuple(problems), last_hash=prev_hash
     )
+
+
+def _judged_head(
+    before: tuple[int, str, str] | None,
+    after: tuple[int, str, str] | None,
+    *,
+    last_seq: int,
+    last: str,
+    at_before: str | None,
+) -> tuple[tuple[int, str, str] | None, int, str]:
+    """The head to judge the walked trail's end by, and the end (seq, hash) it must name.
+
+    The head read after the walk, unless records were committed after the walk
+    read past its seq and the head read before the walk names a record the
+    walk saw: then the trail grew meanwhile (a running platform), and its end
+    as of that first head is what can be checked. A trail cut off at the end
+    has both heads ahead of its last record, and is reported.
+    """
+    grew = after is not None and after[0] > last_seq
+    if grew and before is not None and before[0] <= last_seq and at_before is not None:
+        return before, before[0], at_before
+    return after, last_seq, last
 
 
 def _check_head(

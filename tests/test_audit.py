@@ -80,6 +80,25 @@ def test_verify_catches_records_cut_off_the_end(trail):
     assert any("9..10 are missing at the end" in p for p in problems)
 
 
+def test_verify_of_a_trail_that_grows_while_it_is_walked(trail, monkeypatch):
+    """A running platform commits while `aipaas audit verify` walks: no false truncation."""
+    walk = audit._iter_rows
+
+    def walk_then_commit(settings, chunk=5000):
+        yield from walk(settings, chunk)
+        audit.append_event(settings, "test.late", {})  # after the walk read past the end
+
+    monkeypatch.setattr(audit, "_iter_rows", walk_then_commit)
+    report = audit.verify(trail)
+    assert report.ok and report.records == 10, report.problems
+    monkeypatch.undo()
+    assert audit.verify(trail).records == 11  # the late record is on the chain
+    # The end is still checked: cut off and growing, it is reported.
+    _sql(trail, "DELETE FROM audit_log WHERE seq >= 10")
+    monkeypatch.setattr(audit, "_iter_rows", walk_then_commit)
+    assert any("missing at the end" in p for p in audit.verify(trail).problems)
+
+
 def test_an_edit_with_a_recomputed_chain_still_fails_without_the_key(trail):
     rows = audit.tail(trail, 10)
     rows[2]["status"] = 500

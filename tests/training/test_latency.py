@@ -33,8 +33,22 @@ def test_warm_up_calls_are_not_timed() -> None:
         if len(calls) == 1:
             time.sleep(0.2)
 
-    lat = measure_latency(slow_first, [1], [1], repeats=10, batch_repeats=2, warmup=1)
+    lat = measure_latency(slow_first, [1], [1], repeats=10, batch_repeats=2, warmup=1, rounds=1)
     assert lat.p99_ms < 100 and len(calls) == 1 + 10 + 1 + 2
+
+
+def test_a_burst_in_one_round_does_not_make_the_p99() -> None:
+    """A neighbour's burst of CPU lands on one round: the gate reads the model's own p99."""
+    calls: list[int] = []
+
+    def burst_in_the_first_round(x: object) -> None:
+        calls.append(1)
+        if 3 <= len(calls) <= 12:  # timed calls of round 1 (after 2 warm-ups)
+            time.sleep(0.05)
+
+    lat = measure_latency(burst_in_the_first_round, [1], [1], repeats=10, batch_repeats=2,
+                          warmup=2, rounds=3)  # fmt: skip
+    assert lat.p99_ms < 20 and len(calls) == 3 * (2 + 10) + 2 + 2
 
 
 def test_metrics_carry_the_names_promotion_reads() -> None:
