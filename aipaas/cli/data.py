@@ -19,7 +19,7 @@ from typing import Annotated
 
 import typer
 
-from aipaas.cli._app import data_app, settings
+from aipaas.cli._app import data_app, exit_without_teardown, settings
 from aipaas.datasets import ingest
 from aipaas.exceptions import ConfigurationError, DataValidationError
 from aipaas.schemas import DatasetVersion, ValidationReport
@@ -35,6 +35,7 @@ def ingest_cmd(dataset: DatasetArg) -> None:
     """Write data/<dataset>/raw.csv from the source plus data/incoming/<dataset>/*.csv."""
     path = ingest.ingest(dataset, ingest.stage_settings("ingest", dataset, settings()))
     typer.echo(f"ingested {dataset}: {path}")
+    exit_without_teardown()
 
 
 @data_app.command("validate")
@@ -62,6 +63,7 @@ def validate_cmd(
             + (f" ({report.error})" if report.error else f" ({len(report.failed)} expectations)"),
             report=report,
         )
+    exit_without_teardown()
 
 
 @data_app.command("split")
@@ -69,6 +71,7 @@ def split_cmd(dataset: DatasetArg) -> None:
     """Write train.csv and holdout.csv; refuses (non-zero exit) unless validation passed."""
     train, holdout = ingest.split(dataset, ingest.stage_settings("split", dataset, settings()))
     typer.echo(f"split {dataset}: {train}, {holdout}")
+    exit_without_teardown()
 
 
 @data_app.command("run")

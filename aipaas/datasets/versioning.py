@@ -116,11 +116,33 @@ def configure_remote(repo: Path, name: str, url: str) -> None:
     """
     if "://" not in url:
         Path(url).mkdir(parents=True, exist_ok=True)
+    if remote_configured(repo, name, url):
+        return  # each `dvc remote` call is a process start: about 1.8 s here
     try:
         _run(["remote", "modify", "--local", name, "url", url], repo)
     except VersioningError:  # no such remote yet
         _run(["remote", "add", "--local", "--force", name, url], repo)
     _run(["remote", "default", "--local", name], repo)
+
+
+def remote_configured(repo: Path, name: str, url: str) -> bool:
+    """Whether ``.dvc/config.local`` already makes ``name`` at ``url`` the default remote.
+
+    Read with configobj, the parser DVC itself writes the file with; anything
+    unreadable counts as not configured (DVC then rewrites it).
+    """
+    import configobj
+
+    local = Path(repo) / ".dvc" / "config.local"
+    if not local.is_file():
+        return False
+    try:
+        conf = configobj.ConfigObj(str(local))
+    except configobj.ConfigObjError:
+        return False
+    remote = conf.get(f'remote "{name}"') or {}
+    core = conf.get("core") or {}
+    return bool(remote.get("url") == url and core.get("remote") == name)
 
 
 def repro(repo: Path, targets: list[str], env: dict[str, str] | None = None) -> str:

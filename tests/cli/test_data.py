@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -168,3 +169,27 @@ def test_restore_of_a_version_no_model_names_is_refused(env, tmp_path, home):
         result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_a_stage_command_ends_at_once_with_its_output_flushed(env, tmp_path):
+    """A DVC stage's command skips the interpreter's teardown, and loses nothing for it."""
+    shutil.copy2(PROJECT_ROOT / "params.yaml", tmp_path / "params.yaml")
+    stage_env = env | {"AIPAAS_PARAMS": str(tmp_path / "params.yaml")}
+
+    ingested = _cli(["data", "ingest", "breast_cancer"], stage_env)  # stdout is a pipe
+    assert ingested.returncode == 0, ingested.stderr
+    raw = tmp_path / "data" / "breast_cancer" / "raw.csv"
+    assert ingested.stdout == f"ingested breast_cancer: {raw}\n"
+    assert len(pd.read_csv(raw)) == 569
+
+    validated = _cli(["data", "validate", "breast_cancer"], stage_env)
+    assert validated.returncode == 0, validated.stderr
+    assert "passed (" in validated.stdout and "Data Docs:" in validated.stdout
+    report = json.loads((tmp_path / "data" / "breast_cancer" / "validation.json").read_text())
+    assert report["success"] is True
+
+    # A failure still goes the ordinary way: its message and its exit code.
+    raw.write_text(raw.read_text().replace(",benign", ",unsure", 3))
+    failed = _cli(["data", "validate", "breast_cancer"], stage_env)
+    assert failed.returncode == DataValidationError.exit_code, failed.stdout
+    assert "failed validation" in failed.stderr

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import subprocess
+import sys
 
 import pytest
 
 from aipaas.datasets import versioning
 from aipaas.exceptions import ConfigurationError, RemoteError, VersioningError
 from tests.support.project import copy_project
+
+DVC_ENV = {**os.environ, **versioning.DVC_ENV}
 
 
 @pytest.mark.slow
@@ -78,3 +82,33 @@ def test_transient_remote_errors_are_recognised():
     assert versioning.is_transient("ERROR: Unable to acquire lock. Most likely ...")
     assert versioning.is_transient("ConnectionError: connection refused")
     assert not versioning.is_transient("ERROR: failed to push data: 1 files failed")
+
+
+def test_the_remote_is_configured_once_then_read_not_rewritten(tmp_path):
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True, env=DVC_ENV
+    )
+    first, second = tmp_path / "remote-1", tmp_path / "remote-2"
+    assert not versioning.remote_configured(tmp_path, "aipaas", str(first))
+
+    versioning.configure_remote(tmp_path, "aipaas", str(first))
+    local = tmp_path / ".dvc" / "config.local"
+    assert versioning.remote_configured(tmp_path, "aipaas", str(first))
+    written = local.stat().st_mtime_ns
+    versioning.configure_remote(tmp_path, "aipaas", str(first))  # no dvc call: nothing rewritten
+    assert local.stat().st_mtime_ns == written
+
+    # Another home: the URL changes through DVC, options a team added stay.
+    subprocess.run(
+        [sys.executable, "-m", "dvc", "remote", "modify", "--local", "aipaas", "jobs", "2"],
+        cwd=tmp_path,
+        check=True,
+        env=DVC_ENV,
+    )
+    versioning.configure_remote(tmp_path, "aipaas", str(second))
+    assert versioning.remote_configured(tmp_path, "aipaas", str(second))
+    assert not versioning.remote_configured(tmp_path, "other", str(second))
+    assert "jobs = 2" in local.read_text()
+    local.write_text("[core\nbroken")
+    assert not versioning.remote_configured(tmp_path, "aipaas", str(second))
