@@ -126,11 +126,26 @@ def _short(record: PromotionRecord) -> str:
 
 
 @app.command("rollback")
-def rollback_cmd(model: ModelArg, as_json: JsonOpt = False) -> None:
-    """Move champion back to previous-champion in one step; serving reloads at once."""
-    record = promote.rollback(settings(), model)
+def rollback_cmd(
+    model: ModelArg,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="VERSION",
+            help="Roll back to this version (one that was promoted once), "
+            "not to previous-champion.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move champion back to previous-champion (or --to a version that served); serving reloads."""
+    record = promote.rollback(settings(), model, to_version=to)
     if as_json:
         typer.echo(json.dumps(record.to_dict(), indent=2, default=str))
+        return
+    if record.result == "unchanged":
+        typer.echo(f"{model} v{record.version} is already champion; nothing changed")
         return
     typer.secho(
         f"rolled back {model}: champion is v{record.champion_after} "

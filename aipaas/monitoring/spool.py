@@ -193,6 +193,27 @@ def list_windows(
     return sorted(out, key=lambda w: w.seq)
 
 
+def checkpoint_path(settings: Settings) -> Path:
+    """The profiler's checkpoint: offsets, open windows and the outbox, replaced every step."""
+    return spool_dir(settings) / "checkpoint.json"
+
+
+def open_windows(settings: Settings) -> dict[tuple[str, str], tuple[int, int]]:
+    """Each model version's open window as ``(seq, rows)``, from the profiler's last checkpoint.
+
+    For another process (``aipaas demo``): the profiler replaces the checkpoint
+    after every step, so this lags it by one step at most.
+    """
+    try:
+        state = json.loads(checkpoint_path(settings).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+    return {
+        (str(w["model"]), str(w["version"])): (int(w["seq"]), int(w["rows"]))
+        for w in state.get("windows", [])
+    }
+
+
 def load_window(window: WindowInfo) -> profiles.Profile:
     return profiles.read_profile(Path(window.path))
 
@@ -275,7 +296,7 @@ class Profiler:
         self._write = write
         self._dir = spool_dir(settings)
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._checkpoint = self._dir / "checkpoint.json"
+        self._checkpoint = checkpoint_path(settings)
         self._window_rows = max(1, settings.monitoring.window_rows)
         self._window_s = settings.monitoring.window_minutes * 60.0
         self._min_interval_s = settings.monitoring.window_min_seconds

@@ -3,8 +3,9 @@
 Each client has its own API key and sends one-row ``POST .../predict`` requests,
 paced under its rate limit, optionally labelling each answer through
 ``POST /feedback`` as a clinic would once the biopsy result is known. What is sent is a
-:class:`Scenario`: ordinary traffic sampled from the training data, and a
-shifted population with its true labels. For a tabular model
+:class:`Scenario`: ordinary traffic sampled from the data the model first
+learnt from (the demo passes the dataset's shipped source), and a shifted
+population with its true labels. For a tabular model
 (:class:`ScaledFeatures`) the shift scales some features (a recalibrated
 imaging device); for a text model (:class:`NewTexts`) it is text of another
 kind (quotes about Linux and Perl from Debian's ``fortunes``, sent to a model
@@ -17,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,14 +118,40 @@ class NewTexts:
         return sample_texts(frame, features[0], target, n, seed=seed)
 
     def shifted(
-        self, frame: pd.DataFrame, features: Sequence[str], target: str, n: int, seed: int
+        self,
+        frame: pd.DataFrame,
+        features: Sequence[str],
+        target: str,
+        n: int,
+        seed: int,
+        exclude: Collection[str] = (),
     ) -> Traffic:
-        # Distinct texts while there are enough: labelled, they become training
-        # rows, and the data suite refuses a text column of repeats (as it should).
-        texts = list(dict.fromkeys(self.texts()))
+        """``n`` distinct texts of the new kind, none of ``exclude``, each labelled ``label``.
+
+        Labelled, they become training rows, and the data suite refuses a
+        text column of repeats (as it should): texts an earlier retrain
+        already learnt from (``exclude``) are not sent again. When too few
+        fresh ones are left, two of them joined make a new text of the same
+        kind; with fewer than two, texts repeat.
+        """
+        pool = list(dict.fromkeys(self.texts()))
+        seen = set(exclude)
+        fresh = [t for t in pool if t not in seen]
         rng = np.random.default_rng(seed)
-        picked = rng.choice(len(texts), size=n, replace=n > len(texts))
-        return [({features[0]: texts[i]}, self.label) for i in picked]
+        picked = rng.choice(len(fresh), size=min(n, len(fresh)), replace=False)
+        texts = [fresh[i] for i in picked]
+        made = seen | set(texts)
+        tries = 0
+        while len(texts) < n and len(pool) >= 2 and tries < 20 * n:
+            tries += 1
+            a, b = rng.choice(len(pool), size=2, replace=False)
+            joined = f"{pool[a]} {pool[b]}"
+            if joined not in made:
+                texts.append(joined)
+                made.add(joined)
+        while len(texts) < n and pool:  # a pool too small to make new texts
+            texts.append(pool[int(rng.integers(len(pool)))])
+        return [({features[0]: t}, self.label) for t in texts]
 
 
 Scenario = ScaledFeatures | NewTexts

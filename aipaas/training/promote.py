@@ -13,8 +13,9 @@ decision to the audit chain (:mod:`aipaas.training.promotion_log`), and only
 then moves the aliases and nudges serving. Serving loads only a version whose
 signed record is the chain's latest decision, so an alias moved by hand in
 MLflow is refused. :func:`promote` chains assess and decide for the CLI;
-:func:`rollback` moves ``champion`` back to ``previous-champion`` in one
-step; :func:`model_status` reads it all back.
+:func:`rollback` moves ``champion`` back to ``previous-champion`` (or to a
+named version that was promoted once) in one step; :func:`model_status`
+reads it all back.
 
 Champion and challenger are compared on the *same* holdout, the current
 dataset version's, scored now; metrics logged at training time may come from
@@ -520,38 +521,59 @@ def promote(
 
 
 def rollback(
-    settings: Settings, model: str, *, decided_by: str | None = None, key_id: str | None = None
+    settings: Settings,
+    model: str,
+    *,
+    to_version: str | None = None,
+    decided_by: str | None = None,
+    key_id: str | None = None,
 ) -> PromotionRecord:
-    """Move ``champion`` back to ``previous-champion`` in one step, signed and on record.
+    """Move ``champion`` back in one step, signed and on record.
 
-    The rolled-back version is tagged ``rolled-back``; ``previous-champion`` is
-    cleared, so a second rollback refuses rather than bouncing back to the
-    version just rolled away from (re-promote it through the gates instead).
+    Without ``to_version`` it goes back to ``previous-champion``; with it, to
+    that version, which must have been promoted once (its signed record is on
+    the version): a rollback goes back to a version that served, it does not
+    promote one that never passed its gates. The version rolled away from is
+    tagged ``rolled-back`` and ``previous-champion`` is cleared, so a second
+    plain rollback refuses rather than bouncing back (re-promote it through
+    the gates instead). Rolling back to the current champion changes nothing
+    and records nothing (result ``unchanged``).
 
     Raises:
-        ModelNotFoundError: there is no previous champion to go back to.
-        UnsignedVersionError: ``previous-champion`` points at a version that
-            was never promoted (a rollback does not launder one).
+        ModelNotFoundError: no previous champion to go back to, or no such version.
+        UnsignedVersionError: the target version was never promoted (a
+            rollback does not launder one).
     """
     decider = decided_by or default_decider()
     registry.connect(settings)
-    previous = registry.get_alias(model, tags.PREVIOUS_CHAMPION)
-    if previous is None:
-        raise ModelNotFoundError(
-            f"model {model!r} has no {tags.PREVIOUS_CHAMPION!r} to roll back to; "
-            f"see `aipaas models show {model}` and promote a version explicitly with "
-            f"`aipaas promote {model} --version V`"
-        )
+    if to_version is None:
+        target = registry.get_alias(model, tags.PREVIOUS_CHAMPION)
+        if target is None:
+            raise ModelNotFoundError(
+                f"model {model!r} has no {tags.PREVIOUS_CHAMPION!r} to roll back to; "
+                f"see `aipaas models show {model}` and roll back to a version that served "
+                f"with `aipaas rollback {model} --to V`"
+            )
+        what = f"{tags.PREVIOUS_CHAMPION} v{target.version}"
+    else:
+        target = registry.get_version(model, str(to_version))
+        what = f"v{target.version}"
     try:
-        attestation.verify(settings, model, previous.version, previous.tags)
+        attestation.verify(settings, model, target.version, target.tags)
     except UnsignedVersionError as err:
         raise UnsignedVersionError(
-            f"cannot roll {model} back to {tags.PREVIOUS_CHAMPION} v{previous.version}: "
-            f"only a version that was promoted may serve again; {err}"
+            f"cannot roll {model} back to {what}: only a version that was promoted "
+            f"may serve again; {err}"
         ) from err
+    current = registry.get_alias(model, tags.CHAMPION)
+    if current is not None and current.version == target.version:
+        if serving_refusal(settings, current) is None:
+            return PromotionRecord(model, target.version, "rollback", "unchanged", decider,
+                                   champion_before=target.version,
+                                   champion_after=target.version)  # fmt: skip
     decision = PromotionRecord(
         model=model,
-        version=previous.version,
+        version=target.version,
         action="rollback",
         result="rolled-back",
         decided_by=decider,

@@ -115,21 +115,17 @@ def test_up_runs_the_lifecycle_when_no_champion_serves(platform: Platform) -> No
 def test_demo_closes_the_loop_on_the_running_platform(platform: Platform) -> None:
     """``aipaas demo`` finds the platform up, with champion v1 (the test above), and uses it.
 
-    The text model's loop runs here; the tabular one's runs in the PostgreSQL
-    e2e (tests/e2e/test_team_postgres.py): the same demo code for both, and
-    each loop is several minutes on this machine.
+    The text model's loop runs here, twice: the second run, on the state the
+    first left (v2 serving, a retrain minutes ago), tells the same story from
+    a clean start of its own. The tabular one's runs in the PostgreSQL e2e
+    (tests/e2e/test_team_postgres.py): the same demo code for both, and each
+    loop is several minutes on this machine.
     """
     out = platform.demo("--model", "topic")
     assert "aipaas is already up on this home; using it" in out
     assert "topic step 1/4" in out and "diagnosis step" not in out
-    assert "champion v1 serving" in out
-    assert "no drift reported on ordinary traffic" in out
-    assert "drift detected" in out
-    assert "passed its gates; serving swapped to it" in out
-    assert "the retrain learnt from 300 labelled rows" in out, out
-    assert ", failed 0," in out
-    chains = [line.split("audit chain:")[1] for line in out.splitlines() if "audit chain:" in line]
-    assert len(chains) == 1 and "verified" in chains[0], chains
+    assert "a clean start: v1 is its first champion (nothing to undo)" in out
+    _tells_the_story(out, "2")
     assert "/models/topic/predict" in out and "text.oov" in out
 
     # The feedback became training data: a new dataset version with more rows.
@@ -138,6 +134,43 @@ def test_demo_closes_the_loop_on_the_running_platform(platform: Platform) -> Non
     # The labelled Linux and Perl quotes are in (the four topics' files hold 19 "perl").
     quotes = pd.read_csv(platform.repo / "data" / "quotes" / "raw.csv")
     assert len(quotes) > 3630 and quotes.text.str.contains("perl", case=False).sum() > 40
+
+    # Again on the same home: back to v1 by a signed rollback, then the same four steps.
+    again = platform.demo("--model", "topic", "--timings", str(platform.home / "again.json"))
+    assert "a clean start: champion v2 (an earlier retrain's) rolled back to v1" in again, again
+    _tells_the_story(again, "3")
+    decisions = promotion_log.read(Settings(_env_file=None, home=platform.home), "topic")
+    assert [(r.action, r.result, r.version) for r in decisions] == [
+        ("promote", "promoted", "1"),
+        ("promote", "promoted", "2"),
+        ("rollback", "rolled-back", "1"),
+        ("promote", "promoted", "3"),
+    ]
+    assert decisions[2].decided_by == "aipaas demo (a clean start)" and decisions[2].signature
+    timings = json.loads((platform.home / "again.json").read_text())
+    assert timings == json.loads((platform.home / "demo" / "timings.json").read_text())
+    [topic] = timings["models"]
+    assert timings["ok"] and timings["platform_start_s"] is None  # it was up already
+    assert topic["model"] == "topic" and topic["new_version"] == "3"
+    assert 0 < topic["drift_to_serving_s"] < timings["total_s"]
+    assert set(topic["drift_to_serving"]) >= {
+        "retrain_start_to_registered_s",
+        "decision_to_serving_s",
+    }
+
+
+def _tells_the_story(out: str, new_version: str) -> None:
+    """No false alarm, drift, a retrain, the swap, no failed request, the chain verified."""
+    assert "champion v1 serving" in out
+    assert "no drift reported on ordinary traffic" in out, out
+    assert "a false alarm" not in out
+    assert "drift detected" in out
+    assert f"v{new_version} passed its gates; serving swapped to it" in out, out
+    assert "the retrain learnt from 300 labelled rows" in out, out
+    assert ", failed 0," in out
+    chains = [line.split("audit chain:")[1] for line in out.splitlines() if "audit chain:" in line]
+    assert len(chains) == 1 and "verified" in chains[0], chains
+    assert f"drift detected -> v{new_version} serving " in out
 
 
 def test_the_platform_holds_under_sustained_load(platform: Platform) -> None:

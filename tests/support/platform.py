@@ -121,9 +121,6 @@ def up_env(root: Path, extra: dict[str, str] | None = None) -> tuple[dict[str, s
         "AIPAAS_VERSIONING__REPO": str(repo),
         "AIPAAS_TUNE__NUM_SAMPLES": "2",
         "AIPAAS_TUNE__CV_FOLDS": "2",
-        # One retrain per demo: the demo's 5 min cooldown can end while a slow
-        # machine still retrains, and a second retrain would share the CPU.
-        "AIPAAS_RETRAIN__COOLDOWN_MINUTES": "60",
         # The worker picks up a run within 1 s instead of Prefect's 10 s.
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         **(extra or {}),

@@ -169,6 +169,57 @@ def test_a_hand_moved_alias_is_refused_and_never_laundered(
     assert tiny_champion() == v2
 
 
+def test_rollback_to_a_version_that_served_and_never_to_one_that_did_not(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``rollback --to V``: back over several promotions in one signed step; never a stranger."""
+    s = tiny_settings(settings, tmp_path)
+    v1 = register_tiny(s)
+    promote(s, _tiny(s), v1, decided_by="alice")
+    v2 = register_tiny(s, data_hash="def456")
+    promote(s, _tiny(s), v2, holdout=HOLDOUT, scorer=score_tiny, decided_by="alice")
+    v3 = register_tiny(s, data_hash="ghi789")
+    promote(s, _tiny(s), v3, holdout=HOLDOUT, scorer=score_tiny, decided_by="alice")
+    rejected = register_tiny(s, shuffle=True)
+    with pytest.raises(GateFailedError):
+        promote(s, _tiny(s), rejected, holdout=HOLDOUT, scorer=score_tiny)
+    never = register_tiny(s)  # registered, never judged
+    assert tiny_champion() == v3
+    prev = registry.get_alias(MODEL, tags.PREVIOUS_CHAMPION)
+    assert prev is not None and prev.version == v2  # a plain rollback would go to v2
+
+    # Neither a rejected nor a never-promoted version, nor a missing one, is rolled back to.
+    for stranger, why in ((rejected, "no promotion record"), (never, "no promotion record")):
+        with pytest.raises(UnsignedVersionError, match=f"cannot roll tiny back to v{stranger}"):
+            rollback(s, MODEL, to_version=stranger)
+        with pytest.raises(UnsignedVersionError, match=why):
+            rollback(s, MODEL, to_version=stranger)
+    with pytest.raises(ModelNotFoundError, match="no registered version 99"):
+        rollback(s, MODEL, to_version="99")
+    assert tiny_champion() == v3 and len(promotion_log.read(s, MODEL)) == 4
+
+    mtime = signals.marker_mtime(s, MODEL)
+    back = rollback(s, MODEL, to_version=v1, decided_by="carol")
+    assert (back.action, back.result, back.version) == ("rollback", "rolled-back", v1)
+    assert (back.champion_before, back.champion_after) == (v3, v1)
+    assert tiny_champion() == v1 and signals.marker_mtime(s, MODEL) >= mtime
+    assert registry.get_alias(MODEL, tags.PREVIOUS_CHAMPION) is None
+    assert registry.get_version(MODEL, v3).tags[tags.PROMOTION_STATUS] == "rolled-back"
+    att = attestation.verify(s, MODEL, v1, registry.get_version(MODEL, v1).tags)
+    assert att.action == "rollback" and att.signature == back.signature
+    assert model_status(s, MODEL).champion_refused is None  # serving takes it
+
+    # Again to the champion: nothing changes, nothing is recorded.
+    same = rollback(s, MODEL, to_version=v1)
+    assert same.result == "unchanged" and len(promotion_log.read(s, MODEL)) == 5
+    # A version rolled away from was promoted once: it may serve again.
+    forth = rollback(s, MODEL, to_version=v3, decided_by="dave")
+    assert forth.result == "rolled-back" and tiny_champion() == v3
+    rows = [r for r in audit.tail(s, 100) if r["event"] == "model.rolled_back"]
+    assert [(r["version"], r["owner"]) for r in rows] == [(v1, "carol"), (v3, "dave")]
+    assert audit.verify(s).ok
+
+
 def test_gates_read_from_the_registry_fail_a_bad_first_model(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -286,6 +337,11 @@ def test_cli_exits_non_zero_on_a_failed_gate_and_shows_the_model(
     norollback = run("rollback", MODEL)
     # main() turns this error into its exit code, as the process above shows for another.
     assert isinstance(norollback.exception, ModelNotFoundError), norollback.output
+    refused = run("rollback", MODEL, "--to", v1)  # rejected: never served
+    assert isinstance(refused.exception, UnsignedVersionError), refused.output
+    unchanged = run("rollback", MODEL, "--to", v2)
+    assert unchanged.exit_code == 0, unchanged.output
+    assert f"tiny v{v2} is already champion; nothing changed" in unchanged.stdout
 
 
 def test_a_failing_version_is_rejected_without_asking_for_approval(
