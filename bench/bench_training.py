@@ -1,24 +1,30 @@
-"""Training: the search with 1 and with N concurrent Ray Tune trials, and the overheads.
+"""Training: the search before and after #14, at 1 and at N trials at a time, and plain Python.
 
-Same search space (the demo ``diagnosis`` definition), same sampled
-configurations, same cross-validation in every mode:
+Same search space (the demo ``diagnosis`` definition), the same configurations
+(``aipaas.training.tune.sample_configs``, seeded), the same cross-validation
+in every mode:
 
 * plain Python: the configurations scored one after another, no Ray;
-* Ray Tune, 1 trial at a time: Ray's overhead against plain Python;
-* Ray Tune, N trials at a time (N = the CPUs Ray sees, as
-  ``aipaas.training.tune.effective_concurrency`` picks it): the speed-up and
-  the parallel efficiency (speed-up / N), against the target of 0.8 (2
-  trials at a time at least 1.6 times faster than one at a time);
+* before: Ray Tune as ``run_search`` used it until #14 (kept here as the
+  reference: ``tune.Tuner``, ``tune.with_parameters``, ``reuse_actors``), after
+  a warm-up search, 1 and N trials at a time;
+* after: ``run_search`` on the warm trial workers
+  (``aipaas.training.trial_workers``): the first search in the process (it
+  starts the workers) reported apart from the warm searches at 1 and N at a
+  time;
 * Prefect: the same plain-Python search inside a ``@flow`` calling one
   ``@task`` per trial, against a throwaway local Prefect server (its start-up
   reported separately): Prefect's overhead.
 
-The data is the breast cancer set (offline) replicated with jitter so that a
-trial does measurable work (``--scale``; 32 copies are 18,208 rows). Each
-workload records the machine's load average before and after: on a shared
-2-core machine, another process's load takes CPU from the second trial, and
-the efficiency is only meaningful next to it. Run: ``uv run python -m
-bench.bench_training`` (or ``make bench``); writes
+N is the CPUs Ray sees (``effective_concurrency``); the parallel efficiency
+(speed-up N vs 1, divided by N) is compared with the target of 0.8 (2 trials
+at a time at least 1.6 times faster than one at a time), for before and
+after. The data is the breast cancer set (offline) replicated with jitter so
+that a trial does measurable work (``--scale``; 32 copies are 18,208 rows).
+Each workload records the machine's load average before and after: on a
+shared 2-core machine, another process's load takes CPU from the second
+trial, and the efficiency is only meaningful next to it. Run: ``uv run python
+-m bench.bench_training`` (or ``make bench``); writes
 ``bench/results/training.json``.
 """
 
@@ -116,44 +122,176 @@ def _prefect_search(
     return first, time.perf_counter() - t0
 
 
+@dataclass(frozen=True)
+class _TuneSpec:
+    build: Any
+    features: tuple[str, ...]
+    target: str
+    folds: int
+    seed: int
+
+
+def _tune_trial(config: dict[str, Any], spec: _TuneSpec, data: pd.DataFrame) -> None:
+    """The reference trial, as Tune ran it before #14: one config, every fold, one report."""
+    import ray
+    from ray import tune
+
+    from aipaas.training.metrics import cross_validate
+
+    t0 = time.perf_counter()
+    scores = cross_validate(
+        spec.build,
+        config["cfg"],
+        data[list(spec.features)],
+        data[spec.target],
+        task="classification",
+        metric="roc_auc",
+        folds=spec.folds,
+        seed=spec.seed,
+    )
+    tune.report(
+        {
+            "score": float(np.mean(scores)),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "duration_s": time.perf_counter() - t0,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One search: wall seconds, seconds inside the trials (summed), its configurations, best."""
+
+    wall_s: float
+    compute_s: float
+    configs: list[dict[str, Any]]
+    best: float
+
+
+def _tune_reference(
+    definition: Any,
+    df: pd.DataFrame,
+    configs: list[dict[str, Any]],
+    concurrency: int,
+    folds: int,
+    storage: Path,
+) -> Timed:
+    """The search as ``run_search`` ran it before #14: a ``tune.Tuner`` per search.
+
+    The configurations are given (a grid over them) so that every mode scores
+    the same ones; Tune's per-search machinery is otherwise as it was.
+    """
+    import contextlib
+    import sys
+
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    spec = _TuneSpec(
+        definition.build_estimator, tuple(definition.features), definition.target, folds, SEED
+    )
+    trainable = tune.with_resources(
+        tune.with_parameters(_tune_trial, spec=spec, data=df), {"cpu": 1}
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"cfg": tune.grid_search(configs)},
+        tune_config=tune.TuneConfig(
+            metric="score",
+            mode="max",
+            num_samples=1,
+            reuse_actors=True,
+            search_alg=BasicVariantGenerator(max_concurrent=concurrency, random_state=SEED),
+        ),
+        run_config=tune.RunConfig(
+            name=f"tune-c{concurrency}-{time.time_ns()}",
+            storage_path=str(storage),
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            verbose=0,
+        ),
+    )
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        grid = tuner.fit()
+    wall = time.perf_counter() - t0
+    results = [grid[i] for i in range(len(grid))]
+    metrics = [r.metrics or {} for r in results]
+    return Timed(
+        wall,
+        sum(float(m.get("duration_s", 0.0)) for m in metrics),
+        [(r.config or {})["cfg"] for r in results],
+        max(float(m.get("score", -np.inf)) for m in metrics),
+    )
+
+
+def _after(definition: Any, df: pd.DataFrame, ts: Any, storage: Path) -> Timed:
+    """The search as ``run_search`` runs it now."""
+    from aipaas.training.tune import run_search
+
+    t0 = time.perf_counter()
+    res = run_search(definition, df, ts, storage_dir=storage)
+    wall = time.perf_counter() - t0
+    return Timed(
+        wall,
+        sum(t.duration_s or 0.0 for t in res.trials),
+        [t.config for t in res.trials],
+        res.best_score,
+    )
+
+
 @dataclass
 class RaySearches:
-    """Ray Tune at each concurrency: wall seconds, seconds inside trials, configs, best score."""
+    """Every Ray search of one workload, by mode and concurrency."""
 
-    tune_s: dict[int, float] = field(default_factory=dict)
-    compute_s: dict[int, float] = field(default_factory=dict)
-    drawn: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
-    best: dict[str, float] = field(default_factory=dict)
+    before: dict[int, Timed] = field(default_factory=dict)
+    after: dict[int, Timed] = field(default_factory=dict)
+    after_first: Timed | None = None
 
 
 def _ray_searches(
-    definition: Any, df: pd.DataFrame, args: argparse.Namespace, tmp: Path, out: dict[str, Any]
+    definition: Any,
+    df: pd.DataFrame,
+    configs: list[dict[str, Any]],
+    args: argparse.Namespace,
+    tmp: Path,
+    out: dict[str, Any],
 ) -> RaySearches:
-    """Ray start, a warm-up search, then the search at 1 and at N concurrent trials."""
+    """Ray start; the first run_search (pool start); Tune's warm-up; then 1 and N at a time.
+
+    Before and after alternate at each concurrency, so a change in the
+    machine's load hits both alike.
+    """
     import ray
 
     from aipaas.settings import RaySettings, TuneSettings
+    from aipaas.training import trial_workers
     from aipaas.training.raycluster import ensure_ray
-    from aipaas.training.tune import effective_concurrency, run_search
+    from aipaas.training.tune import effective_concurrency
 
     t0 = time.perf_counter()
     ensure_ray(RaySettings(num_cpus=os.cpu_count() or 1, object_store_memory_mb=200))
     out["ray_init_s"] = time.perf_counter() - t0
-    n_cpus = effective_concurrency(0, ray.cluster_resources().get("CPU", 1.0))
-    # Warm-up: the first search in a process also pays worker start and imports.
-    t0 = time.perf_counter()
-    warm = TuneSettings(num_samples=n_cpus, max_concurrent=n_cpus, cv_folds=2, seed=SEED)
-    run_search(definition, df.head(200), warm, storage_dir=tmp / "ray_results")
-    out["ray_warmup_search_s"] = time.perf_counter() - t0
+    n = effective_concurrency(0, ray.cluster_resources().get("CPU", 1.0))
+
+    def settings(c: int) -> TuneSettings:
+        return TuneSettings(
+            num_samples=args.trials, max_concurrent=c, cv_folds=args.folds, seed=SEED
+        )
+
     found = RaySearches()
-    for c in sorted({1, n_cpus}):
-        ts = TuneSettings(num_samples=args.trials, max_concurrent=c, cv_folds=args.folds, seed=SEED)
-        t0 = time.perf_counter()
-        res = run_search(definition, df, ts, storage_dir=tmp / "ray_results")
-        found.tune_s[c] = time.perf_counter() - t0
-        found.compute_s[c] = sum(t.duration_s or 0.0 for t in res.trials)
-        found.drawn[c] = sorted((t.config for t in res.trials), key=repr)
-        found.best[f"tune_c{c}"] = res.best_score
+    started = trial_workers.started
+    found.after_first = _after(definition, df, settings(n), tmp / "after")
+    out["trial_workers_started"] = trial_workers.started - started
+    # Tune's warm-up: the first Tune search in a process also pays its own start.
+    t0 = time.perf_counter()
+    _tune_reference(definition, df.head(200), configs[:n], n, 2, tmp / "tune")
+    out["ray_warmup_search_s"] = time.perf_counter() - t0
+    for c in sorted({1, n}):
+        found.before[c] = _tune_reference(definition, df, configs, c, args.folds, tmp / "tune")
+        found.after[c] = _after(definition, df, settings(c), tmp / "after")
+    out["trial_workers_started_warm"] = (
+        trial_workers.started - started - out["trial_workers_started"]
+    )
     ray.shutdown()
     return found
 
@@ -166,15 +304,22 @@ def _workload(
     *,
     prefect: bool,
 ) -> dict[str, Any]:
-    """One data size: Tune at 1 and N concurrent trials, plain Python, optionally Prefect."""
+    """One data size: before and after at 1 and N trials at a time, plain Python, Prefect."""
+    from aipaas.training.tune import sample_configs
+
     out: dict[str, Any] = {"rows": len(df), "trials": args.trials, "cv_folds": args.folds}
     out["load_avg_1m_before"] = os.getloadavg()[0]
-    ray_runs = _ray_searches(definition, df, args, tmp, out)
-    tune_s, best = ray_runs.tune_s, ray_runs.best
     # The same seed draws the same configurations whatever the concurrency;
-    # plain Python and Prefect then score exactly those.
-    configs = ray_runs.drawn[1]
-    out["same_configs_every_mode"] = all(d == configs for d in ray_runs.drawn.values())
+    # every mode scores exactly those.
+    configs = sample_configs(definition, args.trials, SEED)
+    runs = _ray_searches(definition, df, configs, args, tmp, out)
+    assert runs.after_first is not None
+    drawn = [runs.after_first, *runs.after.values(), *runs.before.values()]
+    out["same_configs_every_mode"] = all(
+        sorted(map(repr, t.configs)) == sorted(map(repr, configs)) for t in drawn
+    )
+    best = {f"tune_c{c}": t.best for c, t in runs.before.items()}
+    best |= {f"run_search_c{c}": t.best for c, t in runs.after.items()}
     t0 = time.perf_counter()
     best["plain"] = _plain_search(definition, df, configs, args.folds, SEED)
     plain_s = time.perf_counter() - t0
@@ -184,22 +329,40 @@ def _workload(
         out["prefect_first_run_s"], out["prefect_s"] = _prefect_search(
             definition, df, configs, args.folds, SEED
         )
-    n = max(tune_s)
-    speedup = tune_s[1] / tune_s[n]
+    n = max(runs.after)
+
+    def summary(timed: dict[int, Timed]) -> dict[str, Any]:
+        speedup = timed[1].wall_s / timed[n].wall_s
+        return {
+            "s": {str(k): v.wall_s for k, v in timed.items()},
+            # Time inside the trials (the CV work) summed over trials; the rest is overhead.
+            "trial_compute_s": {str(k): v.compute_s for k, v in timed.items()},
+            "speedup": speedup,
+            "parallel_efficiency": speedup / n,
+            "efficiency_target_met": speedup / n >= EFFICIENCY_TARGET,
+            "overhead_vs_plain_s": timed[1].wall_s - plain_s,
+            "speedup_vs_plain": plain_s / timed[n].wall_s,
+        }
+
+    before, after = summary(runs.before), summary(runs.after)
     out.update(
         {
             "plain_python_s": plain_s,
-            "ray_tune_s": {str(k): v for k, v in tune_s.items()},
-            # Time inside the trials (the CV work) summed over trials; the rest is Ray's.
-            "ray_trial_compute_s": {str(k): v for k, v in ray_runs.compute_s.items()},
             "concurrency_n": n,
-            "speedup": speedup,
-            "parallel_efficiency": speedup / n,
-            "ray_overhead_s": tune_s[1] - plain_s,
-            "ray_overhead_per_trial_s": (tune_s[1] - plain_s) / args.trials,
-            "speedup_vs_plain": plain_s / tune_s[n],
             "efficiency_target": EFFICIENCY_TARGET,
-            "efficiency_target_met": speedup / n >= EFFICIENCY_TARGET,
+            # Before #14: Ray Tune (the reference implementation in this file).
+            "before": before,
+            "ray_tune_s": before["s"],
+            # After #14: run_search on warm trial workers.
+            "after": after,
+            "run_search_s": after["s"],
+            "run_search_first_s": runs.after_first.wall_s,
+            "run_search_first_compute_s": runs.after_first.compute_s,
+            # The platform's search as it is now (after).
+            "speedup": after["speedup"],
+            "parallel_efficiency": after["parallel_efficiency"],
+            "efficiency_target_met": after["efficiency_target_met"],
+            "after_vs_plain": after["speedup_vs_plain"],
             "best_cv_roc_auc": best,
             "load_avg_1m_after": os.getloadavg()[0],
         }
@@ -208,34 +371,62 @@ def _workload(
 
 
 def _rows(w: dict[str, Any]) -> list[list[Any]]:
-    plain, n = w["plain_python_s"], w["concurrency_n"]
-    t1, tn = w["ray_tune_s"]["1"], w["ray_tune_s"][str(n)]
+    plain, n, k = w["plain_python_s"], w["concurrency_n"], str(w["concurrency_n"])
+    b, a = w["before"], w["after"]
+
+    def eff(x: dict[str, Any]) -> str:
+        return f"speed-up {x['speedup']:.2f}x, efficiency {x['parallel_efficiency']:.2f}"
+
+    def met(x: dict[str, Any]) -> str:
+        return "met" if x["efficiency_target_met"] else "NOT met"
+
+    def trials(x: dict[str, Any], c: str) -> str:
+        # Seconds inside the trials (summed): wall - trials / c is the engine's own cost,
+        # and trials at N vs at 1 shows how much the trials slowed each other (shared CPUs).
+        return f"; in trials {x['trial_compute_s'][c]:.1f} s"
+
+    first = w["run_search_first_s"]
     rows = [
         ["plain Python (sequential)", plain, 1.0, f"{plain / w['trials']:.2f} s/trial"],
-        ["Ray Tune, 1 at a time", t1, plain / t1, f"overhead {t1 - plain:+.2f} s"],
         [
-            f"Ray Tune, {n} at a time",
-            tn,
-            plain / tn,
-            f"speed-up {w['speedup']:.2f}x, efficiency {w['parallel_efficiency']:.0%}",
+            "before: Ray Tune, 1 at a time",
+            b["s"]["1"],
+            plain / b["s"]["1"],
+            f"overhead {b['overhead_vs_plain_s']:+.2f} s" + trials(b, "1"),
         ],
+        [f"before: Ray Tune, {n} at a time", b["s"][k], plain / b["s"][k], eff(b) + trials(b, k)],
+        [
+            "after: run_search, first (starts workers)",
+            first,
+            plain / first,
+            f"{n} at a time, {w['trial_workers_started']} workers started"
+            f"; in trials {w['run_search_first_compute_s']:.1f} s",
+        ],
+        [
+            "after: run_search, 1 at a time",
+            a["s"]["1"],
+            plain / a["s"]["1"],
+            f"overhead {a['overhead_vs_plain_s']:+.2f} s" + trials(a, "1"),
+        ],
+        [f"after: run_search, {n} at a time", a["s"][k], plain / a["s"][k], eff(a) + trials(a, k)],
     ]
     if "prefect_s" in w:
         p = w["prefect_s"]
         rows.append(["Prefect flow + task per trial", p, plain / p, f"overhead {p - plain:+.2f} s"])
-        first = w["prefect_first_run_s"]
-        rows.append(["  first run (temp server start)", first, plain / first, "-"])
-    met = "met" if w["efficiency_target_met"] else "NOT met"
+        p_first = w["prefect_first_run_s"]
+        rows.append(["  first run (temp server start)", p_first, plain / p_first, "-"])
+    target = f"{w['efficiency_target']:.2f}"
     rows.append(
         [
-            f"efficiency target {w['efficiency_target']:.0%}",
+            f"efficiency target {target}",
             "-",
             "-",
-            f"{met}; load avg {w['load_avg_1m_before']:.1f} -> {w['load_avg_1m_after']:.1f}",
+            f"before {met(b)}, after {met(a)}; load avg "
+            f"{w['load_avg_1m_before']:.1f} -> {w['load_avg_1m_after']:.1f}",
         ]
     )
     rows.append(["Ray start (ray.init)", w["ray_init_s"], "-", "once per process"])
-    rows.append(["first search (warm-up)", w["ray_warmup_search_s"], "-", "worker start"])
+    rows.append(["Tune warm-up search", w["ray_warmup_search_s"], "-", "before's worker start"])
     return rows
 
 

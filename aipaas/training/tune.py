@@ -1,37 +1,49 @@
-"""Hyperparameter search as parallel Ray Tune trials.
+"""Hyperparameter search: trials side by side on warm Ray actors.
 
-Each trial builds the definition's estimator from one sampled configuration
-and scores it by cross-validation on the training split. The training frame
-goes into Ray's object store once (``tune.with_parameters``), not once per
-trial. A trial that raises is recorded as failed with its error and the
-search goes on; only a search where every trial failed is an error.
+Each trial builds the definition's estimator from one configuration and
+scores it by cross-validation on the training split, every fold inside one
+call. The configurations are drawn up front by our own seeded sampler
+(:func:`sample_configs`), so the same seed scores the same configurations at
+any concurrency. A trial that raises is recorded as failed with its root
+cause and the search goes on; only a search where every trial failed is an
+error.
+
+Why not Ray Tune (which ran the search until #14): its fixed cost per
+search. On this 2-core machine a Tune search whose trials do nothing took
+3.5-6.9 s per ``Tuner.fit()`` (new trial actors every time, their imports,
+the experiment's bookkeeping), more than the whole demo search takes in
+plain Python (1.1 s). The trials now run on long-lived actors
+(:mod:`aipaas.training.trial_workers`): one per CPU Ray sees, placed per
+node, each importing scikit-learn, LightGBM and pandas once and then
+running one trial per method call; they are found by name, so a second
+search (and, on a Ray this process joined, the next flow run) starts no
+process. The frame and the trial's spec go into Ray's object store once per
+search. The driver keeps at most :func:`effective_concurrency` trials in
+flight (the actors reserve no CPU, so that Ray's other work never waits for
+idle trial workers) and collects them with ``ray.wait`` as they finish.
 
 Trials do not talk to MLflow: on a cluster the workers may not reach the
-tracking store. A Tune callback in the driver hands each trial to the caller
-the moment it finishes (``on_trial_done``: ``aipaas.training.train`` logs it
-as a nested run then, so trials appear in MLflow while the search goes on),
-and reports it to the caller's :class:`~aipaas.progress.Progress`.
+tracking store. The driver hands each finished trial to the caller the
+moment it finishes (``on_trial_done``: ``aipaas.training.train`` logs it as a
+nested run then, so trials appear in MLflow while the search goes on), and
+reports it to the caller's :class:`~aipaas.progress.Progress`.
 
-Ray pays for itself only when the work it spreads outweighs what it adds per
-trial: the frame is shipped once, an actor is reused across trials, the CV
-folds run inside the trial (one round trip per configuration, not per fold),
-and no more trials run at once than Ray has CPUs
-(:func:`effective_concurrency`): a trial over that only queues for a CPU.
-
-Tune writes each trial's results where the trial runs, so on a cluster its
-storage must be one every node reaches: Ray 2 no longer copies results back
-to the head node. :func:`storage_location` reads ``settings.ray.storage_path``
-(a shared filesystem path or an object-store URI such as ``s3://...``) and
-falls back to ``<home>/ray-results``, which only one machine sees.
+The driver, not the workers, writes the search's trial table, as
+``<storage>/<name>/trials.json``: :func:`storage_location` reads
+``settings.ray.storage_path`` (a path, or an object-store URI such as
+``s3://...`` written through pyarrow) and falls back to
+``<home>/ray-results``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
-import sys
 import time
 import traceback
+import uuid
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -46,14 +58,15 @@ from aipaas.settings import RaySettings, TuneSettings
 
 SCORE = "score"
 RESULTS_DIR = "ray-results"  # under home when no storage path is configured
+TRIALS_FILE = "trials.json"  # in each search's directory
 
 
-# The URI schemes pyarrow (Tune's storage layer) opens by itself.
+# The URI schemes pyarrow opens by itself.
 STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 
 
 def check_storage(location: str) -> None:
-    """Refuse a storage URI Tune could not open, before any trial runs.
+    """Refuse a storage URI pyarrow could not open, before any trial runs.
 
     Only the scheme is checked: opening an object store would reach the
     network (pyarrow resolves an S3 bucket's region on open), and
@@ -73,12 +86,11 @@ def check_storage(location: str) -> None:
 
 
 def storage_location(ray_settings: RaySettings, home: Path) -> str:
-    """Where Tune keeps results: the configured path or URI, else ``<home>/ray-results``.
+    """Where searches write trial tables: the configured path or URI, else ``<home>/ray-results``.
 
     A URI (``s3://bucket/prefix``, ``gs://...``; ``?endpoint_override=...`` for
-    an S3-compatible store) goes to Tune as is, read through pyarrow; a plain
-    path is made absolute, since Tune resolves a relative one against each
-    worker's own directory.
+    an S3-compatible store) is kept as is and written through pyarrow; a plain
+    path is made absolute, so the recorded location means the same anywhere.
     """
     configured = ray_settings.storage_path.strip()
     if not configured:
@@ -127,22 +139,32 @@ def _finite(x: Any) -> bool:
     return isinstance(x, int | float) and math.isfinite(x)
 
 
-def to_param_space(definition: ModelDefinition) -> dict[str, Any]:
-    """The definition's search space in Ray Tune's vocabulary (validated first)."""
-    from ray import tune
+def sample_configs(definition: ModelDefinition, count: int, seed: int) -> list[dict[str, Any]]:
+    """``count`` configurations drawn from the definition's space (validated first).
+
+    One numpy ``Generator(seed)`` draws them in trial order, dimension by
+    dimension: the same seed gives the same configurations whatever the
+    concurrency, so runs compare. IntRange's high is inclusive; LogUniform is
+    uniform in log space. Values are plain Python (JSON, MLflow params).
+    """
+    import numpy as np
 
     validate_search_space(definition)
-    out: dict[str, Any] = {}
-    for name, dim in definition.search_space.items():
-        if isinstance(dim, LogUniform):
-            out[name] = tune.loguniform(dim.low, dim.high)
-        elif isinstance(dim, Uniform):
-            out[name] = tune.uniform(dim.low, dim.high)
-        elif isinstance(dim, IntRange):
-            out[name] = tune.randint(dim.low, dim.high + 1)  # randint's upper bound is exclusive
-        elif isinstance(dim, Choice):
-            out[name] = tune.choice(list(dim.options))
-    return out
+    rng = np.random.default_rng(seed)
+    configs: list[dict[str, Any]] = []
+    for _ in range(count):
+        config: dict[str, Any] = {}
+        for name, dim in definition.search_space.items():
+            if isinstance(dim, LogUniform):
+                config[name] = float(math.exp(rng.uniform(math.log(dim.low), math.log(dim.high))))
+            elif isinstance(dim, Uniform):
+                config[name] = float(rng.uniform(dim.low, dim.high))
+            elif isinstance(dim, IntRange):
+                config[name] = int(rng.integers(dim.low, dim.high + 1))
+            elif isinstance(dim, Choice):
+                config[name] = _native({"v": dim.options[int(rng.integers(len(dim.options)))]})["v"]
+        configs.append(config)
+    return configs
 
 
 @dataclass(frozen=True)
@@ -165,7 +187,7 @@ class SearchResult:
     best_score: float
     trials: list[TrialOutcome] = field(default_factory=list)
     wall_s: float = 0.0
-    # The experiment's directory in Tune's storage (a path or a URI).
+    # The search's directory in the storage, holding trials.json (a path or a URI).
     results_path: str = ""
 
     @property
@@ -195,7 +217,7 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class _TrialSpec:
-    """Everything a trial needs besides its config; pickled to the workers."""
+    """Everything a trial needs besides its config; put in the object store once per search."""
 
     build: Callable[[dict[str, Any]], Any]
     features: tuple[str, ...]
@@ -206,10 +228,10 @@ class _TrialSpec:
     seed: int
 
 
-def _run_trial(config: dict[str, Any], spec: _TrialSpec, data: pd.DataFrame) -> None:
+def score_trial(spec: _TrialSpec, config: dict[str, Any], data: pd.DataFrame) -> dict[str, Any]:
+    """One trial, in a trial worker: every CV fold of one configuration, in one call."""
     import numpy as np
     import ray
-    from ray import tune
 
     from aipaas.training.metrics import cross_validate
 
@@ -224,14 +246,12 @@ def _run_trial(config: dict[str, Any], spec: _TrialSpec, data: pd.DataFrame) -> 
         folds=spec.folds,
         seed=spec.seed,
     )
-    tune.report(
-        {
-            SCORE: float(np.mean(scores)),
-            "score_std": float(np.std(scores)),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "duration_s": time.perf_counter() - t0,
-        }
-    )
+    return {
+        SCORE: float(np.mean(scores)),
+        "score_std": float(np.std(scores)),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "duration_s": time.perf_counter() - t0,
+    }
 
 
 def run_search(
@@ -250,16 +270,22 @@ def run_search(
     (:func:`storage_location`); a path is created if missing. Each finished
     trial goes to ``on_trial_done`` (its 0-based completion index and outcome),
     then to ``progress``, in the driver, while the other trials still run.
+    The trial table is written to ``<storage_dir>/<name>/trials.json``.
 
     Raises:
         ConfigurationError: the search space is invalid (nothing ran).
         TrainingError: every trial failed.
     """
     import ray
-    from ray import tune
-    from ray.tune.search import BasicVariantGenerator
 
-    param_space = to_param_space(definition)
+    from aipaas.training import trial_workers
+
+    configs = sample_configs(definition, tune_settings.num_samples, tune_settings.seed)
+    storage = str(storage_dir)
+    check_storage(storage)
+    if "://" not in storage:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    name = name or f"{definition.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     concurrency = effective_concurrency(
         tune_settings.max_concurrent, ray.cluster_resources().get("CPU", 1.0)
     )
@@ -272,85 +298,153 @@ def run_search(
         folds=tune_settings.cv_folds,
         seed=tune_settings.seed,
     )
-    storage = str(storage_dir)
-    if "://" not in storage:
-        Path(storage).mkdir(parents=True, exist_ok=True)
-    trainable = tune.with_resources(
-        tune.with_parameters(_run_trial, spec=spec, data=train), {"cpu": 1}
-    )
-    tuner = tune.Tuner(
-        trainable,
-        param_space=param_space,
-        tune_config=tune.TuneConfig(
-            metric=SCORE,
-            mode=definition.mode,
-            num_samples=tune_settings.num_samples,
-            # A new worker process per trial costs seconds on a small machine.
-            reuse_actors=True,
-            # With a SearchGenerator Tune ignores max_concurrent_trials: bound it here.
-            search_alg=BasicVariantGenerator(
-                max_concurrent=concurrency, random_state=tune_settings.seed
-            ),
-        ),
-        run_config=tune.RunConfig(
-            name=name or f"{definition.name}-{int(time.time())}",
-            storage_path=storage,
-            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-            verbose=0,
-            callbacks=[
-                _live_callback(
-                    _Live(
-                        total=tune_settings.num_samples,
-                        mode=definition.mode,
-                        metric=definition.metric,
-                        progress=progress,
-                        on_trial_done=on_trial_done,
-                    )
-                )
-            ],
-        ),
+    live = _Live(
+        total=len(configs),
+        mode=definition.mode,
+        metric=definition.metric,
+        progress=progress,
+        on_trial_done=on_trial_done,
     )
     t0 = time.perf_counter()
-    # Tune's output engine prints its configuration table to stdout even at
-    # verbose=0: stdout is the caller's (``aipaas train --json`` prints its
-    # result there), so Tune's text goes to stderr.
-    with contextlib.redirect_stdout(sys.stderr):
-        grid = tuner.fit()
+    pool = trial_workers.pool()
+    workers = pool.take(concurrency)
+    # Shipped once: every trial gets the references, a node fetches each once.
+    columns = list(dict.fromkeys([*definition.features, definition.target]))
+    data_ref = ray.put(train[columns])
+    spec_ref = ray.put(spec)
+    prefix = uuid.uuid4().hex[:5]
+    trials = _Trials(configs, [f"{prefix}_{i:05d}" for i in range(len(configs))], live)
+    trials.run(pool, workers, spec_ref, data_ref)
     wall = time.perf_counter() - t0
-    result = _best(definition, [_outcome(grid[i]) for i in range(len(grid))], wall)
-    return replace(result, results_path=str(grid.experiment_path))
+    results_path = _join(storage, name)
+    outcomes = trials.outcomes()
+    try:
+        result = replace(_best(definition, outcomes, wall), results_path=results_path)
+    except TrainingError:
+        _write_trials(results_path, SearchResult({}, math.nan, outcomes, wall, results_path))
+        raise
+    _write_trials(results_path, result)
+    return result
 
 
-def _outcome(res: Any) -> TrialOutcome:
-    """One trial's result as the driver saw it: its score, or its error."""
-    return _trial_outcome(res.metrics, res.config, res.error, Path(str(res.path)).name)
+@dataclass
+class _Trials:
+    """The search as the driver runs it: configurations handed to idle workers as they free up."""
+
+    configs: list[dict[str, Any]]
+    ids: list[str]
+    live: _Live
+    done: dict[int, TrialOutcome] = field(default_factory=dict)
+
+    def run(self, pool: Any, workers: list[Any], spec_ref: Any, data_ref: Any) -> None:
+        import ray
+
+        idle = deque(workers)
+        pending: dict[Any, tuple[int, Any]] = {}
+        following = 0
+        try:
+            while following < len(self.configs) or pending:
+                while idle and following < len(self.configs):
+                    worker = idle.popleft()
+                    config = self.configs[following]
+                    ref = worker.handle.run.remote(score_trial, spec_ref, config, data_ref)
+                    pending[ref] = (following, worker)
+                    following += 1
+                if not pending:  # every worker died and none could be replaced
+                    for i in range(following, len(self.configs)):
+                        self._finish(i, None, "no trial worker could be started")
+                    following = len(self.configs)
+                    break
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                index, worker = pending.pop(ready[0])
+                again = self._collect(index, worker, ready[0], pool)
+                if again is not None:
+                    idle.append(again)
+        finally:
+            for ref in pending:  # interrupted: do not leave trials running for nobody
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref)
+
+    def _collect(self, index: int, worker: Any, ref: Any, pool: Any) -> Any:
+        """Record one finished call; the worker to use next (a replacement if it died)."""
+        import ray
+        from ray.exceptions import RayActorError, RayError
+
+        try:
+            metrics = ray.get(ref)
+        except RayActorError as err:
+            self._finish(
+                index,
+                worker.node_id,
+                "the trial worker running this trial died (killed, or out of memory?): "
+                + _first_line(err),
+            )
+            return pool.replace(worker)
+        except RayError as err:
+            self._finish(index, worker.node_id, _short_error(err))
+            return worker
+        self._finish(index, metrics.get("node_id") or worker.node_id, None, metrics)
+        return worker
+
+    def _finish(
+        self,
+        index: int,
+        node_id: str | None,
+        error: str | None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> None:
+        config = dict(self.configs[index])
+        if error is not None or metrics is None:
+            outcome = TrialOutcome(
+                self.ids[index], config, ok=False, node_id=node_id, error=error or "no score"
+            )
+        else:
+            outcome = TrialOutcome(
+                self.ids[index],
+                config,
+                ok=True,
+                score=float(metrics[SCORE]),
+                score_std=float(metrics.get("score_std", 0.0)),
+                node_id=node_id,
+                duration_s=float(metrics.get("duration_s", 0.0)),
+            )
+        self.done[index] = outcome
+        self.live.finished(outcome)
+
+    def outcomes(self) -> list[TrialOutcome]:
+        """In trial order (not completion order)."""
+        return [self.done[i] for i in sorted(self.done)]
 
 
-def _trial_outcome(
-    metrics: Mapping[str, Any] | None,
-    config: Mapping[str, Any] | None,
-    error: BaseException | None,
-    fallback_id: str,
-) -> TrialOutcome:
-    m = metrics or {}
-    trial_id = str(m.get("trial_id") or fallback_id)
-    if error is not None or SCORE not in m:
-        return TrialOutcome(
-            trial_id=trial_id,
-            config=_native(config),
-            ok=False,
-            node_id=m.get("node_id"),
-            error=_short_error(error),
-        )
-    return TrialOutcome(
-        trial_id=trial_id,
-        config=_native(config),
-        ok=True,
-        score=float(m[SCORE]),
-        score_std=float(m.get("score_std", 0.0)),
-        node_id=m.get("node_id"),
-        duration_s=float(m.get("duration_s", 0.0)),
-    )
+def _first_line(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(err).__name__)[:500]
+
+
+def _join(storage: str, name: str) -> str:
+    """``storage/name`` for a path or a URI (a URI's query string kept at its end)."""
+    if "://" not in storage:
+        return str(Path(storage) / name)
+    base, sep, query = storage.partition("?")
+    return f"{base.rstrip('/')}/{name}{sep}{query}"
+
+
+def _write_trials(results_path: str, result: SearchResult) -> None:
+    """The trial table as JSON in ``results_path/trials.json``: a local path, or pyarrow's."""
+    table = result.to_dict()
+    if not math.isfinite(result.best_score):  # every trial failed: no best
+        table["best_score"] = None
+    payload = json.dumps(table, indent=2, default=str).encode()
+    if "://" not in results_path:
+        Path(results_path).mkdir(parents=True, exist_ok=True)
+        (Path(results_path) / TRIALS_FILE).write_bytes(payload)
+        return
+    from pyarrow import fs
+
+    filesystem, path = fs.FileSystem.from_uri(results_path)
+    filesystem.create_dir(path, recursive=True)
+    with filesystem.open_output_stream(f"{path.rstrip('/')}/{TRIALS_FILE}") as out:
+        out.write(payload)
 
 
 def effective_concurrency(requested: int, cpus: float) -> int:
@@ -405,42 +499,6 @@ class _Live:
         )
 
 
-def _live_callback(live: _Live) -> Any:
-    """A Tune callback feeding ``live`` as trials finish; it runs in the driver.
-
-    Tune pickles its run config into the experiment directory (``tuner.pkl``,
-    for a restore); the callback's listeners (an MLflow client, a terminal)
-    mean nothing there, so they are left out of the pickle.
-    """
-    from ray import tune
-
-    class LiveTrials(tune.Callback):
-        def __init__(self, live: _Live | None) -> None:
-            self.live = live
-
-        def __getstate__(self) -> dict[str, Any]:
-            return {"live": None}
-
-        def on_trial_complete(
-            self, iteration: int, trials: list[Any], trial: Any, **info: Any
-        ) -> None:
-            if self.live is not None:
-                self.live.finished(
-                    _trial_outcome(trial.last_result, trial.config, None, str(trial.trial_id))
-                )
-
-        def on_trial_error(
-            self, iteration: int, trials: list[Any], trial: Any, **info: Any
-        ) -> None:
-            if self.live is not None:
-                error = _trial_error(trial)
-                self.live.finished(
-                    _trial_outcome(trial.last_result, trial.config, error, str(trial.trial_id))
-                )
-
-    return LiveTrials(live)
-
-
 def _best(definition: ModelDefinition, trials: list[TrialOutcome], wall: float) -> SearchResult:
     good = [t for t in trials if t.ok and t.score is not None and math.isfinite(t.score)]
     if not good:
@@ -459,27 +517,8 @@ def _best(definition: ModelDefinition, trials: list[TrialOutcome], wall: float) 
     )
 
 
-def _trial_error(trial: Any) -> BaseException | None:
-    """A failed trial's error, read where Tune just wrote it (the driver's copy).
-
-    When the callback runs, the error is on the driver's disk but not yet in
-    Tune's storage, which ``Trial.get_pickled_error`` reads.
-    """
-    import ray.cloudpickle
-
-    pickled = trial.pickled_error_file
-    if pickled and Path(pickled).is_file():
-        with open(pickled, "rb") as f:
-            error: BaseException = ray.cloudpickle.load(f)
-        return error
-    text = trial.error_file
-    if text and Path(text).is_file():
-        return RuntimeError(Path(text).read_text(errors="replace").strip())
-    return None
-
-
 def _native(config: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Plain Python values (Tune samples numpy scalars), so results serialise to JSON."""
+    """Plain Python values (a Choice may hold numpy scalars), so results serialise to JSON."""
     return {k: v.item() if hasattr(v, "item") else v for k, v in (config or {}).items()}
 
 
