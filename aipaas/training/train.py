@@ -34,8 +34,9 @@ promotion, serving and drift:
   a serving host needs the registry, not ``models/``; and DATA_LOCK, the
   dataset's dvc.lock entries, from which ``aipaas data restore`` rebuilds the
   exact files on any checkout (on the version only: run tags are too short);
-* the search's directory in Tune's storage (TUNE_RESULTS: a shared path or an
-  object-store URI, ``settings.ray.storage_path``);
+* the search's directory in the storage (TUNE_RESULTS: ``trials.json``, the
+  trial table, written by the driver; a path or an object-store URI,
+  ``settings.ray.storage_path``);
 * artifacts: ``evaluation/`` (report.md/html; ROC/PR (one-vs-rest for
   multiclass) and confusion PNGs for a classifier, residuals and
   predicted-vs-actual for a regressor, feature importance for a model that
@@ -70,7 +71,7 @@ from aipaas.modeldef import ModelDefinition
 from aipaas.progress import NO_PROGRESS, Progress, stage
 from aipaas.schemas import DatasetVersion
 from aipaas.settings import PROJECT_ROOT, Settings
-from aipaas.training import registry, tags
+from aipaas.training import registry, tags, trial_workers
 from aipaas.training.evaluate import (
     HoldoutEvaluation,
     evaluate_holdout,
@@ -80,10 +81,12 @@ from aipaas.training.evaluate import (
 from aipaas.training.latency import Latency, measure_latency
 from aipaas.training.metrics import check_metrics, prepare_features
 from aipaas.training.raycluster import RayInfo, ensure_ray
+from aipaas.training.requirements import pip_requirements
 from aipaas.training.tune import (
     SearchResult,
     TrialOutcome,
     check_storage,
+    effective_concurrency,
     run_search,
     storage_location,
     validate_search_space,
@@ -168,6 +171,9 @@ def prepare_data(
     t0 = time.perf_counter()
     ray = ensure_ray(settings.ray)
     ray_s = time.perf_counter() - t0
+    # Start (or find) the search's warm workers now: their imports overlap
+    # with opening the MLflow run below, instead of delaying the first trial.
+    trial_workers.pool().take(effective_concurrency(settings.tune.max_concurrent, ray.cpus))
     lineage_tags = run_tags(definition, version, ray, _git_commit(settings))
     run_id = open_run(definition, lineage_tags, settings_params(settings, ray))
     with parent_run(run_id):
@@ -182,7 +188,7 @@ def search(
     settings: Settings,
     progress: Progress = NO_PROGRESS,
 ) -> SearchResult:
-    """Ray Tune trials on the training split, each logged as a nested run as it finishes."""
+    """The search's trials on warm Ray workers, each logged as a nested run as it finishes."""
     import mlflow
 
     with parent_run(data.run_id) as parent, _timed("search"):
@@ -397,10 +403,10 @@ def _git_commit(settings: Settings) -> str | None:
 class TrialLogger:
     """Logs each finished trial as a nested run of the training's parent run.
 
-    Called by the search's Tune callback in the driver, as each trial ends,
-    so the MLflow UI lists trials while the search still runs. It names the
-    parent explicitly (an MLflow client, not the fluent active-run stack), so
-    it does not depend on which thread Tune calls it from.
+    Called by the search in the driver as each trial ends (``run_search``'s
+    ``on_trial_done``), so the MLflow UI lists trials while the search still
+    runs. It names the parent explicitly (an MLflow client, not the fluent
+    active-run stack), so it does not depend on which thread calls it.
     """
 
     definition: ModelDefinition
@@ -538,9 +544,18 @@ def log_model(model: Any, definition: ModelDefinition, example: pd.DataFrame) ->
     try:
         from lightgbm import LGBMModel
 
+        # Named, not inferred: MLflow's inference loads the model in a new
+        # Python process (7 s a training here); see aipaas.training.requirements.
         if isinstance(model, LGBMModel):
-            return mlflow.lightgbm.log_model(model, **common)
-        return mlflow.sklearn.log_model(model, serialization_format="skops", **common)
+            return mlflow.lightgbm.log_model(
+                model, pip_requirements=pip_requirements(model), **common
+            )
+        return mlflow.sklearn.log_model(
+            model,
+            serialization_format="skops",
+            pip_requirements=pip_requirements(model, skops=True),
+            **common,
+        )
     except MlflowException as err:
         if "untrusted types" in str(err):
             raise ConfigurationError(
