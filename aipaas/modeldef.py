@@ -8,7 +8,7 @@ one suite in ``expectations/`` and its data: no platform code changes.
 
 The search space is written with this module's small vocabulary
 (:class:`Uniform`, :class:`LogUniform`, :class:`IntRange`, :class:`Choice`) so
-that definitions do not import Ray; ``aipaas.training.tune`` translates it.
+that definitions do not import Ray; ``aipaas.training.tune`` samples it.
 
 A definition is checked when it is built (:class:`ConfigurationError` names the
 problem): a definition that cannot be gated fails at import, not at its first

@@ -93,9 +93,9 @@ class RaySettings(BaseModel):
 
     address: str = Field("", validation_alias=AliasChoices("address", "RAY_ADDRESS"))
     num_cpus: int | None = None
-    # Where Tune keeps trial results and checkpoints: a path every node sees
-    # (shared filesystem) or an object-store URI (s3://...). Empty:
-    # ``<home>/ray-results``, enough for one machine.
+    # Where each search's trial table goes (<name>/trials.json), written by
+    # the driver: a path or an object-store URI (s3://...). Empty:
+    # ``<home>/ray-results``.
     storage_path: str = ""
     object_store_memory_mb: int = 200
     include_dashboard: bool = False

@@ -95,7 +95,7 @@ def run_data(
 
 @run_app.command("train")
 def run_train(model: ModelArg = "diagnosis") -> None:
-    """The train flow: Ray Tune search, holdout evaluation, register the challenger."""
+    """The train flow: search on warm Ray workers, holdout evaluation, register the challenger."""
     from flows.train import train_flow
 
     _run(train_flow, model=model)

@@ -1,6 +1,6 @@
 """The metrics: one implementation for the search, the holdout and promotion.
 
-Cross-validation inside each Ray Tune trial, the holdout evaluation after the
+Cross-validation inside each trial, the holdout evaluation after the
 refit and promotion's scoring of registered versions all call
 :func:`compute_metrics`, so their numbers compare.
 

@@ -23,7 +23,7 @@ RAY_NODES = "aipaas.ray_nodes"
 # JSON: the dataset's dvc.lock entries (every output's md5, the incoming files'
 # md5), on the registered version; `aipaas data restore` rebuilds the data from it.
 DATA_LOCK = "aipaas.data_lock"
-TUNE_RESULTS = "aipaas.tune_results"  # the search's directory in Tune's storage (path or URI)
+TUNE_RESULTS = "aipaas.tune_results"  # the search's trial table's directory (path or URI)
 MODEL_DEFINITION = "aipaas.model"
 # What serving needs of the definition, written on the version at training time.
 TARGET = "aipaas.target"
