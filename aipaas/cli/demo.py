@@ -40,6 +40,7 @@ import json
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -185,6 +186,36 @@ class DemoTimings:
                 path.write_text(text)
 
 
+def start_lifecycles(s: Settings, models: list[str]) -> dict[str, str]:
+    """Start at once the lifecycle of every model with no champion; the run's key for each.
+
+    With two models, the second one's lifecycle (a minute of data, training
+    and gates) then runs while the first one's loop mostly waits for windows
+    and drift checks, instead of after it; each loop's step 1 follows its own
+    run (the same idempotency key finds it, never a second one).
+    """
+    from aipaas.training import registry, tags
+    from flows._common import run_deployment_at
+
+    if len(models) < 2:
+        return {}
+    registry.connect(s)
+    keys: dict[str, str] = {}
+    for name in models:
+        if registry.get_alias(name, tags.CHAMPION) is None:
+            keys[name] = f"demo-lifecycle-{name}-{uuid.uuid4().hex[:12]}"
+            run_deployment_at(
+                s.prefect_api_url,
+                "lifecycle/lifecycle",
+                {"model": name},
+                idempotency_key=keys[name],
+                auth_string=s.prefect.auth_string.get_secret_value() or None,
+            )
+    if keys:
+        say(f"started the lifecycles of {', '.join(keys)} now: they run side by side")
+    return keys
+
+
 def timings_path(s: Settings) -> Path:
     """Where every demo writes its timings (``--timings FILE`` writes a copy)."""
     return s.home / "demo" / "timings.json"
@@ -225,8 +256,9 @@ def demo_cmd(
 
     def loops(stop: threading.Event | None = None) -> None:
         try:
+            keys = start_lifecycles(s, models)
             for name in models:
-                demo = Demo(s, name, timeout_min * 60, stop=stop)
+                demo = Demo(s, name, timeout_min * 60, stop=stop, lifecycle_key=keys.get(name))
                 record.models.append(demo.timings)
                 demo.run()
             record.ok = True
@@ -279,6 +311,7 @@ class Demo:
         timeout_s: float,
         *,
         stop: threading.Event | None = None,
+        lifecycle_key: str | None = None,
     ) -> None:
         from aipaas.modeldef import load_definition
         from aipaas.training import registry
@@ -287,6 +320,7 @@ class Demo:
         self.model = model
         self.timeout_s = timeout_s
         self.stop = stop or threading.Event()  # set by Ctrl-C under `up.run`
+        self.lifecycle_key = lifecycle_key  # of a run start_lifecycles created
         self.base = f"http://{settings.serving.host}:{settings.serving.port}"
         self.prefect_ui = settings.prefect_api_url.removesuffix("/api")
         self.definition: ModelDefinition = load_definition(model, settings.models_dir)
@@ -342,6 +376,7 @@ class Demo:
                 {"model": self.model},
                 wait_s=self.timeout_s,
                 poll_s=1.0,
+                idempotency_key=self.lifecycle_key,
                 auth_string=self.s.prefect.auth_string.get_secret_value() or None,
             )
             state = flow_run.state
