@@ -392,10 +392,18 @@ class FlowRuns:
                 return runs
 
     def active(self) -> dict[str, dict[str, dict[str, int]]]:
-        """flow -> model -> queued (due or pending), running, window (of which a trigger's)."""
-        now = datetime.now(UTC).isoformat()
+        """flow -> model -> queued (due or pending), running, window (of which a trigger's).
+
+        A scheduled run counts from a minute before it is due, as the drift
+        trigger counts it (``flows.triggers.DUE_WITHIN_S``): a window that
+        closes just before the drift cron fires is left to that run, so the
+        drain waits for it.
+        """
+        from flows.triggers import DUE_WITHIN_S
+
+        due = (datetime.now(UTC) + timedelta(seconds=DUE_WITHIN_S)).isoformat()
         runs = self._runs(
-            {"state": {"type": {"any_": ACTIVE}}, "expected_start_time": {"before_": now}}
+            {"state": {"type": {"any_": ACTIVE}}, "expected_start_time": {"before_": due}}
         )
         out: dict[str, dict[str, dict[str, int]]] = {}
         for run in runs:
@@ -410,7 +418,9 @@ class FlowRuns:
 
     def since(self, start: datetime) -> dict[str, dict[str, int]]:
         """flow -> final (or current) state name -> runs expected to start since ``start``."""
-        now = datetime.now(UTC).isoformat()
+        from flows.triggers import DUE_WITHIN_S
+
+        now = (datetime.now(UTC) + timedelta(seconds=DUE_WITHIN_S)).isoformat()
         runs = self._runs({"expected_start_time": {"after_": start.isoformat(), "before_": now}})
         out: dict[str, Counter[str]] = defaultdict(Counter)
         for run in runs:
